@@ -1,0 +1,1 @@
+"""The ``fedft`` command line: one console script with a subcommand per job."""

@@ -1,0 +1,80 @@
+"""Evaluation of a model on held-out examples: token loss and Rouge-L of generated answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedft.client.batching import collate, encode, format_prompt, token_losses
+from fedft.client.data import Example
+from fedft.client.models import ModelBundle
+
+
+@dataclass(frozen=True)
+class LossReport:
+    """Mean next-token loss over answer tokens, and how many tokens it averaged."""
+
+    loss: float
+    tokens: int
+
+
+@torch.no_grad()
+def held_out_loss(
+    bundle: ModelBundle, examples: Sequence[Example], *, batch_size: int = 16, max_length: int = 128
+) -> LossReport:
+    """Return the token-weighted mean loss over ``examples`` (independent of batch size)."""
+    if not examples:
+        raise ValueError("no evaluation examples")
+    model = bundle.model
+    model.eval()
+    encoded = [encode(bundle.tokenizer, ex, max_length) for ex in examples]
+    # Sorting by length wastes less padding; the summed loss does not depend on the order.
+    encoded.sort(key=lambda e: len(e.input_ids))
+    total, tokens = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start : start + batch_size], bundle.tokenizer.pad_token_id)
+        loss_sum, count = token_losses(model, batch)
+        total += float(loss_sum)
+        tokens += count
+    return LossReport(loss=total / max(tokens, 1), tokens=tokens)
+
+
+@torch.no_grad()
+def generate_answers(
+    bundle: ModelBundle, prompts: Sequence[str], *, max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy-decode an answer for each prompt (one at a time: no padding effects on results)."""
+    tok = bundle.tokenizer
+    model: Any = bundle.model
+    model.eval()
+    answers = []
+    for prompt in prompts:
+        ids = tok(format_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        answers.append(tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    return answers
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the mean Rouge-L F-measure (Google's rouge-score, with stemming)."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [
+        scorer.score(ref, pred)["rougeL"].fmeasure
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+    return float(sum(scores) / len(scores))

@@ -1,0 +1,153 @@
+"""The local trainer runtime every host uses: LoRA via PEFT and a deterministic training loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedft.client.batching import Encoded, collate, encode, token_losses
+from fedft.client.data import Example
+from fedft.client.models import ModelBundle
+from fedft.core.trainer import LoraSpec, TrainStats
+
+_CLIP_NORM = 1.0
+
+
+def _seed63(seed: int) -> int:
+    """Check a seed fits torch's generators (``[0, 2^63)``, as every fedft seed does)."""
+    if not 0 <= seed < 1 << 63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    return seed
+
+
+class LocalTrainer:
+    """Trains one client's copy of the model on its local examples.
+
+    Several trainers may share one :class:`ModelBundle` (the simulator runs many virtual clients
+    on one model); every strategy loads the global state before training, so nothing leaks
+    between them.
+    """
+
+    def __init__(self, bundle: ModelBundle, examples: Sequence[Example], *, max_length: int = 128):
+        if max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {max_length}")
+        self.bundle = bundle
+        self.examples = list(examples)
+        self.max_length = max_length
+        self._encoded: list[Encoded] | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model being trained (a PEFT model once LoRA was added)."""
+        return self.bundle.model
+
+    @property
+    def num_examples(self) -> int:
+        """Number of local training examples."""
+        return len(self.examples)
+
+    @property
+    def encoded(self) -> list[Encoded]:
+        """The tokenized local examples, computed on first use."""
+        if self._encoded is None:
+            tok = self.bundle.tokenizer
+            self._encoded = [encode(tok, ex, self.max_length) for ex in self.examples]
+        return self._encoded
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        """Wrap the model with PEFT LoRA adapters (once per bundle) and freeze the base."""
+        from peft import LoraConfig, get_peft_model
+
+        current = self.bundle.lora_spec
+        if current is not None:
+            if current != spec:
+                raise ValueError(f"this model already carries LoRA {current}, cannot add {spec}")
+            return
+        config = LoraConfig(
+            r=spec.rank,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=list(spec.target_modules),
+            rank_pattern=dict(spec.rank_pattern),
+            layers_to_transform=list(spec.layers) if spec.layers is not None else None,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        # PEFT initialises A randomly: seed it so every host builds the same starting adapter.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.bundle.model = get_peft_model(self.bundle.model, config)
+        self.bundle.lora_spec = spec
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """Return a detached fp32 copy of the adapter tensors (PEFT's state-dict names)."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.model)
+        return {name: t.detach().to(torch.float32).clone() for name, t in state.items()}
+
+    def load_lora_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the adapter tensors; names and shapes must match exactly."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        current = get_peft_model_state_dict(self.model)
+        if set(current) != set(tensors):
+            missing = sorted(set(current) - set(tensors))[:3]
+            extra = sorted(set(tensors) - set(current))[:3]
+            raise ValueError(f"adapter names differ: missing {missing}, unexpected {extra}")
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(current[name].shape):
+                raise ValueError(
+                    f"{name}: shape {tuple(tensor.shape)} != {tuple(current[name].shape)}"
+                )
+        target_dtype = next(iter(current.values())).dtype
+        set_peft_model_state_dict(self.model, {k: v.to(target_dtype) for k, v in tensors.items()})
+
+    def _batches(self, batch_size: int, generator: torch.Generator) -> Iterator[list[Encoded]]:
+        """Yield batches forever, reshuffling each pass over the data with ``generator``."""
+        data = self.encoded
+        while True:
+            order = torch.randperm(len(data), generator=generator).tolist()
+            for start in range(0, len(order), batch_size):
+                yield [data[i] for i in order[start : start + batch_size]]
+
+    def train(self, *, steps: int, batch_size: int, lr: float, seed: int) -> TrainStats:
+        """Run ``steps`` AdamW steps on the trainable parameters, deterministic for ``seed``."""
+        if not self.examples:
+            raise ValueError("this client has no training examples")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters; add adapters first")
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(_seed63(seed))
+        batches = self._batches(batch_size, generator)
+        pad_id = self.bundle.tokenizer.pad_token_id
+        total_loss, total_tokens, seen = 0.0, 0, 0
+        self.model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed63(seed))  # LoRA dropout, if any
+            for _ in range(steps):
+                items = next(batches)
+                loss_sum, tokens = token_losses(self.model, collate(items, pad_id))
+                loss = loss_sum / max(tokens, 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM)
+                optimizer.step()
+                total_loss += float(loss_sum.detach())
+                total_tokens += tokens
+                seen += len(items)
+        self.model.eval()
+        mean = total_loss / total_tokens if total_tokens else math.nan
+        return TrainStats(steps=steps, examples=seen, loss=mean)
+
+    def save_adapter(self, folder: Path) -> None:
+        """Write the adapters in PEFT's format (``PeftModel.from_pretrained`` loads them)."""
+        save: Any = getattr(self.model, "save_pretrained", None)
+        if save is None or self.bundle.lora_spec is None:
+            raise ValueError("this model has no LoRA adapters to save")
+        save(str(folder), safe_serialization=True)

@@ -1,0 +1,1 @@
+"""Framework-neutral core: payload types, strategy API, registry, seeded RNG contract, serde."""

@@ -1,0 +1,1 @@
+"""Compute kernels: pure-torch references, Triton implementations and dispatchers."""

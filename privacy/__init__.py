@@ -1,0 +1,1 @@
+"""Differential privacy: mechanisms, accountant ledger and empirical audit."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the fedft wire protocol (package fedft.proto)."""

@@ -1,0 +1,1 @@
+"""Coordinator daemon: gRPC servicers, round engine, durable state and authentication."""

@@ -1,0 +1,1 @@
+"""Multi-client simulation on one machine: engines, partitioners and reports."""

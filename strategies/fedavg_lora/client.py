@@ -1,0 +1,43 @@
+"""Client half of ``fedavg_lora``: load the global adapter, train locally, send the adapter back."""
+
+from __future__ import annotations
+
+from fedft.core.payload import Payload, config_float, config_int
+from fedft.core.strategy import ClientStrategy
+from fedft.core.trainer import Trainer
+from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
+
+
+class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
+    """Trains the adapter on local data starting from the global one."""
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Inject the configured LoRA adapters."""
+        trainer.add_lora(self.config.lora_spec())
+
+    def initial_state(self, trainer: Trainer) -> Payload:
+        """Return the freshly initialised adapter (B = 0, so the model starts as the base)."""
+        return Payload(tensors=trainer.lora_state())
+
+    def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
+        """Train from the task's adapter for the configured steps; reply with the new adapter."""
+        trainer.load_lora_state(task.tensors)
+        cfg = task.config
+        stats = trainer.train(
+            steps=config_int(cfg, "local_steps"),
+            batch_size=config_int(cfg, "batch_size"),
+            lr=config_float(cfg, "lr"),
+            seed=config_int(cfg, "seed"),
+        )
+        return Payload(
+            tensors=trainer.lora_state(),
+            metrics={
+                "num_examples": trainer.num_examples,
+                "train_loss": stats.loss,
+                "steps": stats.steps,
+            },
+        )
+
+    def load_global(self, state: Payload, trainer: Trainer) -> None:
+        """Install the global adapter."""
+        trainer.load_lora_state(state.tensors)

@@ -1,0 +1,150 @@
+"""Server half of ``fedavg_lora``: example-weighted mean of adapters, streamed in one pass."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from fedft.core.payload import MetricValue, Payload
+from fedft.core.sampling import client_seed, sample_clients
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
+
+logger = logging.getLogger(__name__)
+
+
+class PackedAccumulator:
+    """Running weighted sum of same-shaped tensor dicts in one flat float64 buffer.
+
+    Memory is one model-sized buffer whatever the number of clients; float64 keeps the mean
+    exact to well below fp32 resolution regardless of the order results arrive in.
+    """
+
+    def __init__(self, template: dict[str, torch.Tensor]):
+        self.shapes = {name: tuple(t.shape) for name, t in template.items()}
+        self.slices: dict[str, slice] = {}
+        start = 0
+        for name, t in template.items():
+            self.slices[name] = slice(start, start + t.numel())
+            start += t.numel()
+        self.buffer = torch.zeros(start, dtype=torch.float64)
+        self.total_weight = 0.0
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> str | None:
+        """Return why ``tensors`` cannot be added, or None if it fits."""
+        if set(tensors) != set(self.shapes):
+            return "adapter names differ from the global adapter"
+        for name, t in tensors.items():
+            if tuple(t.shape) != self.shapes[name]:
+                return f"{name} has shape {tuple(t.shape)}, expected {self.shapes[name]}"
+            if not t.is_floating_point():
+                return f"{name} is not a floating-point tensor"
+            if not bool(torch.isfinite(t).all()):
+                return f"{name} has NaN or Inf values"
+        return None
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        """Add ``weight * tensors`` to the running sum."""
+        for name, t in tensors.items():
+            self.buffer[self.slices[name]].add_(t.reshape(-1).to(torch.float64), alpha=weight)
+        self.total_weight += weight
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        """Return the weighted mean as fp32 tensors."""
+        avg = self.buffer / self.total_weight
+        return {n: avg[s].reshape(self.shapes[n]).to(torch.float32) for n, s in self.slices.items()}
+
+
+class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig]):
+    """FedAvg over LoRA adapters, weighted by each client's number of examples.
+
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data"
+    (arXiv:1602.05629), applied to adapters as in FedIT (arXiv:2305.05644). Averaging A and B
+    separately is not averaging B·A; the heterogeneous-rank strategies aggregate exactly.
+    """
+
+    def __init__(self, config: FedAvgLoRAConfig, *, seed: int) -> None:
+        super().__init__(config, seed=seed)
+        self.adapter: dict[str, torch.Tensor] = {}
+
+    def initialize(self, initial: Payload) -> None:
+        """Start from the client half's freshly initialised adapter."""
+        if not initial.tensors:
+            raise ValueError("fedavg_lora needs the initial adapter tensors")
+        self.adapter = {n: t.detach().to(torch.float32).clone() for n, t in initial.tensors.items()}
+
+    def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
+        """Sample clients and send each the global adapter with its local-training settings."""
+        if not self.adapter:
+            raise RuntimeError("initialize() or load_state_dict() must run before configure()")
+        cfg = self.config
+        chosen = sample_clients(
+            clients,
+            [c.client_id for c in clients],
+            fraction=cfg.fraction,
+            min_clients=cfg.min_clients,
+            seed=self.seed,
+            server_round=server_round,
+        )
+        return [
+            Task(
+                client_id=c.client_id,
+                payload=Payload(
+                    tensors=dict(self.adapter),
+                    config={
+                        "round": server_round,
+                        "seed": client_seed(self.seed, server_round, c.client_id),
+                        "local_steps": cfg.local_steps,
+                        "batch_size": cfg.batch_size,
+                        "lr": cfg.lr,
+                    },
+                ),
+            )
+            for c in chosen
+        ]
+
+    def aggregate(
+        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Replace the global adapter by the example-weighted mean of the valid results."""
+        acc = PackedAccumulator(self.adapter)
+        accepted = rejected = 0
+        loss_sum = 0.0
+        for result in results:
+            weight = result.payload.metrics.get("num_examples", 0)
+            problem = acc.check(result.payload.tensors)
+            if problem is None and not (isinstance(weight, int) and weight > 0):
+                problem = f"num_examples must be a positive int, got {weight!r}"
+            if problem is not None:
+                logger.warning(
+                    "round %d: rejected update of %s: %s", server_round, result.client_id, problem
+                )
+                rejected += 1
+                continue
+            acc.add(result.payload.tensors, float(weight))
+            loss_sum += float(weight) * float(result.payload.metrics.get("train_loss", math.nan))
+            accepted += 1
+        metrics: dict[str, MetricValue] = {
+            "accepted": accepted,
+            "rejected": rejected,
+            "failures": len(failures),
+        }
+        if accepted:
+            self.adapter = acc.mean()
+            metrics["train_loss"] = loss_sum / acc.total_weight
+        return metrics
+
+    def global_state(self) -> Payload:
+        """Return the global adapter."""
+        return Payload(tensors=dict(self.adapter))
+
+    def state_dict(self) -> Payload:
+        """Checkpoint: the global adapter is the whole server state."""
+        return Payload(tensors=dict(self.adapter))
+
+    def load_state_dict(self, state: Payload) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.initialize(state)

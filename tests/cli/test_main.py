@@ -1,0 +1,94 @@
+"""The ``fedft`` command line: help that explains every flag, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedft.cli.main import build_parser, main
+
+FEDFT = str(Path(sys.executable).with_name("fedft"))
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise AssertionError("no subcommands")
+
+
+@pytest.mark.parametrize("name", ["simulate", "strategies"])
+def test_every_flag_is_explained(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = subcommand(name)
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in parser._actions:
+        assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        for flag in action.option_strings:
+            assert flag in text
+
+
+def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "simulate" in out
+    assert "strategies" in out
+
+
+def test_strategies_lists_fedavg_lora_and_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["strategies"]) == 0
+    assert "fedavg_lora" in capsys.readouterr().out
+    assert main(["strategies", "fedavg_lora"]) == 0
+    out = capsys.readouterr().out
+    assert "local_steps" in out
+    assert "target_modules" in out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FEDFT, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+def bad_jsonl(tmp_path: Path) -> str:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "hi", "response": "hello"}\n{"prompt": "oops"\n')
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "nope"], "unknown strategy 'nope'"),
+        (["--model", "/no/such/model"], "does not exist"),
+        (["--dataset", "BAD_JSONL"], "data.jsonl:2: malformed record"),
+        (["--clients", "0"], "--clients must be >= 1"),
+        (["--clients", "30", "--partition", "category"], "without examples"),
+        (["--partition", "dirichlet:zero"], "ALPHA must be a number"),
+        (["--opt", "bogus=1"], "has no option 'bogus'"),
+        (["--opt", "lr=fast"], "cannot read 'fast' as float"),
+        (["--opt", "lr=-1"], "lr must be > 0"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    args = [bad_jsonl(tmp_path) if a == "BAD_JSONL" else a for a in args]
+    proc = run_cli("simulate", "--model", "tiny", "--quiet", "--out", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("fedft: error:"), proc.stderr
+    assert message in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_argparse_errors_also_exit_2() -> None:
+    proc = run_cli("simulate", "--clients", "many")
+    assert proc.returncode == 2
+    assert "invalid int value" in proc.stderr

@@ -1,0 +1,297 @@
+"""Tests for fedft.client.trainer: LoRA injection, adapter state, deterministic local training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedft.client.batching import collate, encode
+from fedft.client.data import Example
+from fedft.client.evaluation import held_out_loss
+from fedft.client.models import ModelBundle, load_model
+from fedft.client.trainer import LocalTrainer
+from fedft.core.trainer import LoraSpec, Trainer
+
+SPEC = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj"))
+MAX_LENGTH = 64
+
+
+@pytest.fixture
+def examples(chatterbot_examples: list[Example]) -> list[Example]:
+    """64 examples spread over the whole corpus (and so over many categories)."""
+    return chatterbot_examples[::37][:64]
+
+
+@pytest.fixture
+def make_trainer(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> Callable[[], LocalTrainer]:
+    """Build a trainer with LoRA on a fresh tiny model."""
+
+    def make() -> LocalTrainer:
+        trainer = LocalTrainer(tiny_bundle(), examples, max_length=MAX_LENGTH)
+        trainer.add_lora(SPEC)
+        return trainer
+
+    return make
+
+
+def adapters_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_is_a_trainer(tiny_bundle: Callable[[], ModelBundle], examples: list[Example]) -> None:
+    trainer = LocalTrainer(tiny_bundle(), examples)
+    assert isinstance(trainer, Trainer)
+    assert trainer.num_examples == 64
+    assert len(trainer.encoded) == 64
+    assert trainer.encoded is trainer.encoded  # tokenized once
+
+
+def test_constructor_and_train_argument_checks(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    bundle = tiny_bundle()
+    with pytest.raises(ValueError, match="max_length must be >= 8"):
+        LocalTrainer(bundle, examples, max_length=7)
+    plain = LocalTrainer(bundle, examples)
+    # A loaded base model is trainable in PyTorch, so freeze it first: without adapters
+    # nothing is trainable and train() must say so.
+    for p in bundle.model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        plain.train(steps=1, batch_size=2, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="no LoRA adapters to save"):
+        plain.save_adapter(Path("unused"))
+    empty = LocalTrainer(bundle, [])
+    empty.add_lora(SPEC)
+    with pytest.raises(ValueError, match="no training examples"):
+        empty.train(steps=1, batch_size=2, lr=1e-3, seed=0)
+    for seed in (-1, 2**63):
+        with pytest.raises(ValueError, match="seed must be in"):
+            LocalTrainer(bundle, examples).train(steps=1, batch_size=2, lr=1e-3, seed=seed)
+
+
+def test_add_lora_freezes_all_but_the_adapters(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    bundle = tiny_bundle()
+    base_params = sum(p.numel() for p in bundle.model.parameters())
+    trainer = LocalTrainer(bundle, examples)
+    trainer.add_lora(SPEC)
+    assert bundle.lora_spec == SPEC
+    assert trainer.model is bundle.model
+    named = dict(trainer.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    lora = {n for n in named if "lora_" in n}
+    assert trainable == lora
+    # 4 layers x (q, v) x (A, B)
+    assert len(lora) == 16
+    hidden = 64
+    assert sum(named[n].numel() for n in lora) == 4 * 2 * (hidden * 4 + 4 * hidden)
+    assert sum(p.numel() for p in named.values()) == base_params + sum(
+        named[n].numel() for n in lora
+    )
+
+
+def test_add_lora_is_idempotent_for_the_same_spec(
+    make_trainer: Callable[[], LocalTrainer],
+) -> None:
+    trainer = make_trainer()
+    model = trainer.model
+    before = trainer.lora_state()
+    trainer.add_lora(LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    assert trainer.model is model
+    assert adapters_equal(trainer.lora_state(), before)
+    with pytest.raises(ValueError, match="already carries LoRA"):
+        trainer.add_lora(LoraSpec(rank=8, alpha=8, target_modules=("q_proj", "v_proj")))
+    with pytest.raises(ValueError, match="already carries LoRA"):
+        trainer.add_lora(LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "k_proj")))
+    assert trainer.model is model
+
+
+def test_layers_and_rank_pattern_shape_the_adapters(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    trainer = LocalTrainer(tiny_bundle(), examples)
+    trainer.add_lora(
+        LoraSpec(
+            rank=4, target_modules=("q_proj", "v_proj"), layers=(1, 3), rank_pattern={"v_proj": 2}
+        )
+    )
+    state = trainer.lora_state()
+    assert len(state) == 2 * 2 * 2
+    assert all(".layers.1." in n or ".layers.3." in n for n in state)
+    for name, tensor in state.items():
+        rank = 2 if "v_proj" in name else 4
+        assert rank in tensor.shape, (name, tensor.shape)
+
+
+def test_fresh_adapters_are_the_same_everywhere_and_start_as_the_base(
+    tiny_bundle: Callable[[], ModelBundle], make_trainer: Callable[[], LocalTrainer]
+) -> None:
+    a, b = make_trainer(), make_trainer()
+    state = a.lora_state()
+    assert adapters_equal(state, b.lora_state())
+    assert all(not t.any() for n, t in state.items() if "lora_B" in n)
+    assert all(t.abs().sum() > 0 for n, t in state.items() if "lora_A" in n)
+    # B = 0, so the adapted model computes exactly what the base does.
+    base = tiny_bundle().model
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(a.model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_lora_state_is_a_detached_fp32_copy(make_trainer: Callable[[], LocalTrainer]) -> None:
+    trainer = make_trainer()
+    state = trainer.lora_state()
+    assert state
+    for name, tensor in state.items():
+        assert tensor.dtype == torch.float32
+        assert not tensor.requires_grad
+        assert ".default." not in name  # PEFT's stable names, without the adapter name
+        tensor.add_(1.0)
+    fresh = trainer.lora_state()
+    for name in state:
+        assert torch.equal(fresh[name] + 1.0, state[name])
+
+
+def test_lora_state_of_a_bf16_model_is_fp32(tiny_cache: Path, examples: list[Example]) -> None:
+    from fedft.client.models import TINY_VERSION
+
+    bundle = load_model(str(tiny_cache / "models" / TINY_VERSION), dtype=torch.bfloat16)
+    trainer = LocalTrainer(bundle, examples)
+    trainer.add_lora(SPEC)
+    state = trainer.lora_state()
+    assert all(t.dtype == torch.float32 for t in state.values())
+    changed = {n: torch.full_like(t, 0.5) for n, t in state.items()}
+    trainer.load_lora_state(changed)
+    assert adapters_equal(trainer.lora_state(), changed)
+    base = [p for n, p in trainer.model.named_parameters() if "lora_" not in n]
+    assert all(p.dtype == torch.bfloat16 for p in base)
+
+
+def test_load_lora_state_round_trips(make_trainer: Callable[[], LocalTrainer]) -> None:
+    trainer = make_trainer()
+    gen = torch.Generator().manual_seed(5)
+    new = {n: torch.randn(t.shape, generator=gen) for n, t in trainer.lora_state().items()}
+    trainer.load_lora_state(new)
+    assert adapters_equal(trainer.lora_state(), new)
+    # The model really uses them: loading into a second model gives the same outputs.
+    other = make_trainer()
+    other.load_lora_state(trainer.lora_state())
+    ids = torch.tensor([[10, 20, 30, 40]])
+    with torch.no_grad():
+        assert torch.equal(trainer.model(input_ids=ids).logits, other.model(input_ids=ids).logits)
+
+
+def test_load_lora_state_rejects_wrong_names_and_shapes(
+    make_trainer: Callable[[], LocalTrainer],
+) -> None:
+    trainer = make_trainer()
+    state = trainer.lora_state()
+    first = sorted(state)[0]
+    missing = {n: t for n, t in state.items() if n != first}
+    with pytest.raises(ValueError, match="adapter names differ"):
+        trainer.load_lora_state(missing)
+    with pytest.raises(ValueError, match="unexpected"):
+        trainer.load_lora_state({**state, "extra.lora_A.weight": torch.zeros(1)})
+    renamed = {n.replace("lora_A", "lora_X"): t for n, t in state.items()}
+    with pytest.raises(ValueError, match="adapter names differ"):
+        trainer.load_lora_state(renamed)
+    wrong_shape = {**state, first: torch.zeros(state[first].shape[0] + 1, state[first].shape[1])}
+    with pytest.raises(ValueError, match=f"{first}: shape"):
+        trainer.load_lora_state(wrong_shape)
+    transposed = {**state, first: state[first].t().contiguous()}
+    with pytest.raises(ValueError, match="shape"):
+        trainer.load_lora_state(transposed)
+    # Nothing was changed by the rejected loads.
+    assert adapters_equal(trainer.lora_state(), state)
+
+
+def test_training_lowers_the_training_loss(
+    make_trainer: Callable[[], LocalTrainer], examples: list[Example]
+) -> None:
+    trainer = make_trainer()
+    before = held_out_loss(trainer.bundle, examples, max_length=MAX_LENGTH)
+    stats = trainer.train(steps=15, batch_size=8, lr=3e-3, seed=1)
+    after = held_out_loss(trainer.bundle, examples, max_length=MAX_LENGTH)
+    assert stats.steps == 15
+    assert stats.examples == 15 * 8
+    assert 0 < stats.loss < before.loss + 0.5
+    assert after.tokens == before.tokens
+    assert after.loss < before.loss - 0.1, (before, after)
+    assert not trainer.model.training
+
+
+def test_training_is_deterministic_per_seed(make_trainer: Callable[[], LocalTrainer]) -> None:
+    runs = {}
+    for label, seed in (("a", 7), ("b", 7), ("c", 8)):
+        trainer = make_trainer()
+        stats = trainer.train(steps=4, batch_size=4, lr=3e-3, seed=seed)
+        runs[label] = (stats, trainer.lora_state())
+    assert runs["a"][0] == runs["b"][0]
+    assert adapters_equal(runs["a"][1], runs["b"][1])
+    assert not adapters_equal(runs["a"][1], runs["c"][1])
+    assert runs["a"][0].loss != runs["c"][0].loss
+
+
+def test_dropout_is_seeded_too(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    spec = LoraSpec(rank=4, alpha=8, dropout=0.3)
+    states = []
+    for _ in range(2):
+        trainer = LocalTrainer(tiny_bundle(), examples, max_length=MAX_LENGTH)
+        trainer.add_lora(spec)
+        trainer.train(steps=3, batch_size=4, lr=3e-3, seed=3)
+        states.append(trainer.lora_state())
+    assert adapters_equal(states[0], states[1])
+
+
+def test_train_leaves_the_global_rng_alone(make_trainer: Callable[[], LocalTrainer]) -> None:
+    trainer = make_trainer()
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    trainer.train(steps=2, batch_size=4, lr=1e-3, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    before = torch.get_rng_state()
+    make_trainer()  # LoRA injection is seeded without touching the global state either
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_saved_adapter_loads_with_peft(
+    tmp_path: Path,
+    tiny_bundle: Callable[[], ModelBundle],
+    make_trainer: Callable[[], LocalTrainer],
+    examples: list[Example],
+) -> None:
+    from peft import PeftModel
+
+    trainer = make_trainer()
+    trainer.train(steps=5, batch_size=8, lr=3e-3, seed=2)
+    folder = tmp_path / "adapter"
+    trainer.save_adapter(folder)
+    assert (folder / "adapter_model.safetensors").is_file()
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["r"] == 4
+    assert config["lora_alpha"] == 8
+    assert set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert config["peft_type"] == "LORA"
+
+    fresh = tiny_bundle()
+    loaded = PeftModel.from_pretrained(fresh.model, str(folder))
+    loaded.eval()
+    tok = trainer.bundle.tokenizer
+    batch = collate([encode(tok, ex, MAX_LENGTH) for ex in examples[:4]], tok.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        expected = trainer.model(**inputs).logits
+        got = loaded(**inputs).logits
+        base = tiny_bundle().model(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(base, expected, atol=1e-4)  # the adapter matters
