@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from fedft.simulation.partition import PARTITION_HELP
@@ -26,6 +27,44 @@ examples:
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
+# Flags that map one-to-one onto SimulationSpec fields: (flag, type, metavar, help).
+SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
+    ("--strategy", str, "NAME", "registered strategy (see `fedft strategies`)"),
+    ("--clients", int, "N", "number of virtual clients"),
+    ("--rounds", int, "R", "federated rounds"),
+    (
+        "--model",
+        str,
+        "tiny|smollm2|PATH",
+        "tiny: a 4-layer random Llama for tests; smollm2: the embedded SmolLM2-135M-Instruct "
+        "(converted once into ~/.cache/fedft); PATH: a local Hugging Face checkpoint folder",
+    ),
+    (
+        "--dataset",
+        str,
+        "chatterbot|PATH",
+        "chatterbot: the embedded English dialogs (21 categories); PATH: a JSONL file with "
+        "prompt/response (or instruction/output, or messages) and an optional category per line",
+    ),
+    ("--partition", str, "SPEC", f"how training data is split among clients: {PARTITION_HELP}"),
+    ("--seed", int, "S", "seed of everything random; the same seed gives the same report"),
+    ("--max-length", int, "T", "tokens per example, prompt + answer"),
+    ("--test-fraction", float, "F", "fraction of the data held out from every client"),
+    ("--eval-examples", int, "N", "held-out examples scored for eval loss after each round"),
+    (
+        "--rouge-examples",
+        int,
+        "N",
+        "held-out prompts answered by the final model for Rouge-L; 0 skips",
+    ),
+    ("--max-new-tokens", int, "N", "answer length for Rouge-L generation"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``simulate`` subcommand."""
     p = subparsers.add_parser(
@@ -36,62 +75,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = SimulationSpec()
-    p.add_argument(
-        "--strategy",
-        default=defaults.strategy,
-        metavar="NAME",
-        help="registered strategy (see `fedft strategies`; default: %(default)s)",
-    )
+    for flag, kind, metavar, text in SPEC_FLAGS:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=getattr(defaults, _dest(flag)),
+            metavar=metavar,
+            help=f"{text} (default: %(default)s)",
+        )
     p.add_argument(
         "--opt",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="strategy option, repeatable, e.g. --opt lr=5e-4 --opt target_modules=q_proj,v_proj",
-    )
-    p.add_argument(
-        "--clients",
-        type=int,
-        default=defaults.clients,
-        metavar="N",
-        help="number of virtual clients (default: %(default)s)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=defaults.rounds,
-        metavar="R",
-        help="federated rounds (default: %(default)s)",
-    )
-    p.add_argument(
-        "--model",
-        default=defaults.model,
-        metavar="tiny|smollm2|PATH",
-        help="tiny: a 4-layer random Llama for tests; smollm2: the embedded SmolLM2-135M-"
-        "Instruct (converted once into ~/.cache/fedft); PATH: a local Hugging Face "
-        "checkpoint folder (default: %(default)s)",
-    )
-    p.add_argument(
-        "--dataset",
-        default=defaults.dataset,
-        metavar="chatterbot|PATH",
-        help="chatterbot: the embedded English dialogs (21 categories); PATH: a JSONL file "
-        "with prompt/response (or instruction/output, or messages) and an optional "
-        "category per line (default: %(default)s)",
-    )
-    p.add_argument(
-        "--partition",
-        default=defaults.partition,
-        metavar="SPEC",
-        help=f"how training data is split among clients: {PARTITION_HELP} (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        metavar="S",
-        help="seed of everything random; the same seed gives the same report "
-        "(default: %(default)s)",
     )
     p.add_argument(
         "--out",
@@ -106,70 +103,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=ENGINES,
         help="inprocess: all clients in this process (default: %(default)s)",
     )
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=defaults.max_length,
-        metavar="T",
-        help="tokens per example, prompt + answer (default: %(default)s)",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=defaults.test_fraction,
-        metavar="F",
-        help="fraction of the data held out from every client (default: %(default)s)",
-    )
-    p.add_argument(
-        "--eval-examples",
-        type=int,
-        default=defaults.eval_examples,
-        metavar="N",
-        help="held-out examples scored for eval loss after each round (default: %(default)s)",
-    )
-    p.add_argument(
-        "--rouge-examples",
-        type=int,
-        default=defaults.rouge_examples,
-        metavar="N",
-        help="held-out prompts answered by the final model for Rouge-L; 0 skips "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=defaults.max_new_tokens,
-        metavar="N",
-        help="answer length for Rouge-L generation (default: %(default)s)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")
     p.set_defaults(handler=run)
 
 
 def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
-    """Build a validated spec from parsed arguments."""
+    """Build a validated spec from parsed arguments, strategy options included."""
     from fedft.core.config import parse_overrides
     from fedft.simulation.engine import build_strategy
 
-    base = SimulationSpec(
-        strategy=args.strategy,
-        model=args.model,
-        dataset=args.dataset,
-        clients=args.clients,
-        rounds=args.rounds,
-        partition=args.partition,
-        seed=args.seed,
-        out=args.out or Path("runs") / f"{args.strategy}-{Path(args.model).name}-seed{args.seed}",
-        engine=args.engine,
-        max_length=args.max_length,
-        test_fraction=args.test_fraction,
-        eval_examples=args.eval_examples,
-        rouge_examples=args.rouge_examples,
-        max_new_tokens=args.max_new_tokens,
-    )
+    values = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SPEC_FLAGS}
+    default_out = Path("runs") / f"{args.strategy}-{Path(args.model).name}-seed{args.seed}"
+    base = SimulationSpec(**values, engine=args.engine, out=args.out or default_out)
     strategy, _ = build_strategy(base)
-    options = parse_overrides(strategy.config_cls, args.opt)
-    spec = SimulationSpec(**{**base.__dict__, "strategy_options": options})
+    spec = dataclasses.replace(
+        base, strategy_options=parse_overrides(strategy.config_cls, args.opt)
+    )
     build_strategy(spec)  # validate the options now, before loading any model
     return spec
 
