@@ -28,7 +28,15 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
-    from fedft.cli import strategies_cmd
+    from fedft.cli import (
+        certs_cmd,
+        client_cmd,
+        db_cmd,
+        serve_cmd,
+        status_cmd,
+        strategies_cmd,
+        token_cmd,
+    )
     from fedft.simulation import cli as simulate_cmd
 
     parser = argparse.ArgumentParser(
@@ -44,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     simulate_cmd.add_parser(sub)
     strategies_cmd.add_parser(sub)
+    db_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
+    client_cmd.add_parser(sub)
+    status_cmd.add_parser(sub)
+    certs_cmd.add_parser(sub)
+    token_cmd.add_parser(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import torch
 from google.protobuf.message import DecodeError
@@ -135,16 +136,43 @@ def _number_from_proto(key: str, msg: pb.Number) -> MetricValue:
     return msg.int_value if kind == "int_value" else msg.float_value
 
 
+def config_to_proto(config: Mapping[str, ConfigValue]) -> list[pb.ValueEntry]:
+    """Encode a flat config (a Payload's, a strategy's, a run's) as wire entries."""
+    return [pb.ValueEntry(key=k, value=_value_to_proto(k, v)) for k, v in config.items()]
+
+
+def config_from_proto(entries: Iterable[pb.ValueEntry]) -> dict[str, ConfigValue]:
+    """Decode wire config entries; raise ProtocolError on duplicates or empty values."""
+    config: dict[str, ConfigValue] = {}
+    for c in entries:
+        # Repeated entries, unlike a dict, can repeat a key; last-wins would hide a peer's bug.
+        if c.key in config:
+            raise ProtocolError(f"duplicate config key {c.key!r}")
+        config[c.key] = _value_from_proto(c.key, c.value)
+    return config
+
+
+def metrics_to_proto(metrics: Mapping[str, MetricValue]) -> list[pb.NumberEntry]:
+    """Encode metrics (or any name -> number map) as wire entries."""
+    return [pb.NumberEntry(key=k, value=_number_to_proto(k, v)) for k, v in metrics.items()]
+
+
+def metrics_from_proto(entries: Iterable[pb.NumberEntry]) -> dict[str, MetricValue]:
+    """Decode wire number entries; raise ProtocolError on duplicates or empty values."""
+    metrics: dict[str, MetricValue] = {}
+    for m in entries:
+        if m.key in metrics:
+            raise ProtocolError(f"duplicate metric key {m.key!r}")
+        metrics[m.key] = _number_from_proto(m.key, m.value)
+    return metrics
+
+
 def payload_to_proto(payload: Payload) -> pb.Payload:
     """Build the wire message for ``payload``; raise ValueError/TypeError if it cannot be sent."""
     return pb.Payload(
         tensors=[_tensor_to_proto(n, t) for n, t in payload.tensors.items()],
-        config=[
-            pb.ValueEntry(key=k, value=_value_to_proto(k, v)) for k, v in payload.config.items()
-        ],
-        metrics=[
-            pb.NumberEntry(key=k, value=_number_to_proto(k, v)) for k, v in payload.metrics.items()
-        ],
+        config=config_to_proto(payload.config),
+        metrics=metrics_to_proto(payload.metrics),
     )
 
 
@@ -152,21 +180,10 @@ def payload_from_proto(msg: pb.Payload) -> Payload:
     """Rebuild a Payload from its wire message; raise ProtocolError if the message is malformed."""
     tensors: dict[str, torch.Tensor] = {}
     for t in msg.tensors:
-        # Repeated entries, unlike a dict, can repeat a key; last-wins would hide a peer's bug.
         if t.name in tensors:
             raise ProtocolError(f"duplicate tensor name {t.name!r}")
         tensors[t.name] = _tensor_from_proto(t)
-    config: dict[str, ConfigValue] = {}
-    for c in msg.config:
-        if c.key in config:
-            raise ProtocolError(f"duplicate config key {c.key!r}")
-        config[c.key] = _value_from_proto(c.key, c.value)
-    metrics: dict[str, MetricValue] = {}
-    for m in msg.metrics:
-        if m.key in metrics:
-            raise ProtocolError(f"duplicate metric key {m.key!r}")
-        metrics[m.key] = _number_from_proto(m.key, m.value)
-    return Payload(tensors, config, metrics)
+    return Payload(tensors, config_from_proto(msg.config), metrics_from_proto(msg.metrics))
 
 
 def payload_to_bytes(payload: Payload) -> bytes:

@@ -77,6 +77,14 @@ class ServerStrategy(ABC, Generic[ConfigT]):
         store), so implementations must not need to hold all of them at once.
         """
 
+    def check_update(self, server_round: int, result: Result) -> str | None:
+        """Say why an update cannot be aggregated (wrong names, shapes, dtypes...), or None.
+
+        Hosts call this before they accept and store an update, so a bad update is refused at
+        the door rather than discarded at aggregation time. The default accepts everything.
+        """
+        return None
+
     @abstractmethod
     def global_state(self) -> Payload:
         """Return what a client half needs to rebuild the current global model (``load_global``)."""

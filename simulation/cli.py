@@ -101,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--engine",
         default=defaults.engine,
         choices=ENGINES,
-        help="inprocess: all clients in this process (default: %(default)s)",
+        help="inprocess: all clients share one model in this process; grpc: a real coordinator "
+        "and one process per client on loopback, over TLS (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")
     p.set_defaults(handler=run)

@@ -13,10 +13,11 @@ from fedft.simulation.spec import SimulationSpec
 def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
     """Build and run the engine with a progress display; write report.png at the end."""
     from fedft.simulation.engine import InProcessEngine
+    from fedft.simulation.grpc_engine import GrpcEngine
 
     console = Console(stderr=True, quiet=quiet)
     with console.status(f"loading {spec.model} and {spec.dataset} ..."):
-        engine = InProcessEngine(spec)
+        engine = GrpcEngine(spec) if spec.engine == "grpc" else InProcessEngine(spec)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

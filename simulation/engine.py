@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedft.client.data import Example, load_dataset
+from fedft.client.data import Example
 from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
 from fedft.client.models import ModelBundle, load_model
 from fedft.client.trainer import LocalTrainer
@@ -18,7 +18,7 @@ from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
-from fedft.simulation.partition import partition, train_test_split
+from fedft.simulation.data_split import split_data
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -78,26 +78,17 @@ class InProcessEngine:
         self.spec = spec
         self.progress = progress
         self.strategy, self.config = build_strategy(spec)
-        examples = load_dataset(spec.dataset)
-        train_idx, test_idx = train_test_split(
-            len(examples), test_fraction=spec.test_fraction, seed=spec.seed
-        )
-        train = [examples[i] for i in train_idx]
-        parts = partition(train, spec.clients, spec.partition, seed=spec.seed)
-        self.eval_set: list[Example] = [examples[i] for i in test_idx[: spec.eval_examples]]
-        self.rouge_set: list[Example] = [examples[i] for i in test_idx[: spec.rouge_examples]]
+        data = split_data(spec)
+        self.eval_set: list[Example] = data.eval_set
+        self.rouge_set: list[Example] = data.rouge_set
         self.bundle: ModelBundle = load_model(spec.model)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
         )
-        width = len(str(spec.clients - 1))
         self.clients = {
-            f"client-{c:0{width}d}": VirtualClient(
-                f"client-{c:0{width}d}",
-                LocalTrainer(self.bundle, [train[i] for i in part], max_length=spec.max_length),
-            )
-            for c, part in enumerate(parts)
+            cid: VirtualClient(cid, LocalTrainer(self.bundle, examples, max_length=spec.max_length))
+            for cid, examples in data.clients.items()
         }
         self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
         for client in self.clients.values():

@@ -9,7 +9,7 @@ from typing import Any
 from fedft.core.errors import UsageError
 from fedft.simulation.partition import parse_partition
 
-ENGINES = ("inprocess",)
+ENGINES = ("inprocess", "grpc")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,22 @@ from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 logger = logging.getLogger(__name__)
 
 
+def adapter_mismatch(
+    reference: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
+) -> str | None:
+    """Return why ``tensors`` cannot be averaged with ``reference``, or None if they fit."""
+    if set(tensors) != set(reference):
+        return "adapter names differ from the global adapter"
+    for name, t in tensors.items():
+        if t.shape != reference[name].shape:
+            return f"{name} has shape {tuple(t.shape)}, expected {tuple(reference[name].shape)}"
+        if not t.is_floating_point():
+            return f"{name} is not a floating-point tensor"
+        if not bool(torch.isfinite(t).all()):
+            return f"{name} has NaN or Inf values"
+    return None
+
+
 class PackedAccumulator:
     """Running weighted sum of same-shaped tensor dicts in one flat float64 buffer.
 
@@ -32,19 +48,6 @@ class PackedAccumulator:
             start += t.numel()
         self.buffer = torch.zeros(start, dtype=torch.float64)
         self.total_weight = 0.0
-
-    def check(self, tensors: dict[str, torch.Tensor]) -> str | None:
-        """Return why ``tensors`` cannot be added, or None if it fits."""
-        if set(tensors) != set(self.shapes):
-            return "adapter names differ from the global adapter"
-        for name, t in tensors.items():
-            if tuple(t.shape) != self.shapes[name]:
-                return f"{name} has shape {tuple(t.shape)}, expected {self.shapes[name]}"
-            if not t.is_floating_point():
-                return f"{name} is not a floating-point tensor"
-            if not bool(torch.isfinite(t).all()):
-                return f"{name} has NaN or Inf values"
-        return None
 
     def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
         """Add ``weight * tensors`` to the running sum."""
@@ -115,9 +118,7 @@ class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig]):
         loss_sum = 0.0
         for result in results:
             weight = result.payload.metrics.get("num_examples", 0)
-            problem = acc.check(result.payload.tensors)
-            if problem is None and not (isinstance(weight, int) and weight > 0):
-                problem = f"num_examples must be a positive int, got {weight!r}"
+            problem = self.check_update(server_round, result)
             if problem is not None:
                 logger.warning(
                     "round %d: rejected update of %s: %s", server_round, result.client_id, problem
@@ -136,6 +137,13 @@ class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig]):
             self.adapter = acc.mean()
             metrics["train_loss"] = loss_sum / acc.total_weight
         return metrics
+
+    def check_update(self, server_round: int, result: Result) -> str | None:
+        """Refuse updates whose adapter does not match the global one, or that carry no weight."""
+        weight = result.payload.metrics.get("num_examples", 0)
+        if not (isinstance(weight, int) and weight > 0):
+            return f"num_examples must be a positive int, got {weight!r}"
+        return adapter_mismatch(self.adapter, result.payload.tensors)
 
     def global_state(self) -> Payload:
         """Return the global adapter."""

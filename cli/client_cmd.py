@@ -1,0 +1,148 @@
+"""``fedft client``: the edge daemon that trains on local data for a coordinator."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+from pathlib import Path
+from types import FrameType
+
+DESCRIPTION = """\
+Run an edge client. On first start it enrolls with --token (a one-time token from the operator)
+and stores its identity (an Ed25519 key that signs every request) under --state-dir; later
+starts reuse it. It loads the base model once and keeps it loaded, long-polls the coordinator
+for tasks, trains on --data with the coordinator's strategy, and sends the update back. If the
+coordinator goes away it retries with exponential backoff; if the client is restarted it
+resumes with its stored identity and strategy state. It exits when the run is finished."""
+
+EPILOG = """\
+example:
+  fedft client --server coordinator.example.org:50051 --ca ca.pem --token fedft_... \\
+               --data my_dialogs.jsonl"""
+
+
+def default_state_dir(server: str) -> Path:
+    """Return ``~/.local/share/fedft/clients/<server>``, one folder per coordinator."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", server)
+    return Path.home() / ".local" / "share" / "fedft" / "clients" / safe
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``client`` subcommand."""
+    p = subparsers.add_parser(
+        "client",
+        help="run an edge client daemon",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the coordinator's address")
+    p.add_argument(
+        "--data",
+        default="chatterbot",
+        metavar="PATH|chatterbot",
+        help="local training data: a JSONL file (see docs/data.md) or the embedded "
+        "chatterbot dialogs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="tiny|smollm2|PATH|server",
+        help="base model: a preset, a local checkpoint folder, or `server` to download "
+        "it from the coordinator (default: the coordinator's, if it is a preset)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="one-time enrollment token; needed only on the first start",
+    )
+    p.add_argument(
+        "--client-id",
+        default="",
+        metavar="NAME",
+        help="id to ask for at enrollment (lowercase letters, digits, . _ -); "
+        "default: one chosen by the coordinator",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where identity, key and strategy state live "
+        "(default: ~/.local/share/fedft/clients/SERVER)",
+    )
+    p.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="the coordinator's CA certificate (ca.pem from `fedft certs init`)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC, for a coordinator on this machine only",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=128,
+        metavar="T",
+        help="tokens per training example (default: %(default)s)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="long-poll wait for a task, in seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-backoff",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="longest pause between reconnection attempts (default: %(default)s)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the client daemon until the coordinator's run is finished."""
+    from rich.console import Console
+
+    from fedft.client.daemon import ClientDaemon, DaemonOptions
+    from fedft.client.tls import channel_credentials
+    from fedft.core.errors import UsageError
+
+    host = args.server.rpartition(":")[0].strip("[]")
+    if args.insecure:
+        if host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127."):
+            raise UsageError("--insecure is only allowed for a coordinator on this machine")
+        credentials = None
+    elif args.ca is None:
+        raise UsageError("pass --ca PEM (the coordinator's ca.pem) or, for loopback, --insecure")
+    else:
+        credentials = channel_credentials(args.ca)
+    console = Console(stderr=True)
+    options = DaemonOptions(
+        server=args.server,
+        data=args.data,
+        state_dir=args.state_dir or default_state_dir(args.server),
+        credentials=credentials,
+        model=args.model,
+        token=args.token,
+        client_id=args.client_id,
+        max_length=args.max_length,
+        poll_s=args.poll,
+        max_backoff_s=args.max_backoff,
+    )
+    daemon = ClientDaemon(options, report=console.log)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    return daemon.run()

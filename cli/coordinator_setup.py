@@ -1,0 +1,78 @@
+"""Build a coordinator from command-line options; the one place that joins client and server."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedft.client.models import ModelBundle, load_model
+from fedft.client.trainer import LocalTrainer
+from fedft.core.config import ConfigError, parse_overrides
+from fedft.core.errors import UsageError
+from fedft.core.registry import get_strategy
+from fedft.core.strategy import ClientStrategy
+from fedft.server.coordinator import Coordinator, CoordinatorSettings
+from fedft.server.state.factory import open_state
+
+
+@dataclass
+class CoordinatorSetup:
+    """A coordinator plus the host-side model it was initialised from."""
+
+    coordinator: Coordinator
+    bundle: ModelBundle
+    client_half: ClientStrategy[Any]
+    trainer: LocalTrainer
+
+
+def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
+    """Open the state, load the model once for the initial global state, build the engine.
+
+    The server package never imports the client runtime (tests/test_layering.py): the initial
+    global state is computed here, by the client half on a host-side trainer, and handed over.
+    """
+    import fedft.strategies  # noqa: F401 - registers the built-ins even without entry points
+
+    spec = get_strategy(args.strategy)
+    options = parse_overrides(spec.config_cls, args.opt)
+    try:
+        config = spec.make_config(options)
+        settings = CoordinatorSettings(
+            rounds=args.rounds,
+            round_timeout_s=args.round_timeout,
+            min_clients=args.min_clients,
+            liveness_s=args.liveness,
+            heartbeat_interval_s=args.heartbeat,
+            max_update_bytes=int(args.max_update_mb * (1 << 20)),
+        )
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    state = open_state(args.db)
+    bundle = load_model(args.model)
+    trainer = LocalTrainer(bundle, [])
+    client_half: ClientStrategy[Any] = spec.client_cls(config)
+    client_half.prepare(trainer)
+    try:
+        coordinator = Coordinator(
+            state,
+            spec,
+            options,
+            seed=args.seed,
+            settings=settings,
+            model=args.model,
+            initial=client_half.initial_state(trainer),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return CoordinatorSetup(coordinator, bundle, client_half, trainer)
+
+
+def export_global(setup: CoordinatorSetup, folder: Path) -> None:
+    """Write the current global adapter in PEFT format into ``folder``."""
+    from fedft.core.serde import payload_from_bytes
+
+    global_state = payload_from_bytes(setup.coordinator.global_payload())
+    setup.client_half.load_global(global_state, setup.trainer)
+    setup.trainer.save_adapter(folder)

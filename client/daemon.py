@@ -1,0 +1,245 @@
+"""The edge client daemon: enroll once, keep the model loaded, fetch tasks, train, send updates."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fedft.client.connection import (
+    Connection,
+    NoTaskMessage,
+    RunDescription,
+    TaskMessage,
+    profile_message,
+)
+from fedft.client.data import load_dataset
+from fedft.client.identity_store import ClientStore, Identity
+from fedft.client.models import PRESETS, load_model
+from fedft.client.trainer import LocalTrainer
+from fedft.core.errors import UsageError
+from fedft.core.identity import generate_key
+from fedft.core.registry import get_strategy
+from fedft.core.serde import payload_from_bytes, payload_to_bytes
+from fedft.core.strategy import ClientStrategy
+
+logger = logging.getLogger(__name__)
+
+# Failures that a later attempt can cure: the coordinator restarting, a flaky link, overload.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Everything ``fedft client`` needs."""
+
+    server: str
+    data: str
+    state_dir: Path
+    credentials: grpc.ChannelCredentials | None
+    model: str | None = None
+    token: str | None = None
+    client_id: str = ""
+    max_length: int = 128
+    poll_s: float = 10.0
+    max_backoff_s: float = 30.0
+    max_retries: int | None = None
+
+
+class Backoff:
+    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... up to a cap, randomised by half."""
+
+    def __init__(self, cap_s: float, *, base_s: float = 0.5, rng: random.Random | None = None):
+        self.cap_s = cap_s
+        self.base_s = base_s
+        self.attempt = 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """Return the pause before the next attempt and count the attempt."""
+        delay = min(self.cap_s, self.base_s * (2**self.attempt))
+        self.attempt += 1
+        return float(delay * self.rng.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempt = 0
+
+
+class ClientDaemon:
+    """Runs one client until the coordinator's run is finished."""
+
+    def __init__(self, options: DaemonOptions, *, report: Callable[[str], None] = logger.info):
+        self.options = options
+        self.report = report
+        self.store = ClientStore(options.state_dir)
+        self.connection = Connection(options.server, credentials=options.credentials)
+        self.examples = load_dataset(options.data)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop after the current step."""
+        self._stop.set()
+
+    # --- retries -----------------------------------------------------------------------------
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Call until it succeeds, backing off on transient failures; other errors propagate."""
+        backoff = Backoff(self.options.max_backoff_s)
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                code = exc.code()
+                limit = self.options.max_retries
+                if code not in RETRYABLE or (limit is not None and backoff.attempt >= limit):
+                    raise
+                delay = backoff.next_delay()
+                self.report(
+                    f"{what}: coordinator unreachable ({code.name}); retrying in {delay:.1f} s"
+                )
+                if self._stop.wait(delay):
+                    raise
+            else:
+                backoff.reset()
+
+    # --- start-up ----------------------------------------------------------------------------
+    def _identity(self) -> Identity:
+        stored = self.store.load_identity(self.options.server)
+        if stored is not None:
+            self.connection.use_identity(stored.client_id, stored.key)
+            return stored
+        if not self.options.token:
+            raise UsageError(
+                "this client is not enrolled yet: pass --token (from `fedft token create`)"
+            )
+        key = generate_key()
+        profile = profile_message(len(self.examples), {})
+        try:
+            client_id, _ = self._retrying(
+                "enroll",
+                lambda: self.connection.enroll(
+                    self.options.token or "", key, self.options.client_id, profile
+                ),
+            )
+        except grpc.RpcError as exc:
+            raise UsageError(f"enrollment refused: {exc.details()}") from None
+        identity = Identity(client_id, self.options.server, key)
+        self.store.save_identity(identity)
+        self.report(f"enrolled as {client_id}")
+        return identity
+
+    def _run_description(self) -> RunDescription:
+        from fedft.client.connection import run_description
+
+        try:
+            response = self._retrying("heartbeat", self.connection.heartbeat)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise UsageError(
+                    f"the coordinator does not accept our identity ({exc.details()}); "
+                    f"delete {self.options.state_dir} and enroll again with a new token"
+                ) from None
+            raise
+        return run_description(response.run)
+
+    def _model_spec(self, run: RunDescription) -> str:
+        if self.options.model == "server":
+            from fedft.client.model_sync import fetch_model
+
+            self.report("downloading the base model from the coordinator")
+            return self._retrying("model download", lambda: fetch_model(self.connection))
+        if self.options.model:
+            return self.options.model
+        if run.model in PRESETS:
+            return run.model
+        raise UsageError(
+            f"the coordinator trains {run.model!r}, which this device cannot resolve: "
+            "pass --model PATH (a local copy) or --model server (download it)"
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Enroll if needed, then work on tasks until the run is finished; returns exit code 0."""
+        identity = self._identity()
+        run = self._run_description()
+        spec = get_strategy(run.strategy)
+        strategy: ClientStrategy[Any] = spec.client_cls(spec.make_config(dict(run.config)))
+        bundle = load_model(self._model_spec(run))
+        trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
+        strategy.prepare(trainer)
+        count = len(self.examples)
+        self.report(f"{identity.client_id}: {run.strategy} on {bundle.source}, {count} examples")
+        heartbeat = threading.Thread(target=self._heartbeats, name="fedft-heartbeat", daemon=True)
+        heartbeat.start()
+        try:
+            return self._work(strategy, trainer)
+        finally:
+            self._stop.set()
+            self.connection.close()
+
+    def _work(self, strategy: ClientStrategy[Any], trainer: LocalTrainer) -> int:
+        local_state = self.store.load_local_state()
+        while not self._stop.is_set():
+            message = self._retrying(
+                "fetch task", lambda: self.connection.fetch_task(self.options.poll_s)
+            )
+            if isinstance(message, NoTaskMessage):
+                if message.finished:
+                    self.report("the run is finished")
+                    return 0
+                self._stop.wait(message.retry_after_s)
+                continue
+            self.report(f"round {message.round}: training")
+            started = time.perf_counter()
+            update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
+            data = payload_to_bytes(update)
+            self.store.save_local_state(local_state)
+            try:
+                self._submit(message, data)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    pass  # an earlier attempt got through before its answer was lost
+                elif exc.code() in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    self.report(f"round {message.round}: update refused: {exc.details()}")
+                    continue
+                else:
+                    raise
+            seconds = time.perf_counter() - started
+            self.report(
+                f"round {message.round}: sent {len(data) / 1e6:.2f} MB after {seconds:.1f} s"
+            )
+        return 0
+
+    def _submit(self, task: TaskMessage, data: bytes) -> int:
+        return self._retrying(
+            "submit", lambda: self.connection.submit(task.task_id, task.round, data)
+        )
+
+    def _heartbeats(self) -> None:
+        interval = 10.0
+        while not self._stop.wait(interval):
+            try:
+                response = self.connection.heartbeat()
+                interval = max(response.heartbeat_interval_ms / 1000.0, 0.5)
+            except grpc.RpcError as exc:
+                logger.debug("heartbeat failed: %s", exc.code())
+            except ValueError:  # the channel was closed under us at shutdown
+                return

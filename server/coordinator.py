@@ -1,0 +1,444 @@
+"""The coordinator's round engine: hosts any registered strategy over durable state, no gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fedft.core.chunking import DEFAULT_CHUNK_BYTES
+from fedft.core.errors import ProtocolError
+from fedft.core.identity import hash_token
+from fedft.core.payload import MetricValue, Payload
+from fedft.core.registry import StrategySpec
+from fedft.core.serde import payload_from_bytes, payload_to_bytes
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.server import metrics as prom
+from fedft.server.state.base import ClientExists, DuplicateUpdate, RoundClosed, State, TokenError
+from fedft.server.state.records import (
+    ROUND_DONE,
+    ROUND_OPEN,
+    ClientRecord,
+    RoundRecord,
+    RunRecord,
+    TaskRecord,
+    TrafficRecord,
+    UpdateRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+PUBLIC_KEY_BYTES = 32
+
+
+class Rejected(Exception):
+    """A request the coordinator refuses; ``code`` names the gRPC status the servicer returns."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """How rounds are run: length, deadlines, who counts as alive, limits."""
+
+    rounds: int
+    round_timeout_s: float = 600.0
+    min_clients: int = 1
+    liveness_s: float = 60.0
+    heartbeat_interval_s: float = 10.0
+    max_update_bytes: int = 1 << 30
+    restart_grace_s: float = 30.0
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if self.round_timeout_s <= 0 or self.liveness_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("timeouts must be > 0")
+        if self.min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A task handed to a client: its record, serialized payload and deadline."""
+
+    task: TaskRecord
+    data: bytes
+    deadline: float
+
+
+class Coordinator:
+    """Drives ``configure → collect → aggregate`` rounds for one run over a :class:`State`.
+
+    Thread-safe: the gRPC servicer calls it from many threads while :meth:`run_rounds` runs the
+    round loop in its own. ``_lock`` guards the strategy and the decision to close a round, so
+    an update is either stored before its round starts aggregating or refused as late: an
+    acknowledged update is never left out.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        strategy: StrategySpec,
+        strategy_config: dict[str, Any],
+        *,
+        seed: int,
+        settings: CoordinatorSettings,
+        model: str,
+        initial: Payload,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.state = state
+        self.strategy = strategy
+        self.settings = settings
+        self.clock = clock
+        self.config = strategy.make_config(strategy_config)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._closing: set[int] = set()
+        self._stop = threading.Event()
+        stored = state.get_run()
+        if stored is not None:
+            if stored.strategy != strategy.name:
+                raise ValueError(
+                    f"this database holds a {stored.strategy!r} run, not {strategy.name!r}; "
+                    "use another --db to start a new run"
+                )
+            # The run's identity is what was stored: a restart must not change the algorithm.
+            resumed = strategy.make_config(stored.config)
+            if (resumed.to_dict(), stored.seed, stored.rounds) != (
+                self.config.to_dict(),
+                seed,
+                settings.rounds,
+            ):
+                logger.warning(
+                    "resuming run %s with its stored config, seed and rounds", stored.run_id
+                )
+            self.config, seed = resumed, stored.seed
+            self.settings = dataclasses.replace(settings, rounds=stored.rounds)
+        self.server_half: ServerStrategy[Any] = strategy.server_cls(self.config, seed=seed)
+        self.run = self._resume(stored) if stored else self._create(seed, model, initial)
+
+    # --- start-up ----------------------------------------------------------------------------
+    def _create(self, seed: int, model: str, initial: Payload) -> RunRecord:
+        self.server_half.initialize(initial)
+        fresh = RunRecord(
+            run_id=uuid.uuid4().hex,
+            strategy=self.strategy.name,
+            config=dict(self.config.to_dict()),
+            seed=seed,
+            rounds=self.settings.rounds,
+            model=model,
+            created_at=self.clock(),
+        )
+        checkpoint = payload_to_bytes(self.server_half.state_dict())
+        return self.state.initialize_run(fresh, checkpoint)
+
+    def _resume(self, run: RunRecord) -> RunRecord:
+        done_round, checkpoint = self.state.latest_checkpoint()
+        self.server_half.load_state_dict(payload_from_bytes(checkpoint))
+        open_round = self._open_round()
+        if open_round is not None:
+            # Clients could not submit while we were down: give them time to reconnect.
+            grace = self.clock() + self.settings.restart_grace_s
+            if open_round.deadline < grace:
+                self.state.extend_deadline(open_round.round, grace)
+        logger.info("resumed run %s after round %d", run.run_id, done_round)
+        return run
+
+    # --- queries -------------------------------------------------------------------------------
+    def _open_round(self) -> RoundRecord | None:
+        rounds = self.state.list_rounds()
+        if rounds and rounds[-1].status == ROUND_OPEN:
+            return rounds[-1]
+        return None
+
+    def current_round(self) -> int:
+        """Return the number of the newest round (0 before the first)."""
+        rounds = self.state.list_rounds()
+        return rounds[-1].round if rounds else 0
+
+    def finished(self) -> bool:
+        """Whether the last round is done."""
+        last = self.state.get_round(self.settings.rounds)
+        return last is not None and last.status == ROUND_DONE
+
+    def public_key(self, client_id: str) -> bytes | None:
+        """Return the public key that verifies ``client_id``'s requests, if enrolled."""
+        client = self.state.get_client(client_id)
+        return client.public_key if client else None
+
+    def alive_clients(self) -> list[ClientRecord]:
+        """Return the clients seen within the liveness window."""
+        horizon = self.clock() - self.settings.liveness_s
+        return [c for c in self.state.list_clients() if c.last_seen >= horizon]
+
+    # --- client calls ------------------------------------------------------------------------
+    def enroll(
+        self,
+        token: str,
+        public_key: bytes,
+        requested_id: str = "",
+        *,
+        num_examples: int = 0,
+        properties: dict[str, Any] | None = None,
+    ) -> ClientRecord:
+        """Exchange a one-time token and a public key for a client identity."""
+        if len(public_key) != PUBLIC_KEY_BYTES:
+            raise Rejected("invalid", f"public key must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes")
+        client_id = requested_id or f"client-{secrets.token_hex(4)}"
+        if not CLIENT_ID.match(client_id):
+            raise Rejected("invalid", f"client id {client_id!r} must match {CLIENT_ID.pattern}")
+        if num_examples < 0:
+            raise Rejected("invalid", "num_examples must be >= 0")
+        now = self.clock()
+        record = ClientRecord(client_id, public_key, now, now, num_examples, dict(properties or {}))
+        try:
+            stored = self.state.enroll(hash_token(token), record, now)
+        except TokenError as exc:
+            prom.REJECTED.labels(reason="token").inc()
+            raise Rejected("unauthenticated", str(exc)) from None
+        except ClientExists:
+            raise Rejected("exists", f"client id {client_id!r} is already enrolled") from None
+        prom.ENROLLED.inc()
+        self._notify()
+        return stored
+
+    def heartbeat(
+        self,
+        client_id: str,
+        *,
+        num_examples: int | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """Record that a client is alive, with its latest profile."""
+        self.state.touch_client(
+            client_id, self.clock(), num_examples=num_examples, properties=properties
+        )
+        self._notify()
+
+    def fetch_task(self, client_id: str, wait_s: float) -> Assignment | None:
+        """Return the client's unanswered task in the open round, waiting up to ``wait_s``."""
+        self.state.touch_client(client_id, self.clock())
+        self._notify()  # a waiting round may start now that this client is alive
+        until = self.clock() + max(0.0, wait_s)
+        with self._changed:
+            while True:
+                assignment = self._assignment_for(client_id)
+                if assignment is not None or self.finished() or self._stop.is_set():
+                    return assignment
+                remaining = until - self.clock()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(min(remaining, 1.0))
+
+    def _assignment_for(self, client_id: str) -> Assignment | None:
+        current = self._open_round()
+        if current is None or current.round in self._closing:
+            return None
+        answered = {u.task_id for u in self.state.updates_for_round(current.round)}
+        for task in self.state.tasks_for_round(current.round):
+            if task.client_id == client_id and task.task_id not in answered:
+                data = b"".join(self.state.get_blob(sha) for sha in task.payload_shas)
+                return Assignment(task, data, current.deadline)
+        return None
+
+    def submit(self, client_id: str, task_id: str, round_number: int, data: bytes) -> UpdateRecord:
+        """Validate and durably store an update; raise :class:`Rejected` with the reason."""
+        task = self.state.get_task(task_id)
+        if task is None:
+            raise self._reject("not_found", "unknown", f"no task {task_id!r}")
+        if task.client_id != client_id:
+            raise self._reject(
+                "permission", "not_assigned", f"task {task_id} is not assigned to you"
+            )
+        if task.round != round_number:
+            raise self._reject("invalid", "round", f"task {task_id} belongs to round {task.round}")
+        try:
+            payload = payload_from_bytes(data)
+        except ProtocolError as exc:
+            raise self._reject("invalid", "malformed", str(exc)) from None
+        with self._lock:
+            current = self.state.get_round(task.round)
+            late = current is None or current.status != ROUND_OPEN or task.round in self._closing
+            if late or self.clock() > current.deadline:  # type: ignore[union-attr]
+                raise self._reject("stale", "stale", f"round {task.round} no longer takes updates")
+            problem = self.server_half.check_update(task.round, Result(client_id, payload))
+            if problem is not None:
+                raise self._reject("invalid", "invalid", problem)
+            record = UpdateRecord(
+                task_id, task.round, client_id, _sha_hex(data), len(data), self.clock()
+            )
+            try:
+                self.state.add_update(record, data)
+            except DuplicateUpdate:
+                raise self._reject(
+                    "duplicate", "duplicate", f"task {task_id} already has an update"
+                ) from None
+            except RoundClosed:
+                raise self._reject(
+                    "stale", "stale", f"round {task.round} no longer takes updates"
+                ) from None
+            self._changed.notify_all()
+        prom.ACCEPTED.inc()
+        return record
+
+    def _reject(self, code: str, reason: str, message: str) -> Rejected:
+        prom.REJECTED.labels(reason=reason).inc()
+        return Rejected(code, message)
+
+    def global_payload(self) -> bytes:
+        """Return the serialized global state (what ``load_global`` expects)."""
+        with self._lock:
+            return payload_to_bytes(self.server_half.global_state())
+
+    def record_traffic(
+        self,
+        client_id: str,
+        rpc: str,
+        *,
+        up: int,
+        down: int,
+        payload_up: int = 0,
+        payload_down: int = 0,
+        round_number: int | None = None,
+    ) -> None:
+        """Store the serialized bytes of one exchange (messages and the payload inside them)."""
+        number = self.current_round() if round_number is None else round_number
+        self.state.add_traffic(
+            TrafficRecord(number, client_id, rpc, up, down, self.clock(), payload_up, payload_down)
+        )
+        prom.BYTES.labels(direction="up").inc(up)
+        prom.BYTES.labels(direction="down").inc(down)
+
+    # --- the round loop ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run_rounds` and waiting calls to return."""
+        self._stop.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def run_rounds(self) -> None:
+        """Run rounds until the last one is done or :meth:`stop` is called."""
+        while not self._stop.is_set() and not self.finished():
+            current = self._open_round()
+            if current is None:
+                if not self._start_next_round():
+                    self._wait(0.5)
+            elif self._round_complete(current):
+                self._close(current)
+            else:
+                self._wait(min(max(current.deadline - self.clock(), 0.01), 0.5))
+        self._notify()
+
+    def _wait(self, seconds: float) -> None:
+        with self._changed:
+            self._changed.wait(seconds)
+
+    def _start_next_round(self) -> bool:
+        number = self.current_round() + 1
+        alive = self.alive_clients()
+        if len(alive) < self.settings.min_clients:
+            return False
+        infos = [ClientInfo(c.client_id, c.num_examples, c.properties) for c in alive]
+        with self._lock:
+            tasks = self.server_half.configure(number, infos)
+        if not tasks:
+            return False
+        now = self.clock()
+        records, blobs = self._task_records(number, tasks, now)
+        deadline = now + self.settings.round_timeout_s
+        self.state.open_round(RoundRecord(number, ROUND_OPEN, now, deadline), records, blobs)
+        prom.ROUND.set(number)
+        logger.info("round %d started with %d tasks", number, len(records))
+        self._notify()
+        return True
+
+    def _task_records(
+        self, number: int, tasks: list[Task], now: float
+    ) -> tuple[list[TaskRecord], list[bytes]]:
+        """Store each task as a shared tensor blob plus its own small config blob.
+
+        Serialized protobuf messages concatenate by merging, so ``tensors || config`` parses as
+        the full payload; tasks that share tensors (every FedAvg client gets the same adapter)
+        then share one blob instead of storing a copy per client.
+        """
+        records: list[TaskRecord] = []
+        blobs: list[bytes] = []
+        for task in tasks:
+            tensors = payload_to_bytes(Payload(tensors=task.payload.tensors))
+            rest = payload_to_bytes(
+                Payload(config=task.payload.config, metrics=task.payload.metrics)
+            )
+            parts = tuple(p for p in (tensors, rest) if p)
+            blobs.extend(parts)
+            shas = tuple(_sha_hex(p) for p in parts)
+            records.append(TaskRecord(uuid.uuid4().hex, number, task.client_id, shas, now))
+        return records, blobs
+
+    def _round_complete(self, current: RoundRecord) -> bool:
+        if self.clock() >= current.deadline:
+            return True
+        tasks = self.state.tasks_for_round(current.round)
+        return len(self.state.updates_for_round(current.round)) >= len(tasks)
+
+    def _close(self, current: RoundRecord) -> None:
+        with self._lock:
+            self._closing.add(current.round)
+        try:
+            updates = self.state.updates_for_round(current.round)
+            answered = {u.task_id for u in updates}
+            failures = [
+                Failure(t.client_id, "no update before the deadline")
+                for t in self.state.tasks_for_round(current.round)
+                if t.task_id not in answered
+            ]
+            with self._lock:
+                metrics = self.server_half.aggregate(
+                    current.round, self._results(updates), failures
+                )
+                checkpoint = payload_to_bytes(self.server_half.state_dict())
+            summary: dict[str, MetricValue] = {
+                **metrics,
+                "updates": len(updates),
+                "missing": len(failures),
+            }
+            self.state.close_round(current.round, self.clock(), dict(summary), checkpoint)
+        except Exception:
+            # The strategy may be half-updated: return to the last durable checkpoint.
+            _, checkpoint = self.state.latest_checkpoint()
+            with self._lock:
+                self.server_half.load_state_dict(payload_from_bytes(checkpoint))
+            raise
+        finally:
+            with self._lock:
+                self._closing.discard(current.round)
+        prom.ROUNDS_DONE.inc()
+        logger.info("round %d done: %s", current.round, summary)
+        self._notify()
+
+    def _results(self, updates: list[UpdateRecord]) -> Iterator[Result]:
+        """Load updates one at a time, so aggregation memory does not grow with clients."""
+        for update in updates:
+            yield Result(
+                update.client_id, payload_from_bytes(self.state.get_blob(update.payload_sha))
+            )
+
+
+def _sha_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

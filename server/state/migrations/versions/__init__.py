@@ -1,0 +1,1 @@
+"""Alembic revision scripts, oldest first by date in their file names."""

@@ -1,0 +1,244 @@
+"""The grpc engine: a real coordinator process and N client processes on loopback, over TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
+from fedft.client.models import load_model
+from fedft.client.trainer import LocalTrainer
+from fedft.core.errors import FedftError
+from fedft.core.identity import hash_token, new_token
+from fedft.core.serde import payload_from_bytes
+from fedft.core.strategy import ClientStrategy, ServerStrategy
+from fedft.server.state.base import State
+from fedft.server.state.factory import open_state
+from fedft.server.state.records import ROUND_DONE, TokenRecord
+from fedft.server.tls import init_certificates
+from fedft.simulation.data_split import split_data
+from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy
+from fedft.simulation.report import Report, RoundRecord
+from fedft.simulation.spec import SimulationSpec
+
+STARTUP_TIMEOUT_S = 300.0
+POLL_S = 0.2
+
+
+class EngineFailure(FedftError):
+    """A coordinator or client process died; the message quotes its log."""
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class GrpcEngine:
+    """Runs the same simulation as the in-process engine through the deployable stack.
+
+    Everything a deployment has is exercised: certificates, one-time tokens, signed calls,
+    chunked streams, durable state. The parent process only watches the coordinator's database
+    and evaluates each round's checkpoint with the same evaluator as the in-process engine, so
+    both engines write the same ``report.json``.
+    """
+
+    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
+        self.spec = spec
+        self.progress = progress
+        self.strategy, self.config = build_strategy(spec)
+        self.data = split_data(spec)
+        self.workdir = spec.out / "grpc"
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)  # a fresh run: stale state would be resumed, not redone
+        (self.workdir / "data").mkdir(parents=True)
+        (self.workdir / "logs").mkdir()
+        self.db_url = f"sqlite:///{self.workdir / 'coordinator.db'}"
+        init_certificates(self.workdir / "certs", ["127.0.0.1"])
+        self.bundle = load_model(spec.model)
+        self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
+        self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
+            self.config, seed=spec.seed
+        )
+        self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
+        self.client_half.prepare(self.evaluator)
+        self._processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self._handles: list[IO[bytes]] = []
+
+    # --- processes -----------------------------------------------------------------------------
+    def _launch(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = self.workdir / "logs" / f"{name}.log"
+        handle = log.open("wb")
+        self._handles.append(handle)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedft.cli", *args],
+            stdout=subprocess.PIPE if name == "coordinator" else handle,
+            stderr=handle,
+            env=env,
+        )
+        self._processes.append((name, process, log))
+        return process
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["HF_HUB_OFFLINE"] = "1"
+        # N training processes share this machine's cores: one thread each avoids the
+        # oversubscription that stalls torch's parallel kernels.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def _start_coordinator(self) -> int:
+        spec = self.spec
+        options = [f"--opt={k}={_cli_value(v)}" for k, v in spec.strategy_options.items()]
+        args = [
+            "serve", "--strategy", spec.strategy, *options, "--rounds", str(spec.rounds),
+            "--model", spec.model, "--seed", str(spec.seed), "--db", self.db_url,
+            "--bind", "127.0.0.1:0", "--certs", str(self.workdir / "certs"),
+            "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
+        ]  # fmt: skip
+        env = self._environment()
+        env.pop("OMP_NUM_THREADS")  # the coordinator only aggregates; let it use the cores
+        process = self._launch("coordinator", args, env)
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()  # "fedft coordinator listening on HOST:PORT ..."
+        if "listening on" not in line:
+            raise EngineFailure(f"the coordinator did not start:\n{_tail(self._processes[0][2])}")
+        return int(line.split("listening on ")[1].split()[0].rpartition(":")[2])
+
+    def _start_clients(self, port: int, tokens: dict[str, str]) -> None:
+        for cid, examples in self.data.clients.items():
+            path = self.workdir / "data" / f"{cid}.jsonl"
+            path.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
+            args = [
+                "client", "--server", f"127.0.0.1:{port}",
+                "--ca", str(self.workdir / "certs" / "ca.pem"),
+                "--token", tokens[cid], "--client-id", cid, "--data", str(path),
+                "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
+                "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
+            ]  # fmt: skip
+            self._launch(cid, args, self._environment())
+
+    def _check_processes(self) -> None:
+        for name, process, log in self._processes:
+            code = process.poll()
+            if code not in (None, 0):
+                raise EngineFailure(f"{name} exited with code {code}:\n{_tail(log)}")
+
+    def _shutdown(self) -> None:
+        for _, process, _ in self._processes:
+            if process.poll() is None:
+                process.terminate()
+        for _, process, _ in self._processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for handle in self._handles:
+            handle.close()
+
+    # --- the run -------------------------------------------------------------------------------
+    def _evaluate_checkpoint(self, state: State, round_number: int) -> float:
+        self.server_half.load_state_dict(payload_from_bytes(state.get_checkpoint(round_number)))
+        self.client_half.load_global(self.server_half.global_state(), self.evaluator)
+        return held_out_loss(self.bundle, self.data.eval_set, max_length=self.spec.max_length).loss
+
+    def _wait_for_round(self, state: State, round_number: int) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S + self.spec.rounds * 600
+        while time.monotonic() < deadline:
+            record = state.get_round(round_number)
+            if record is not None and record.status == ROUND_DONE:
+                return
+            self._check_processes()
+            time.sleep(POLL_S)
+        raise EngineFailure(f"round {round_number} did not finish in time")
+
+    def run(self) -> Report:
+        """Run all rounds through the real stack; returns the report (also written to disk)."""
+        spec = self.spec
+        report = Report(
+            strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
+            dataset=spec.dataset, partition=spec.partition, engine="grpc",
+            config=self.config.to_dict(),
+        )  # fmt: skip
+        tokens = {cid: new_token() for cid in self.data.clients}
+        state = open_state(self.db_url)
+        for token in tokens.values():
+            state.add_token(TokenRecord(hash_token(token), time.time(), note="fedft simulate"))
+        try:
+            port = self._start_coordinator()
+            self._start_clients(port, tokens)
+            self._wait_for_initial_checkpoint(state)
+            report.initial = {"eval_loss": self._evaluate_checkpoint(state, 0)}
+            report.write(spec.out)
+            for number in range(1, spec.rounds + 1):
+                self.progress("round", number - 1, spec.rounds)
+                self._wait_for_round(state, number)
+                report.rounds.append(self._round_record(state, number))
+                report.write(spec.out)
+            self.progress("round", spec.rounds, spec.rounds)
+            for _, process, _ in self._processes[1:]:
+                process.wait(timeout=120)  # clients exit once they learn the run is over
+        finally:
+            self._shutdown()
+            state.close()
+        report.final = {
+            "eval_loss": report.rounds[-1].eval_loss,
+            "rouge_l": self._rouge(),
+            "bytes_total": report.bytes_total,
+        }
+        if self.bundle.lora_spec is not None:
+            self.evaluator.save_adapter(spec.out / "adapter")
+        report.write(spec.out)
+        return report
+
+    def _wait_for_initial_checkpoint(self, state: State) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while state.get_run() is None:
+            self._check_processes()
+            if time.monotonic() > deadline:
+                raise EngineFailure("the coordinator did not initialise its run in time")
+            time.sleep(POLL_S)
+
+    def _round_record(self, state: State, number: int) -> RoundRecord:
+        record = state.get_round(number)
+        if record is None or record.closed_at is None:
+            raise EngineFailure(f"round {number} is not closed")
+        traffic = state.list_traffic(number)
+        return RoundRecord(
+            round=number,
+            eval_loss=self._evaluate_checkpoint(state, number),
+            # The payload bytes inside the messages: what the in-process engine counts too.
+            bytes_up=sum(t.payload_up for t in traffic),
+            bytes_down=sum(t.payload_down for t in traffic),
+            participants=len(state.tasks_for_round(number)),
+            seconds=round(record.closed_at - record.started_at, 3),
+            metrics={
+                k: v
+                for k, v in record.metrics.items()
+                if isinstance(v, (int, float)) and k not in ("updates", "missing")
+            },
+        )
+
+    def _rouge(self) -> float | None:
+        if not self.data.rouge_set:
+            return None
+        answers = generate_answers(
+            self.bundle,
+            [ex.prompt for ex in self.data.rouge_set],
+            max_new_tokens=self.spec.max_new_tokens,
+        )
+        return rouge_l(answers, [ex.response for ex in self.data.rouge_set])
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
