@@ -168,10 +168,19 @@ def run(args: argparse.Namespace) -> int:
     """Start the coordinator and serve until the run is finished."""
     from fedft.cli.coordinator_setup import coordinator_setup, export_global
     from fedft.core.errors import UsageError
-    from fedft.server.app import CoordinatorService
+    from fedft.server.app import CoordinatorService, split_address
+    from fedft.server.tls import is_loopback
 
     if args.rounds < 1:
         raise UsageError("--rounds must be >= 1")
+    # Refuse a bad transport before spending seconds on loading the model.
+    host, _ = split_address(args.bind)
+    if args.insecure and not is_loopback(host):
+        raise UsageError(f"--insecure is for loopback only; {host} is not a loopback address")
+    if not args.insecure and not (args.certs / "server.pem").is_file():
+        raise UsageError(
+            f"no server.pem in {args.certs}: run `fedft certs init --out {args.certs}`"
+        )
     setup = coordinator_setup(args)
     coordinator = setup.coordinator
     cert_dir = None if args.insecure else args.certs

@@ -70,6 +70,21 @@ class CoordinatorSettings:
             raise ValueError("min_clients must be >= 1")
 
 
+@dataclass
+class _RoundIndex:
+    """The open round's tasks by client and its answered task ids, kept in memory.
+
+    A round's tasks never change once it is open, and every update of the run is accepted by
+    :meth:`Coordinator.submit`, which records it here; so a fetch or a completeness check costs
+    O(1) instead of reading every task and update of the round (O(N²) state reads a round).
+    """
+
+    round: int
+    tasks: dict[str, list[TaskRecord]]
+    count: int
+    answered: set[str]
+
+
 @dataclass(frozen=True)
 class Assignment:
     """A task handed to a client: its record, serialized payload and deadline."""
@@ -107,6 +122,11 @@ class Coordinator:
         self.config = strategy.make_config(strategy_config)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # Long-polling fetches wait here, woken only when a round opens or closes (or on stop),
+        # not by every submit and heartbeat; ``_generation`` counts those events.
+        self._rounds_changed = threading.Condition(self._lock)
+        self._generation = 0
+        self._index: _RoundIndex | None = None
         self._closing: set[int] = set()
         self._stop = threading.Event()
         stored = state.get_run()
@@ -224,6 +244,8 @@ class Coordinator:
         properties: dict[str, Any] | None = None,
     ) -> None:
         """Record that a client is alive, with its latest profile."""
+        if num_examples is not None and num_examples < 0:
+            raise Rejected("invalid", "num_examples must be >= 0")
         self.state.touch_client(
             client_id, self.clock(), num_examples=num_examples, properties=properties
         )
@@ -234,29 +256,48 @@ class Coordinator:
         self.state.touch_client(client_id, self.clock())
         self._notify()  # a waiting round may start now that this client is alive
         until = self.clock() + max(0.0, wait_s)
-        with self._changed:
+        with self._rounds_changed:
             while True:
+                seen = self._generation
                 assignment = self._assignment_for(client_id)
                 if assignment is not None or self.finished() or self._stop.is_set():
                     return assignment
-                remaining = until - self.clock()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(min(remaining, 1.0))
+                while self._generation == seen and not self._stop.is_set():
+                    remaining = until - self.clock()
+                    if remaining <= 0:
+                        return None
+                    self._rounds_changed.wait(min(remaining, 1.0))
 
     def _assignment_for(self, client_id: str) -> Assignment | None:
         current = self._open_round()
         if current is None or current.round in self._closing:
             return None
-        answered = {u.task_id for u in self.state.updates_for_round(current.round)}
-        for task in self.state.tasks_for_round(current.round):
-            if task.client_id == client_id and task.task_id not in answered:
+        index = self._round_index(current.round)
+        for task in index.tasks.get(client_id, ()):
+            if task.task_id not in index.answered:
                 data = b"".join(self.state.get_blob(sha) for sha in task.payload_shas)
                 return Assignment(task, data, current.deadline)
         return None
 
-    def submit(self, client_id: str, task_id: str, round_number: int, data: bytes) -> UpdateRecord:
-        """Validate and durably store an update; raise :class:`Rejected` with the reason."""
+    def _round_index(self, number: int) -> _RoundIndex:
+        """Return the in-memory index of round ``number``, reading it from the state once."""
+        with self._lock:
+            index = self._index
+            if index is None or index.round != number:
+                records = self.state.tasks_for_round(number)
+                tasks: dict[str, list[TaskRecord]] = {}
+                for task in records:
+                    tasks.setdefault(task.client_id, []).append(task)
+                answered = {u.task_id for u in self.state.updates_for_round(number)}
+                index = self._index = _RoundIndex(number, tasks, len(records), answered)
+            return index
+
+    def admit(self, client_id: str, task_id: str, round_number: int) -> TaskRecord:
+        """Check an announced update before its bytes arrive: own task, right round, still open.
+
+        The servicer calls this right after the header, so nobody can make the server buffer a
+        large upload for a task that would be refused anyway.
+        """
         task = self.state.get_task(task_id)
         if task is None:
             raise self._reject("not_found", "unknown", f"no task {task_id!r}")
@@ -266,6 +307,14 @@ class Coordinator:
             )
         if task.round != round_number:
             raise self._reject("invalid", "round", f"task {task_id} belongs to round {task.round}")
+        current = self.state.get_round(task.round)
+        if current is None or current.status != ROUND_OPEN or self.clock() > current.deadline:
+            raise self._reject("stale", "stale", f"round {task.round} no longer takes updates")
+        return task
+
+    def submit(self, client_id: str, task_id: str, round_number: int, data: bytes) -> UpdateRecord:
+        """Validate and durably store an update; raise :class:`Rejected` with the reason."""
+        task = self.admit(client_id, task_id, round_number)
         try:
             payload = payload_from_bytes(data)
         except ProtocolError as exc:
@@ -291,7 +340,10 @@ class Coordinator:
                 raise self._reject(
                     "stale", "stale", f"round {task.round} no longer takes updates"
                 ) from None
-            self._changed.notify_all()
+            index = self._round_index(task.round)
+            index.answered.add(task_id)
+            if len(index.answered) >= index.count:
+                self._changed.notify_all()  # the round is complete: wake the round loop
         prom.ACCEPTED.inc()
         return record
 
@@ -327,10 +379,17 @@ class Coordinator:
     def stop(self) -> None:
         """Ask :meth:`run_rounds` and waiting calls to return."""
         self._stop.set()
-        self._notify()
+        self._notify_rounds()
 
     def _notify(self) -> None:
         with self._changed:
+            self._changed.notify_all()
+
+    def _notify_rounds(self) -> None:
+        """Wake long-polling fetches and the round loop: a round opened or closed, or stop."""
+        with self._lock:
+            self._generation += 1
+            self._rounds_changed.notify_all()
             self._changed.notify_all()
 
     def run_rounds(self) -> None:
@@ -344,7 +403,7 @@ class Coordinator:
                 self._close(current)
             else:
                 self._wait(min(max(current.deadline - self.clock(), 0.01), 0.5))
-        self._notify()
+        self._notify_rounds()
 
     def _wait(self, seconds: float) -> None:
         with self._changed:
@@ -366,7 +425,7 @@ class Coordinator:
         self.state.open_round(RoundRecord(number, ROUND_OPEN, now, deadline), records, blobs)
         prom.ROUND.set(number)
         logger.info("round %d started with %d tasks", number, len(records))
-        self._notify()
+        self._notify_rounds()
         return True
 
     def _task_records(
@@ -394,8 +453,8 @@ class Coordinator:
     def _round_complete(self, current: RoundRecord) -> bool:
         if self.clock() >= current.deadline:
             return True
-        tasks = self.state.tasks_for_round(current.round)
-        return len(self.state.updates_for_round(current.round)) >= len(tasks)
+        index = self._round_index(current.round)
+        return len(index.answered) >= index.count
 
     def _close(self, current: RoundRecord) -> None:
         with self._lock:
@@ -428,6 +487,7 @@ class Coordinator:
         finally:
             with self._lock:
                 self._closing.discard(current.round)
+                self._notify_rounds()
         prom.ROUNDS_DONE.inc()
         logger.info("round %d done: %s", current.round, summary)
         self._notify()

@@ -189,6 +189,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if first is None or first.WhichOneof("part") != "header":
                 raise ProtocolError("an update stream must start with an UpdateHeader")
             header = first.header
+            self.coordinator.admit(client_id, header.task_id, header.round)
             received = first.ByteSize()
             buffer = Reassembler(
                 header.payload_size,
@@ -223,7 +224,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         name = request.name
         if name == "global":
             data = self.coordinator.global_payload()
-            size, digest, chunks = len(data), sha256(data), iter_chunks(data)
+            chunk_bytes = self.coordinator.settings.chunk_bytes
+            size, digest, chunks = len(data), sha256(data), iter_chunks(data, chunk_bytes)
         elif name.startswith("model/") and self.artifacts is not None:
             found = self.artifacts.open(name.removeprefix("model/"))
             if found is None:
@@ -249,7 +251,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self._authenticate(context, "GetStatus")
         coordinator = self.coordinator
         status = run_status(
-            coordinator.state, liveness_s=coordinator.settings.liveness_s, now=time.time()
+            coordinator.state, liveness_s=coordinator.settings.liveness_s, now=coordinator.clock()
         )
         if status is None:  # the coordinator creates the run before it serves
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the run is not initialised yet")

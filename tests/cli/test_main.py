@@ -22,7 +22,9 @@ def subcommand(name: str) -> argparse.ArgumentParser:
     raise AssertionError("no subcommands")
 
 
-@pytest.mark.parametrize("name", ["simulate", "strategies"])
+@pytest.mark.parametrize(
+    "name", ["simulate", "strategies", "serve", "client", "status", "db", "certs", "token"]
+)
 def test_every_flag_is_explained(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     parser = subcommand(name)
     with pytest.raises(SystemExit) as exit_info:

@@ -166,7 +166,9 @@ class HeartbeatRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def profile(self) -> Global___ClientProfile:
-        """The client's current profile; omitted fields keep their stored values."""
+        """The client's current profile. When present it replaces the stored one (example count and
+        properties); when absent the stored profile is kept.
+        """
 
     def __init__(
         self,
