@@ -70,9 +70,9 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
 
 
 def export_global(setup: CoordinatorSetup, folder: Path) -> None:
-    """Write the current global adapter in PEFT format into ``folder``."""
+    """Write the current global model into ``folder`` (PEFT adapters, or full weights)."""
     from fedft.core.serde import payload_from_bytes
 
     global_state = payload_from_bytes(setup.coordinator.global_payload())
     setup.client_half.load_global(global_state, setup.trainer)
-    setup.trainer.save_adapter(folder)
+    setup.trainer.save_model(folder)

@@ -144,7 +144,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         default=None,
         metavar="DIR",
-        help="when the run is finished, write the global adapter there in PEFT format",
+        help="when the run is finished, write the global model there (PEFT adapters for LoRA "
+        "strategies, full safetensors weights for seed-based ones)",
     )
     p.add_argument(
         "--linger",
@@ -214,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"run finished after {coordinator.settings.rounds} rounds", flush=True)
         if args.export is not None:
             export_global(setup, args.export)
-            print(f"wrote the global adapter to {args.export}", flush=True)
+            print(f"wrote the global model to {args.export}", flush=True)
         time.sleep(max(args.linger, 0.0))
     service.stop()
     return 0

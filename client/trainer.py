@@ -15,6 +15,7 @@ from fedft.client.models import ModelBundle
 from fedft.core.trainer import LoraSpec, TrainStats
 
 _CLIP_NORM = 1.0
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def _seed63(seed: int) -> int:
@@ -115,14 +116,40 @@ class LocalTrainer:
             for start in range(0, len(order), batch_size):
                 yield [data[i] for i in order[start : start + batch_size]]
 
-    def train(self, *, steps: int, batch_size: int, lr: float, seed: int) -> TrainStats:
-        """Run ``steps`` AdamW steps on the trainable parameters, deterministic for ``seed``."""
+    def batches(self, *, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield collated training batches forever, deterministic for ``seed``."""
+        if not self.examples:
+            raise ValueError("this client has no training examples")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        generator = torch.Generator().manual_seed(_seed63(seed))
+        pad_id = self.bundle.tokenizer.pad_token_id
+        for items in self._batches(batch_size, generator):
+            yield collate(items, pad_id)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> float:
+        """Return the mean answer-token loss on ``batch`` in eval mode, without gradients."""
+        self.model.eval()
+        with torch.inference_mode():
+            loss_sum, tokens = token_losses(self.model, batch)
+        return float(loss_sum) / max(tokens, 1)
+
+    def train(
+        self, *, steps: int, batch_size: int, lr: float, seed: int, optimizer: str = "adamw"
+    ) -> TrainStats:
+        """Run ``steps`` AdamW or SGD steps on the trainable parameters, seeded by ``seed``."""
         if not self.examples:
             raise ValueError("this client has no training examples")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters; add adapters first")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        step_fn: torch.optim.Optimizer = (
+            torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+            if optimizer == "adamw"
+            else torch.optim.SGD(params, lr=lr)
+        )
         generator = torch.Generator().manual_seed(_seed63(seed))
         batches = self._batches(batch_size, generator)
         pad_id = self.bundle.tokenizer.pad_token_id
@@ -134,10 +161,10 @@ class LocalTrainer:
                 items = next(batches)
                 loss_sum, tokens = token_losses(self.model, collate(items, pad_id))
                 loss = loss_sum / max(tokens, 1)
-                optimizer.zero_grad(set_to_none=True)
+                step_fn.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM)
-                optimizer.step()
+                step_fn.step()
                 total_loss += float(loss_sum.detach())
                 total_tokens += tokens
                 seen += len(items)
@@ -151,3 +178,18 @@ class LocalTrainer:
         if save is None or self.bundle.lora_spec is None:
             raise ValueError("this model has no LoRA adapters to save")
         save(str(folder), safe_serialization=True)
+
+    def save_model(self, folder: Path) -> None:
+        """Write the global model: PEFT adapters if it has them, else full safetensors weights.
+
+        Full weights are what seed-based strategies tune; the tokenizer goes along so the folder
+        loads with ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer`` offline.
+        """
+        if self.bundle.lora_spec is not None:
+            self.save_adapter(folder)
+            return
+        save: Any = getattr(self.model, "save_pretrained", None)
+        if save is None:
+            raise ValueError("this model cannot be saved in Hugging Face format")
+        save(str(folder), safe_serialization=True)
+        self.bundle.tokenizer.save_pretrained(str(folder))

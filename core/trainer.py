@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -72,6 +72,19 @@ class Trainer(Protocol):
         """Overwrite the adapter tensors; names and shapes must match :meth:`lora_state`."""
         ...
 
-    def train(self, *, steps: int, batch_size: int, lr: float, seed: int) -> TrainStats:
-        """Run ``steps`` first-order optimizer steps on local data, deterministic for ``seed``."""
+    def train(
+        self, *, steps: int, batch_size: int, lr: float, seed: int, optimizer: str = "adamw"
+    ) -> TrainStats:
+        """Run ``steps`` first-order steps (``adamw`` or ``sgd``) on the trainable parameters.
+
+        Trainable means ``requires_grad``; the run is deterministic for ``seed``.
+        """
+        ...
+
+    def batches(self, *, batch_size: int, seed: int) -> Iterator[Any]:
+        """Yield local training batches forever, reshuffled each epoch, seeded by ``seed``."""
+        ...
+
+    def loss(self, batch: Any) -> float:
+        """Return the mean token loss of the model on ``batch``: eval mode, no gradients."""
         ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
 import secrets
@@ -15,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedft.core.chunking import DEFAULT_CHUNK_BYTES
-from fedft.core.errors import ProtocolError
 from fedft.core.identity import hash_token
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
 from fedft.server import metrics as prom
-from fedft.server.state.base import ClientExists, DuplicateUpdate, RoundClosed, State, TokenError
+from fedft.server.intake import Intake, Rejected, sha_hex
+from fedft.server.state.base import ClientExists, State, TokenError
 from fedft.server.state.records import (
     ROUND_DONE,
     ROUND_OPEN,
@@ -34,18 +33,13 @@ from fedft.server.state.records import (
     UpdateRecord,
 )
 
+# Rejected lives with the update path now; it stays importable from here, as before.
+__all__ = ["Assignment", "Coordinator", "CoordinatorSettings", "Rejected"]
+
 logger = logging.getLogger(__name__)
 
 CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 PUBLIC_KEY_BYTES = 32
-
-
-class Rejected(Exception):
-    """A request the coordinator refuses; ``code`` names the gRPC status the servicer returns."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -68,21 +62,6 @@ class CoordinatorSettings:
             raise ValueError("timeouts must be > 0")
         if self.min_clients < 1:
             raise ValueError("min_clients must be >= 1")
-
-
-@dataclass
-class _RoundIndex:
-    """The open round's tasks by client and its answered task ids, kept in memory.
-
-    A round's tasks never change once it is open, and every update of the run is accepted by
-    :meth:`Coordinator.submit`, which records it here; so a fetch or a completeness check costs
-    O(1) instead of reading every task and update of the round (O(N²) state reads a round).
-    """
-
-    round: int
-    tasks: dict[str, list[TaskRecord]]
-    count: int
-    answered: set[str]
 
 
 @dataclass(frozen=True)
@@ -126,8 +105,8 @@ class Coordinator:
         # not by every submit and heartbeat; ``_generation`` counts those events.
         self._rounds_changed = threading.Condition(self._lock)
         self._generation = 0
-        self._index: _RoundIndex | None = None
-        self._closing: set[int] = set()
+        # Enrolled clients' public keys: the state offers no way to change or remove one.
+        self._keys: dict[str, bytes] = {}
         self._stop = threading.Event()
         stored = state.get_run()
         if stored is not None:
@@ -149,6 +128,13 @@ class Coordinator:
             self.config, seed = resumed, stored.seed
             self.settings = dataclasses.replace(settings, rounds=stored.rounds)
         self.server_half: ServerStrategy[Any] = strategy.server_cls(self.config, seed=seed)
+        self.intake = Intake(
+            state,
+            self._lock,
+            self._changed,
+            clock,
+            self.server_half.check_update,
+        )
         self.run = self._resume(stored) if stored else self._create(seed, model, initial)
 
     # --- start-up ----------------------------------------------------------------------------
@@ -197,8 +183,13 @@ class Coordinator:
 
     def public_key(self, client_id: str) -> bytes | None:
         """Return the public key that verifies ``client_id``'s requests, if enrolled."""
-        client = self.state.get_client(client_id)
-        return client.public_key if client else None
+        key = self._keys.get(client_id)
+        if key is None:
+            client = self.state.get_client(client_id)
+            if client is None:
+                return None  # not cached: the client may enroll later
+            key = self._keys[client_id] = client.public_key
+        return key
 
     def alive_clients(self) -> list[ClientRecord]:
         """Return the clients seen within the liveness window."""
@@ -270,27 +261,14 @@ class Coordinator:
 
     def _assignment_for(self, client_id: str) -> Assignment | None:
         current = self._open_round()
-        if current is None or current.round in self._closing:
+        if current is None or current.round in self.intake.closing:
             return None
-        index = self._round_index(current.round)
+        index = self.intake.round_index(current.round)
         for task in index.tasks.get(client_id, ()):
             if task.task_id not in index.answered:
                 data = b"".join(self.state.get_blob(sha) for sha in task.payload_shas)
                 return Assignment(task, data, current.deadline)
         return None
-
-    def _round_index(self, number: int) -> _RoundIndex:
-        """Return the in-memory index of round ``number``, reading it from the state once."""
-        with self._lock:
-            index = self._index
-            if index is None or index.round != number:
-                records = self.state.tasks_for_round(number)
-                tasks: dict[str, list[TaskRecord]] = {}
-                for task in records:
-                    tasks.setdefault(task.client_id, []).append(task)
-                answered = {u.task_id for u in self.state.updates_for_round(number)}
-                index = self._index = _RoundIndex(number, tasks, len(records), answered)
-            return index
 
     def admit(self, client_id: str, task_id: str, round_number: int) -> TaskRecord:
         """Check an announced update before its bytes arrive: own task, right round, still open.
@@ -298,58 +276,23 @@ class Coordinator:
         The servicer calls this right after the header, so nobody can make the server buffer a
         large upload for a task that would be refused anyway.
         """
-        task = self.state.get_task(task_id)
-        if task is None:
-            raise self._reject("not_found", "unknown", f"no task {task_id!r}")
-        if task.client_id != client_id:
-            raise self._reject(
-                "permission", "not_assigned", f"task {task_id} is not assigned to you"
-            )
-        if task.round != round_number:
-            raise self._reject("invalid", "round", f"task {task_id} belongs to round {task.round}")
-        current = self.state.get_round(task.round)
-        if current is None or current.status != ROUND_OPEN or self.clock() > current.deadline:
-            raise self._reject("stale", "stale", f"round {task.round} no longer takes updates")
-        return task
+        return self.intake.admit(client_id, task_id, round_number)
 
-    def submit(self, client_id: str, task_id: str, round_number: int, data: bytes) -> UpdateRecord:
-        """Validate and durably store an update; raise :class:`Rejected` with the reason."""
-        task = self.admit(client_id, task_id, round_number)
-        try:
-            payload = payload_from_bytes(data)
-        except ProtocolError as exc:
-            raise self._reject("invalid", "malformed", str(exc)) from None
-        with self._lock:
-            current = self.state.get_round(task.round)
-            late = current is None or current.status != ROUND_OPEN or task.round in self._closing
-            if late or self.clock() > current.deadline:  # type: ignore[union-attr]
-                raise self._reject("stale", "stale", f"round {task.round} no longer takes updates")
-            problem = self.server_half.check_update(task.round, Result(client_id, payload))
-            if problem is not None:
-                raise self._reject("invalid", "invalid", problem)
-            record = UpdateRecord(
-                task_id, task.round, client_id, _sha_hex(data), len(data), self.clock()
-            )
-            try:
-                self.state.add_update(record, data)
-            except DuplicateUpdate:
-                raise self._reject(
-                    "duplicate", "duplicate", f"task {task_id} already has an update"
-                ) from None
-            except RoundClosed:
-                raise self._reject(
-                    "stale", "stale", f"round {task.round} no longer takes updates"
-                ) from None
-            index = self._round_index(task.round)
-            index.answered.add(task_id)
-            if len(index.answered) >= index.count:
-                self._changed.notify_all()  # the round is complete: wake the round loop
-        prom.ACCEPTED.inc()
-        return record
+    def submit(
+        self,
+        client_id: str,
+        task_id: str,
+        round_number: int,
+        data: bytes,
+        *,
+        traffic: tuple[int, int] | None = None,
+    ) -> UpdateRecord:
+        """Validate and durably store an update; raise :class:`Rejected` with the reason.
 
-    def _reject(self, code: str, reason: str, message: str) -> Rejected:
-        prom.REJECTED.labels(reason=reason).inc()
-        return Rejected(code, message)
+        ``traffic`` is the (up, down) serialized bytes of the call that carried the update; it
+        is stored in the update's transaction. Concurrent calls share one commit.
+        """
+        return self.intake.submit(client_id, task_id, round_number, data, traffic)
 
     def global_payload(self) -> bytes:
         """Return the serialized global state (what ``load_global`` expects)."""
@@ -446,19 +389,18 @@ class Coordinator:
             )
             parts = tuple(p for p in (tensors, rest) if p)
             blobs.extend(parts)
-            shas = tuple(_sha_hex(p) for p in parts)
+            shas = tuple(sha_hex(p) for p in parts)
             records.append(TaskRecord(uuid.uuid4().hex, number, task.client_id, shas, now))
         return records, blobs
 
     def _round_complete(self, current: RoundRecord) -> bool:
         if self.clock() >= current.deadline:
             return True
-        index = self._round_index(current.round)
-        return len(index.answered) >= index.count
+        return self.intake.complete(current.round)
 
     def _close(self, current: RoundRecord) -> None:
-        with self._lock:
-            self._closing.add(current.round)
+        self.intake.close_begins(current.round)  # admitted updates land before we read them
+        closed = False
         try:
             updates = self.state.updates_for_round(current.round)
             answered = {u.task_id for u in updates}
@@ -478,6 +420,7 @@ class Coordinator:
                 "missing": len(failures),
             }
             self.state.close_round(current.round, self.clock(), dict(summary), checkpoint)
+            closed = True
         except Exception:
             # The strategy may be half-updated: return to the last durable checkpoint.
             _, checkpoint = self.state.latest_checkpoint()
@@ -485,9 +428,8 @@ class Coordinator:
                 self.server_half.load_state_dict(payload_from_bytes(checkpoint))
             raise
         finally:
-            with self._lock:
-                self._closing.discard(current.round)
-                self._notify_rounds()
+            self.intake.close_ends(current.round, closed=closed)
+            self._notify_rounds()
         prom.ROUNDS_DONE.inc()
         logger.info("round %d done: %s", current.round, summary)
         self._notify()
@@ -498,7 +440,3 @@ class Coordinator:
             yield Result(
                 update.client_id, payload_from_bytes(self.state.get_blob(update.payload_sha))
             )
-
-
-def _sha_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

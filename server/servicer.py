@@ -202,16 +202,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 buffer.add(message.data)
                 received += message.ByteSize()
             data = buffer.finish()
-            record = self.coordinator.submit(client_id, header.task_id, header.round, data)
             response = pb.SubmitUpdateResponse(received_bytes=len(data))
-            self.coordinator.record_traffic(
-                client_id,
-                "SubmitUpdate",
-                up=received,
-                down=response.ByteSize(),
-                payload_up=len(data),
-                round_number=record.round,
-            )
+            # The exchange's traffic is stored in the update's own transaction: no second commit.
+            traffic = (received, response.ByteSize())
+            self.coordinator.submit(client_id, header.task_id, header.round, data, traffic=traffic)
             return response
 
         return self._guard(context, "SubmitUpdate", call)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from fedft.server.state.records import (
     ClientRecord,
     LedgerEntry,
+    NewUpdate,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -151,7 +152,6 @@ class State(ABC):
         """Return a round's tasks ordered by client id."""
 
     # --- updates -------------------------------------------------------------------------------
-    @abstractmethod
     def add_update(self, update: UpdateRecord, data: bytes) -> None:
         """Store an accepted update and its payload atomically.
 
@@ -160,6 +160,19 @@ class State(ABC):
             DuplicateUpdate: the task already has an update.
             StateError: the task is unknown or belongs to another client or round, or
                 ``update.payload_sha`` is not the SHA-256 of ``data``.
+        """
+        (refusal,) = self.add_updates([NewUpdate(update, data)])
+        if refusal is not None:
+            raise refusal
+
+    @abstractmethod
+    def add_updates(self, items: Sequence[NewUpdate]) -> list[StateError | None]:
+        """Store several updates (with their traffic records) in one transaction.
+
+        Each item is checked as :meth:`add_update` checks it; the refused ones are skipped and
+        their refusal returned at their index (None: stored). A later item for a task that an
+        earlier one answered is a :class:`DuplicateUpdate`. When this returns, every item with
+        None is durable; when it raises, none of them was stored.
         """
 
     @abstractmethod

@@ -22,6 +22,7 @@ from fedft.server.state.records import (
     ROUND_OPEN,
     ClientRecord,
     LedgerEntry,
+    NewUpdate,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -214,21 +215,34 @@ class InMemoryState(State):
             return sorted(found, key=lambda t: (t.client_id, t.task_id))
 
     # --- updates -------------------------------------------------------------------------------
-    def add_update(self, update: UpdateRecord, data: bytes) -> None:
-        """Store an accepted update and its payload atomically."""
+    def add_updates(self, items: Sequence[NewUpdate]) -> list[StateError | None]:
+        """Store several updates (with their traffic records) in one transaction."""
+        outcomes: list[StateError | None] = []
         with self._lock:
-            task = self._tasks.get(update.task_id)
-            if task is None:
-                raise StateError(f"unknown task {update.task_id!r}")
-            if task.client_id != update.client_id or task.round != update.round:
-                raise StateError(f"task {update.task_id!r} belongs to another client or round")
-            self._open(update.round)
-            if hashlib.sha256(data).hexdigest() != update.payload_sha:
-                raise StateError(f"update for task {update.task_id!r}: payload_sha mismatch")
-            if update.task_id in self._updates:
-                raise DuplicateUpdate(f"task {update.task_id!r} already has an update")
-            self._put(data)
-            self._updates[update.task_id] = update
+            for item in items:
+                try:
+                    self._add_update(item.update, item.data)
+                except StateError as exc:
+                    outcomes.append(exc)
+                    continue
+                if item.traffic is not None:
+                    self._traffic.append(item.traffic)
+                outcomes.append(None)
+        return outcomes
+
+    def _add_update(self, update: UpdateRecord, data: bytes) -> None:
+        task = self._tasks.get(update.task_id)
+        if task is None:
+            raise StateError(f"unknown task {update.task_id!r}")
+        if task.client_id != update.client_id or task.round != update.round:
+            raise StateError(f"task {update.task_id!r} belongs to another client or round")
+        self._open(update.round)
+        if hashlib.sha256(data).hexdigest() != update.payload_sha:
+            raise StateError(f"update for task {update.task_id!r}: payload_sha mismatch")
+        if update.task_id in self._updates:
+            raise DuplicateUpdate(f"task {update.task_id!r} already has an update")
+        self._put(data)
+        self._updates[update.task_id] = update
 
     def updates_for_round(self, round_number: int) -> list[UpdateRecord]:
         """Return a round's updates in the order they were accepted."""

@@ -103,6 +103,15 @@ class TrafficRecord:
 
 
 @dataclass(frozen=True)
+class NewUpdate:
+    """An update to store, its payload, and the traffic of the call that carried it (if any)."""
+
+    update: UpdateRecord
+    data: bytes
+    traffic: TrafficRecord | None = None
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     """What one round spent in privacy terms; the audit composes these."""
 

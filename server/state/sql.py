@@ -25,6 +25,7 @@ from fedft.server.state.records import (
     ROUND_OPEN,
     ClientRecord,
     LedgerEntry,
+    NewUpdate,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -32,6 +33,7 @@ from fedft.server.state.records import (
     TrafficRecord,
     UpdateRecord,
 )
+from fedft.server.state.sql_updates import store_updates
 
 
 def _fields(row: sa.Row[Any], record: type[Any]) -> dict[str, Any]:
@@ -272,41 +274,23 @@ class SqlState(State):
             return [_task(r) for r in conn.execute(query)]
 
     # --- updates -------------------------------------------------------------------------------
-    def add_update(self, update: UpdateRecord, data: bytes) -> None:
-        """Store an accepted update and its payload atomically."""
-        digest = hashlib.sha256(data).hexdigest()  # outside the transaction: it holds a lock
-        u = s.updates.c
+    def add_updates(self, items: Sequence[NewUpdate]) -> list[StateError | None]:
+        """Store several updates (with their traffic records) in one transaction."""
+        if not items:
+            return []
+        # Outside the transaction: hashing a large payload would hold the write lock.
+        digests = [hashlib.sha256(item.data).hexdigest() for item in items]
         try:
             with self._writer.begin() as conn:
-                task = conn.execute(sa.select(s.tasks).where(s.tasks.c.task_id == update.task_id))
-                row = task.first()
-                if row is None:
-                    raise StateError(f"unknown task {update.task_id!r}")
-                if row.client_id != update.client_id or row.round != update.round:
-                    raise StateError(f"task {update.task_id!r} belongs to another client or round")
-                # Lock the round row until commit: close_round's UPDATE waits for us (or we see
-                # it done), and concurrent updates of one round get distinct sequence numbers.
-                status = conn.execute(
-                    sa.select(s.rounds.c.status)
-                    .where(s.rounds.c.round == update.round)
-                    .with_for_update()
-                ).scalar()
-                if status != ROUND_OPEN:
-                    raise RoundClosed(f"round {update.round} is not open")
-                if digest != update.payload_sha:
-                    raise StateError(f"update for task {update.task_id!r}: payload_sha mismatch")
-                if conn.execute(sa.select(u.task_id).where(u.task_id == update.task_id)).first():
-                    raise DuplicateUpdate(f"task {update.task_id!r} already has an update")
-                self._put(conn, data, digest)
-                seq = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(u.seq), 0) + 1).where(
-                        u.round == update.round
-                    )
-                ).scalar_one()
-                conn.execute(s.updates.insert().values(**vars(update), seq=seq))
+                return store_updates(conn, items, digests)
         except IntegrityError:
-            # The primary key, should a racing writer get past the check above.
-            raise DuplicateUpdate(f"task {update.task_id!r} already has an update") from None
+            # A racing writer got past the checks (the primary key caught it); on PostgreSQL
+            # the error aborted the whole transaction: store each item alone, so that only the
+            # offending one is refused.
+            if len(items) == 1:
+                task_id = items[0].update.task_id
+                return [DuplicateUpdate(f"task {task_id!r} already has an update")]
+            return [self.add_updates([item])[0] for item in items]
 
     def updates_for_round(self, round_number: int) -> list[UpdateRecord]:
         """Return a round's updates in the order they were accepted."""

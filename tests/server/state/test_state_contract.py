@@ -10,7 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from fedft.server.state import schema as s
 from fedft.server.state.base import (
     ClientExists,
     DuplicateUpdate,
@@ -25,6 +27,7 @@ from fedft.server.state.records import (
     ROUND_OPEN,
     ClientRecord,
     LedgerEntry,
+    NewUpdate,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -32,6 +35,7 @@ from fedft.server.state.records import (
     TrafficRecord,
     UpdateRecord,
 )
+from fedft.server.state.sql import SqlState
 
 BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 RUN = RunRecord("run-1", "fedavg_lora", {"lr": 0.01, "layers": [1, 2]}, 2**62 + 1, 3, "tiny", 10.5)
@@ -86,6 +90,10 @@ def open_round(state: State, number: int, client_ids: list[str]) -> list[TaskRec
 
 def update_for(task: TaskRecord, data: bytes, at: float = T0 + 5) -> UpdateRecord:
     return UpdateRecord(task.task_id, task.round, task.client_id, sha(data), len(data), at)
+
+
+def traffic(client_id: str, up: int) -> TrafficRecord:
+    return TrafficRecord(1, client_id, "SubmitUpdate", up, 7, T0 + 6, up)
 
 
 @pytest.fixture
@@ -340,6 +348,65 @@ def test_concurrent_updates(running: State) -> None:
     results = race(2, lambda i: running.add_update(update_for(tasks[i + 1], b"%d" % i), b"%d" % i))
     assert results == [None, None]
     assert {u.task_id for u in running.updates_for_round(1)} == {t.task_id for t in tasks}
+
+
+def test_add_updates_stores_the_good_items_and_returns_each_refusal(running: State) -> None:
+    task_a, task_b, task_c = running.tasks_for_round(1)
+    running.add_update(update_for(task_c, b"c first"), b"c first")
+    items = [
+        NewUpdate(update_for(task_b, b"b"), b"b", traffic("b", 1)),
+        NewUpdate(replace(update_for(task_a, b"g"), task_id="ghost"), b"g", traffic("a", 2)),
+        NewUpdate(update_for(task_a, b"a"), b"a", traffic("a", 3)),
+        NewUpdate(update_for(task_a, b"a again"), b"a again", traffic("a", 4)),  # same batch
+        NewUpdate(update_for(task_c, b"c again"), b"c again", traffic("c", 5)),  # stored before
+        NewUpdate(update_for(task_b, b"x"), b"not x", traffic("b", 6)),
+    ]
+    outcomes = running.add_updates(items)
+    assert [type(o) for o in outcomes] == [
+        type(None),
+        StateError,
+        type(None),
+        DuplicateUpdate,
+        DuplicateUpdate,
+        StateError,
+    ]
+    assert "unknown task" in str(outcomes[1])
+    assert "payload_sha" in str(outcomes[5])
+    stored = running.updates_for_round(1)
+    assert [u.task_id for u in stored] == [task_c.task_id, task_b.task_id, task_a.task_id]
+    # Only the stored items' traffic is recorded, with them and in their order.
+    assert [t.bytes_up for t in running.list_traffic()] == [1, 3]
+    with pytest.raises(KeyError):
+        running.get_blob(sha(b"a again"))  # nothing of a refused item is written
+    assert running.add_updates([]) == []
+
+
+def test_add_updates_in_a_closed_round_are_refused(running: State) -> None:
+    task = running.tasks_for_round(1)[0]
+    running.close_round(1, T0 + 70, {}, b"c1")
+    (outcome,) = running.add_updates([NewUpdate(update_for(task, b"late"), b"late")])
+    assert isinstance(outcome, RoundClosed)
+    assert running.updates_for_round(1) == []
+    assert running.list_traffic() == []
+
+
+def test_concurrent_batches_number_updates_without_gaps(running: State) -> None:
+    for c in ("d", "e", "f"):
+        enroll(running, c)
+    tasks = open_round(running, 2, ["a", "b", "c", "d", "e", "f"])
+
+    def batch(i: int) -> list[StateError | None]:
+        pair = tasks[2 * i : 2 * i + 2]
+        return running.add_updates(
+            [NewUpdate(update_for(t, t.task_id.encode()), t.task_id.encode()) for t in pair]
+        )
+
+    assert race(3, batch) == [[None, None]] * 3
+    assert len(running.updates_for_round(2)) == 6
+    if isinstance(running, SqlState):  # seq is a SQL column; memory keeps insertion order
+        with running._engine.connect() as conn:
+            seqs = conn.execute(sa.select(s.updates.c.seq).where(s.updates.c.round == 2)).scalars()
+            assert sorted(seqs) == [1, 2, 3, 4, 5, 6]
 
 
 # --- closing and checkpoints -----------------------------------------------------------------

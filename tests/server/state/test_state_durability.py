@@ -1,4 +1,4 @@
-"""SQL state is durable: a second connection sees every write, and a commit survives SIGKILL."""
+"""SQL state is durable: every write is seen by a second connection and survives SIGKILL."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from fedft.server.state import sql as sql_module
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
 from fedft.server.state.records import (
     ROUND_OPEN,
     ClientRecord,
     LedgerEntry,
+    NewUpdate,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -22,6 +27,7 @@ from fedft.server.state.records import (
     TrafficRecord,
     UpdateRecord,
 )
+from fedft.server.state.sql_updates import store_updates
 
 T0 = 1_800_000_000.25
 RUN = RunRecord("run-1", "fedavg_lora", {"lr": 0.01}, 2**62 + 1, 3, "tiny", T0)
@@ -114,3 +120,91 @@ def test_update_is_durable_once_add_update_returns(sql_url: str) -> None:
         assert after.get_blob(update.payload_sha) == b"payload"
     finally:
         after.close()
+
+
+CHILD_BATCH = """
+import os, signal, sys
+from fedft.server.state.factory import open_state
+from fedft.server.state.records import NewUpdate, TrafficRecord, UpdateRecord
+state = open_state(sys.argv[1], create=False)
+items = [
+    NewUpdate(UpdateRecord(t, 1, c, sha, 7, 1.0), b"payload", TrafficRecord(1, c, "S", 9, 1, 1.0))
+    for t, c, sha in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3])
+]
+assert state.add_updates(items) == [None] * len(items)
+os.kill(os.getpid(), signal.SIGKILL)  # nothing can be flushed or committed after this point
+"""
+
+
+def test_a_batch_is_durable_once_add_updates_returns(sql_url: str) -> None:
+    state = open_state(sql_url)
+    tasks = prepare(state, ["a", "b", "c"])
+    state.close()
+    args = [sql_url]
+    for task in tasks:
+        args += [task.task_id, task.client_id, sha(b"payload")]
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_BATCH, *args], env=dict(os.environ), check=False
+    )
+    assert child.returncode == -signal.SIGKILL
+    after = open_state(sql_url, create=False)
+    try:
+        assert [u.task_id for u in after.updates_for_round(1)] == [t.task_id for t in tasks]
+        assert [t.client_id for t in after.list_traffic()] == ["a", "b", "c"]
+    finally:
+        after.close()
+
+
+def batch(tasks: list[TaskRecord]) -> list[NewUpdate]:
+    return [
+        NewUpdate(
+            UpdateRecord(t.task_id, 1, t.client_id, sha(t.task_id.encode()), 3, T0 + 5),
+            t.task_id.encode(),
+            TrafficRecord(1, t.client_id, "SubmitUpdate", 10, 2, T0 + 5),
+        )
+        for t in tasks
+    ]
+
+
+def test_a_constraint_error_in_a_batch_retries_each_item_alone(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = open_state(sql_url)
+    tasks = prepare(state, ["a", "b", "c"])
+    calls: list[int] = []
+
+    def racing(conn: Any, items: Any, digests: Any) -> Any:
+        calls.append(len(items))
+        outcomes = store_updates(conn, items, digests)
+        if len(items) > 1:  # as if a racing writer took a key: the whole transaction fails
+            raise IntegrityError("INSERT", {}, Exception("simulated key violation"))
+        return outcomes
+
+    monkeypatch.setattr(sql_module, "store_updates", racing)
+    try:
+        assert state.add_updates(batch(tasks)) == [None, None, None]
+        assert calls == [3, 1, 1, 1]
+        assert [u.task_id for u in state.updates_for_round(1)] == [t.task_id for t in tasks]
+        assert len(state.list_traffic()) == 3  # the failed batch left nothing behind
+    finally:
+        state.close()
+
+
+def test_a_failing_commit_stores_nothing(sql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = open_state(sql_url)
+    tasks = prepare(state, ["a", "b"])
+
+    def failing(conn: Any, items: Any, digests: Any) -> Any:
+        store_updates(conn, items, digests)
+        raise OperationalError("COMMIT", {}, Exception("simulated disk I/O error"))
+
+    monkeypatch.setattr(sql_module, "store_updates", failing)
+    try:
+        with pytest.raises(OperationalError):
+            state.add_updates(batch(tasks))
+        assert state.updates_for_round(1) == []
+        assert state.list_traffic() == []
+        with pytest.raises(KeyError):
+            state.get_blob(sha(tasks[0].task_id.encode()))
+    finally:
+        state.close()

@@ -1,0 +1,111 @@
+"""Server half of ``fedkseed``: per-seed coefficients, weighted by examples, sent as deltas."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from fedft.core.payload import MetricValue
+from fedft.core.sampling import client_seed
+from fedft.core.strategy import Failure, Result
+from fedft.strategies.fedkseed.config import FedKSeedConfig
+from fedft.strategies.seedpool.pool import step_indices
+from fedft.strategies.seedpool.server_base import SeedServer
+
+logger = logging.getLogger(__name__)
+
+
+def check_steps(
+    tensors: dict[str, torch.Tensor], seeds: int, steps: int, *, with_indices: bool
+) -> str | None:
+    """Return why a step list (g per step, plus seed indices if sampled) is malformed, or None."""
+    expected = {"i", "g"} if with_indices else {"g"}
+    if set(tensors) != expected:
+        return f"expected tensors {sorted(expected)}, got {sorted(tensors)}"
+    grads = tensors["g"]
+    if grads.dtype != torch.float32 or grads.shape != (steps,):
+        return f"g must be float32 of shape ({steps},), one value per local step"
+    if not bool(torch.isfinite(grads).all()):
+        return "g has NaN or Inf values"
+    if with_indices:
+        index = tensors["i"]
+        if index.dtype not in (torch.int16, torch.int32) or index.shape != (steps,):
+            return f"i must be int16/int32 of shape ({steps},)"
+        if int(index.min()) < 0 or int(index.max()) >= seeds:
+            return f"seed index outside [0, {seeds})"
+    return None
+
+
+class FedKSeedServer(SeedServer[FedKSeedConfig]):
+    """FedKSeed's server: sums clients' scalar gradients per seed, weighted by examples.
+
+    The global model is ``w0 - lr * sum_k G_k z_k``, i.e. exactly the example-weighted average of
+    the clients' local models; it is stored as coefficients ``C_k = -lr * G_k``.
+    """
+
+    # FedKSeed's uniform step seeds are re-derived here from the task seed; Pro's are sent.
+    sends_indices = False
+
+    def check_tensors(self, result: Result) -> str | None:
+        """Refuse step lists of the wrong length, dtype or range, or with NaN/Inf."""
+        return check_steps(
+            result.payload.tensors,
+            self.config.seeds,
+            self.config.local_steps,
+            with_indices=self.sends_indices,
+        )
+
+    def _indices(self, server_round: int, result: Result) -> torch.Tensor:
+        """Return the seed index of each of the result's steps."""
+        if self.sends_indices:
+            return result.payload.tensors["i"].to(torch.int64)
+        seed = client_seed(self.seed, server_round, result.client_id)
+        return step_indices(seed, self.config.local_steps, self.config.seeds)
+
+    def aggregate(
+        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Add the example-weighted sum of every client's per-seed gradients to the model."""
+        store = self._store()
+        summed = torch.zeros(store.shape[0], dtype=torch.float64)
+        total_weight = loss_sum = 0.0
+        accepted = rejected = resyncs = steps = 0
+        for result in results:
+            problem = self.check_update(server_round, result)
+            if problem is not None:
+                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
+                rejected += 1
+                continue
+            if self.note_sync(result):
+                resyncs += 1
+                continue
+            metrics = result.payload.metrics
+            weight = float(metrics["num_examples"])
+            index = self._indices(server_round, result)
+            grads = result.payload.tensors["g"].to(torch.float64)
+            summed.index_add_(0, index, grads * weight)
+            self.observe(index, grads)
+            total_weight += weight
+            loss_sum += weight * float(metrics.get("train_loss", math.nan))
+            steps += int((grads != 0).sum())
+            accepted += 1
+        out: dict[str, MetricValue] = {
+            "accepted": accepted,
+            "rejected": rejected,
+            "failures": len(failures),
+            "resyncs": resyncs,
+            "steps": steps,
+        }
+        if accepted:
+            added = torch.zeros(store.shape, dtype=torch.float64)
+            added[:, 0] = summed * (-self.config.lr / total_weight)
+            store.commit(added, server_round)
+            out["train_loss"] = loss_sum / total_weight
+            out["seeds_touched"] = int((summed != 0).sum())
+        return out
+
+    def observe(self, index: torch.Tensor, grads: torch.Tensor) -> None:
+        """Hook for subclasses that learn from individual steps (FedKSeed-Pro)."""

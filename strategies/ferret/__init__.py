@@ -1,0 +1,21 @@
+"""Ferret: first-order local training, shared as projections onto K seeded random bases."""
+
+from fedft.core.registry import register_strategy
+from fedft.strategies.ferret.client import FerretClient
+from fedft.strategies.ferret.config import FerretConfig
+from fedft.strategies.ferret.server import FerretServer
+
+__all__ = ["FerretClient", "FerretConfig", "FerretServer", "register"]
+
+
+def register() -> None:
+    """Register ``ferret`` (called on import and by entry-point discovery)."""
+    register_strategy(
+        name="ferret",
+        config_cls=FerretConfig,
+        server_cls=FerretServer,
+        client_cls=FerretClient,
+    )
+
+
+register()

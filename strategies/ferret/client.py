@@ -1,0 +1,71 @@
+"""Client half of ``ferret``: first-order local steps, sent as block-wise seed projections."""
+
+from __future__ import annotations
+
+import torch
+
+from fedft.core.payload import Payload, config_int
+from fedft.core.trainer import Trainer
+from fedft.kernels.seed_ops import FlatParams
+from fedft.strategies.ferret.config import FerretConfig
+from fedft.strategies.ferret.projection import project_blocks
+from fedft.strategies.seedpool.client_base import SeedClient
+from fedft.strategies.seedpool.model_sync import move_model, receive
+from fedft.strategies.seedpool.trainable import block_ends, select_parameters
+from fedft.strategies.seedpool.wire import index_dtype
+
+
+class FerretClient(SeedClient[FerretConfig]):
+    """Trains like FedAvg, then sends only each block's coordinates on a few shared bases.
+
+    Shu et al., "Ferret: Federated Full-Parameter Tuning at Scale for Large Language Models"
+    (ICML 2025, arXiv:2409.06277).
+    """
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Make exactly the selected parameters trainable (adding LoRA first if asked)."""
+        super().prepare(trainer)
+        chosen = select_parameters(trainer.model, self.config.trainable)
+        for name, param in trainer.model.named_parameters():
+            param.requires_grad_(name in chosen)
+
+    def block_ends(self, params: FlatParams) -> list[int]:
+        """Blocks of whole parameters of about ``block_size`` elements."""
+        return block_ends(params, self.config.block_size)
+
+    def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
+        """Sync, train locally, project ``old - new`` block by block; the model is restored."""
+        cfg = self.config
+        params, geometry = self.geometry(trainer)
+        try:
+            version, target = receive(task, local_state, geometry)
+        except LookupError:
+            return self.resync_request(trainer)
+        move_model(trainer.model, params, geometry, target)
+        seed = config_int(task.config, "seed")
+        start = params.snapshot()
+        stats = trainer.train(
+            steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=seed,
+            optimizer=cfg.optimizer,
+        )
+        delta = start - params.snapshot()
+        # Back to the global version: the model's tag stays true, whoever trains next.
+        params.restore(start)
+        generator = torch.Generator().manual_seed(seed)
+        proj = project_blocks(delta, geometry.ends, geometry.seeds, cfg.kind, generator)
+        return Payload(
+            tensors={
+                "i": proj.index.to(index_dtype(cfg.seeds)),
+                "b": proj.block.to(index_dtype(len(geometry.ends))),
+                "c": proj.coeff.to(torch.float32),
+            },
+            metrics={
+                "num_examples": trainer.num_examples,
+                "version": version,
+                "train_loss": stats.loss,
+                "steps": stats.steps,
+            },
+        )

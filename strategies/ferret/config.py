@@ -1,0 +1,39 @@
+"""Configuration of the ``ferret`` strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedft.core.config import option
+from fedft.strategies.seedpool.config import SeedPoolConfig
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class FerretConfig(SeedPoolConfig):
+    """First-order local steps, projected per block onto seeded random bases."""
+
+    seeds: int = option(200, "K, the pool of shared bases; a block uses between 2 and K of them")
+    block_size: int = option(
+        0, "target elements per block (0: 0.9 x the median parameter size, as the paper's code)"
+    )
+    local_steps: int = option(10, "first-order steps each sampled client runs per round")
+    batch_size: int = option(4, "examples per local step")
+    lr: float = option(1e-3, "learning rate of the local optimizer")
+    optimizer: str = option("adamw", "local optimizer: adamw or sgd")
+    server_lr: float = option(1.0, "global learning rate applied to the reconstructed update")
+    equal_weight: bool = option(False, "weight clients equally instead of by example count")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """Shared checks plus the local training's and the projection's."""
+        return [
+            *super().checks(),
+            (2 <= self.seeds <= 1 << 15, "seeds must be in [2, 32768]"),
+            (self.block_size >= 0, "block_size must be >= 0"),
+            (self.local_steps >= 1, "local_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.server_lr > 0, "server_lr must be > 0"),
+        ]

@@ -1,0 +1,63 @@
+"""Ferret's block-wise projection of an update onto seeded bases, with unbiased scaling.
+
+For a block of ``d_l`` elements and ``K_l`` bases ``z_k`` with i.i.d. entries of variance 1
+(both RNG-contract kinds), ``E[z z^T] = I``, so ``gamma_k = <z_k, delta> / K_l`` and the
+reconstruction ``sum_k gamma_k z_k`` has expectation ``delta`` (Shu et al., eq. 6-8, with
+rho = 1 for unit-variance bases). The reference code instead scales by ``d_l / K_l`` with
+truncated-normal bases of variance rho ~ 1/(3 d_l), which reconstructs delta/3 in expectation
+and is compensated by its server learning rate of 3-10; we keep the unbiased form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedft.kernels.seed_ops import project
+
+MIN_BASES = 2
+
+
+def bases_per_block(norms: Sequence[float], pool: int) -> list[int]:
+    """Allocate bases proportionally to each block's update norm: K_l = max(K |d_l|/max, 2)."""
+    top = max(norms, default=0.0)
+    if top <= 0:
+        return [0] * len(norms)
+    return [min(pool, max(int(n / top * pool), MIN_BASES)) if n > 0 else 0 for n in norms]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The (seed index, block, coefficient) triples that describe one client's update."""
+
+    index: torch.Tensor
+    block: torch.Tensor
+    coeff: torch.Tensor
+
+
+def project_blocks(
+    delta: torch.Tensor,
+    ends: Sequence[int],
+    seeds: Sequence[int],
+    kind: str,
+    generator: torch.Generator,
+) -> Projection:
+    """Project the flat ``delta`` block by block onto bases drawn from the pool ``seeds``."""
+    starts = [0, *ends[:-1]]
+    norms = [float(delta[s:e].norm()) for s, e in zip(starts, ends, strict=True)]
+    counts = bases_per_block(norms, len(seeds))
+    index_parts, block_parts, coeff_parts = [], [], []
+    for block, (start, end, count) in enumerate(zip(starts, ends, counts, strict=True)):
+        if count == 0:
+            continue
+        chosen = torch.randperm(len(seeds), generator=generator)[:count].sort().values
+        dots = project(delta[start:end], start, [seeds[k] for k in chosen.tolist()], kind)
+        index_parts.append(chosen)
+        block_parts.append(torch.full((count,), block, dtype=torch.int64))
+        coeff_parts.append(dots / count)
+    if not index_parts:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return Projection(empty, empty, torch.zeros(0, dtype=torch.float64))
+    return Projection(torch.cat(index_parts), torch.cat(block_parts), torch.cat(coeff_parts))

@@ -1,0 +1,86 @@
+"""Server half of ``ferret``: per-(seed, block) coefficients, averaged over clients."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from fedft.core.payload import MetricValue
+from fedft.core.strategy import Failure, Result
+from fedft.strategies.ferret.config import FerretConfig
+from fedft.strategies.seedpool.server_base import SeedServer
+
+logger = logging.getLogger(__name__)
+
+
+def check_projection(result: Result, shape: tuple[int, int]) -> str | None:  # noqa: PLR0911
+    """Return why a (seed index, block, coefficient) update is malformed, or None."""
+    tensors = result.payload.tensors
+    if set(tensors) != {"i", "b", "c"}:
+        return f"expected tensors i, b and c, got {sorted(tensors)}"
+    index, block, coeff = tensors["i"], tensors["b"], tensors["c"]
+    for name, t, limit in (("i", index, shape[0]), ("b", block, shape[1])):
+        if t.dtype not in (torch.int16, torch.int32) or t.dim() != 1:
+            return f"{name} must be a 1-d int16/int32 tensor"
+        if t.shape != coeff.shape:
+            return f"{name} must have one entry per coefficient"
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
+            return f"{name} has entries outside [0, {limit})"
+    if coeff.dtype != torch.float32:
+        return "c must be float32"
+    if not bool(torch.isfinite(coeff).all()):
+        return "c has NaN or Inf values"
+    flat = index.to(torch.int64) * shape[1] + block.to(torch.int64)
+    if torch.unique(flat).numel() != flat.numel():
+        return "a (seed, block) pair appears twice"
+    return None
+
+
+class FerretServer(SeedServer[FerretConfig]):
+    """Ferret's server: the global model is w0 + sum C[k, l] z_k|block_l, updated each round."""
+
+    def check_tensors(self, result: Result) -> str | None:
+        """Refuse malformed (seed, block, coefficient) triples."""
+        return check_projection(result, self._store().shape)
+
+    def aggregate(
+        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Subtract the weighted mean of the clients' reconstructed updates, times server_lr."""
+        store = self._store()
+        rows, cols = store.shape
+        summed = torch.zeros(rows * cols, dtype=torch.float64)
+        total_weight = loss_sum = 0.0
+        accepted = rejected = resyncs = 0
+        for result in results:
+            problem = self.check_update(server_round, result)
+            if problem is not None:
+                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
+                rejected += 1
+                continue
+            if self.note_sync(result):
+                resyncs += 1
+                continue
+            metrics = result.payload.metrics
+            weight = 1.0 if self.config.equal_weight else float(metrics["num_examples"])
+            t = result.payload.tensors
+            flat = t["i"].to(torch.int64) * cols + t["b"].to(torch.int64)
+            summed.index_add_(0, flat, t["c"].to(torch.float64) * weight)
+            total_weight += weight
+            loss_sum += weight * float(metrics.get("train_loss", math.nan))
+            accepted += 1
+        out: dict[str, MetricValue] = {
+            "accepted": accepted,
+            "rejected": rejected,
+            "failures": len(failures),
+            "resyncs": resyncs,
+        }
+        if accepted:
+            added = summed.reshape(rows, cols) * (-self.config.server_lr / total_weight)
+            store.commit(added, server_round)
+            out["train_loss"] = loss_sum / total_weight
+            out["bases"] = int((summed != 0).sum())
+        return out

@@ -1,0 +1,1 @@
+"""Shared machinery of the seed-based strategies: seed pool, trainable set, versioned sync."""

@@ -1,0 +1,56 @@
+"""What the seed-based client halves share: LoRA setup, geometry, sync, global model."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+
+from fedft.core.payload import Payload
+from fedft.core.strategy import ClientStrategy
+from fedft.core.trainer import Trainer
+from fedft.kernels.seed_ops import FlatParams
+from fedft.strategies.seedpool.config import SeedPoolConfig
+from fedft.strategies.seedpool.model_sync import Geometry, geometry_of, move_model
+from fedft.strategies.seedpool.pool import pool_seeds
+from fedft.strategies.seedpool.trainable import flat_trainable
+
+SeedConfigT = TypeVar("SeedConfigT", bound=SeedPoolConfig)
+
+
+class SeedClient(ClientStrategy[SeedConfigT]):
+    """Client half of a seed-based strategy; subclasses implement ``run``."""
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Add LoRA adapters when only they are tuned."""
+        spec = self.config.lora_spec()
+        if spec is not None:
+            trainer.add_lora(spec)
+
+    def block_ends(self, params: FlatParams) -> list[int]:
+        """Where the parameter stream's blocks end (one block by default)."""
+        return [params.total]
+
+    def geometry(self, trainer: Trainer) -> tuple[FlatParams, Geometry]:
+        """Return the tuned parameters and the geometry coefficients refer to."""
+        params = flat_trainable(trainer.model, self.config.trainable)
+        seeds = pool_seeds(self.config.pool_seed, self.config.seeds)
+        return params, geometry_of(seeds, self.config.kind, params, self.block_ends(params))
+
+    def initial_state(self, trainer: Trainer) -> Payload:
+        """Describe the parameter blocks, so the server can size its coefficients."""
+        params, geometry = self.geometry(trainer)
+        return Payload(
+            tensors={"ends": torch.tensor(geometry.ends, dtype=torch.int64)},
+            config={"numel": params.total},
+        )
+
+    def resync_request(self, trainer: Trainer) -> Payload:
+        """The answer of a client whose persisted versions are gone: send me everything."""
+        return Payload(metrics={"num_examples": trainer.num_examples, "version": 0})
+
+    def load_global(self, state: Payload, trainer: Trainer) -> None:
+        """Move the model to the global coefficients in ``state``."""
+        params, geometry = self.geometry(trainer)
+        coeffs = state.tensors["coeffs"].to(torch.float64).reshape(geometry.shape)
+        move_model(trainer.model, params, geometry, coeffs)

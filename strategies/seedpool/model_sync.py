@@ -1,0 +1,135 @@
+"""Client side of the seed-based strategies: held versions, and moving the model between them.
+
+A client keeps, in its persisted local state, the coefficients of the versions the server may
+still send it a delta from. The model itself is tagged with the coefficients it currently holds
+(several virtual clients may share one model in simulation), and is moved to a new version by
+replaying only the difference, one pass per block.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedft.core.payload import Payload, config_int
+from fedft.kernels.seed_ops import FlatParams, apply_seeds_
+from fedft.strategies.seedpool.wire import decode_delta
+
+_HELD = "v."
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything two parties must agree on for coefficients to mean the same model."""
+
+    seeds: tuple[int, ...]
+    kind: str
+    ends: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(seeds, blocks) of the coefficient matrix."""
+        return len(self.seeds), len(self.ends)
+
+    def block(self, index: int) -> tuple[int, int]:
+        """Return block ``index`` as a ``[start, end)`` range of the parameter stream."""
+        return (self.ends[index - 1] if index else 0), self.ends[index]
+
+
+# What each model currently holds, by model object: (geometry, coefficients).
+_TAGS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Geometry, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def held_coefficients(model: torch.nn.Module, geometry: Geometry) -> torch.Tensor:
+    """Return the coefficients ``model`` holds now (zeros for an untouched pretrained model)."""
+    tag = _TAGS.get(model)
+    if tag is None:
+        return torch.zeros(geometry.shape, dtype=torch.float64)
+    if tag[0] != geometry:
+        raise RuntimeError(
+            "this model was tuned with another seed pool or parameter set; reload it"
+        )
+    return tag[1]
+
+
+def set_held(model: torch.nn.Module, geometry: Geometry, coeffs: torch.Tensor) -> None:
+    """Record that ``model`` now holds ``coeffs`` (after local steps changed it in place)."""
+    _TAGS[model] = (geometry, coeffs.detach().to(torch.float64).clone())
+
+
+def apply_coefficients_(
+    params: FlatParams, geometry: Geometry, coeffs: torch.Tensor, *, scale: float = 1.0
+) -> None:
+    """Add ``scale * sum C[k, l] z_k|block_l`` to the parameters, seeds in ascending order."""
+    for block in range(coeffs.shape[1]):
+        column = coeffs[:, block]
+        used = column.nonzero().reshape(-1).tolist()
+        if not used:
+            continue
+        start, end = geometry.block(block)
+        apply_seeds_(
+            params,
+            [geometry.seeds[k] for k in used],
+            [scale * float(column[k]) for k in used],
+            geometry.kind,
+            start=start,
+            end=end,
+        )
+
+
+def move_model(
+    model: torch.nn.Module, params: FlatParams, geometry: Geometry, target: torch.Tensor
+) -> None:
+    """Bring ``model`` to the version with coefficients ``target`` by replaying the difference."""
+    if tuple(target.shape) != geometry.shape:
+        raise ValueError(f"coefficients of shape {tuple(target.shape)}, expected {geometry.shape}")
+    current = held_coefficients(model, geometry)
+    apply_coefficients_(params, geometry, target - current)
+    set_held(model, geometry, target)
+
+
+def receive(task: Payload, local_state: Payload, geometry: Geometry) -> tuple[int, torch.Tensor]:
+    """Rebuild the task's target coefficients from its delta and the version it is based on.
+
+    Returns ``(target_version, coefficients)``; keeps only the base and target versions in
+    ``local_state`` (the server can only send deltas from a version this client reported).
+    Raises :class:`LookupError` when this client does not hold the base version any more.
+    """
+    base = config_int(task.config, "base")
+    target = config_int(task.config, "target")
+    held = _held(local_state)
+    if base == 0:
+        start = torch.zeros(geometry.shape, dtype=torch.float64)
+    elif base in held:
+        start = held[base]
+    else:
+        raise LookupError(f"the task builds on version {base}, which this client does not hold")
+    rows, cols = geometry.shape
+    coeffs = start + decode_delta(task, rows * cols).reshape(rows, cols)
+    kept = {v: c for v, c in held.items() if v == base}
+    kept[target] = coeffs
+    for name in [n for n in local_state.tensors if n.startswith(_HELD)]:
+        del local_state.tensors[name]
+    local_state.tensors.update({f"{_HELD}{v}": c for v, c in kept.items()})
+    return target, coeffs
+
+
+def _held(local_state: Payload) -> dict[int, torch.Tensor]:
+    return {
+        int(name.removeprefix(_HELD)): t.to(torch.float64)
+        for name, t in local_state.tensors.items()
+        if name.startswith(_HELD)
+    }
+
+
+def geometry_of(
+    seeds: Sequence[int], kind: str, params: FlatParams, ends: Sequence[int]
+) -> Geometry:
+    """Bundle a pool, a perturbation kind and a blocked parameter set."""
+    return Geometry(tuple(seeds), kind, tuple(ends), params.layout.names)

@@ -1,0 +1,105 @@
+"""What the seed-based server halves share: versioned coefficients, tasks, checks, checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+
+from fedft.core.payload import ConfigValue, Payload
+from fedft.core.sampling import client_seed, sample_clients
+from fedft.core.strategy import ClientInfo, Result, ServerStrategy, Task
+from fedft.strategies.seedpool.coefficients import CoefficientStore
+from fedft.strategies.seedpool.config import SeedPoolConfig
+from fedft.strategies.seedpool.wire import encode_delta
+
+SeedConfigT = TypeVar("SeedConfigT", bound=SeedPoolConfig)
+
+
+class SeedServer(ServerStrategy[SeedConfigT]):
+    """Keeps the global model as coefficients and sends each client only what it is missing.
+
+    Subclasses say what a well-formed update is (:meth:`check_tensors`) and how a round's
+    updates become new coefficients (``aggregate``, calling :meth:`commit`).
+    """
+
+    def __init__(self, config: SeedConfigT, *, seed: int) -> None:
+        super().__init__(config, seed=seed)
+        self.store: CoefficientStore | None = None
+
+    def _store(self) -> CoefficientStore:
+        if self.store is None:
+            raise RuntimeError("initialize() or load_state_dict() must run before this")
+        return self.store
+
+    def initialize(self, initial: Payload) -> None:
+        """Start from the pretrained model (all coefficients zero) with the clients' blocks."""
+        ends = initial.tensors.get("ends")
+        if ends is None or ends.dim() != 1 or ends.numel() < 1:
+            raise ValueError("the initial state must describe the parameter blocks ('ends')")
+        self.store = CoefficientStore((self.config.seeds, int(ends.numel())))
+
+    def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
+        """Sample clients; each gets its task seed and the coefficients it is missing."""
+        store = self._store()
+        cfg = self.config
+        chosen = sample_clients(
+            clients,
+            [c.client_id for c in clients],
+            fraction=cfg.fraction,
+            min_clients=cfg.min_clients,
+            seed=self.seed,
+            server_round=server_round,
+        )
+        extra = self.extra_tensors(server_round)
+        tasks = []
+        for client in chosen:
+            base, delta = store.delta_for(client.client_id)
+            config: dict[str, ConfigValue] = {
+                "seed": client_seed(self.seed, server_round, client.client_id),
+                "base": base,
+                "target": store.version,
+            }
+            payload = Payload(tensors={**encode_delta(delta), **extra}, config=config)
+            tasks.append(Task(client.client_id, payload))
+        return tasks
+
+    def extra_tensors(self, server_round: int) -> dict[str, torch.Tensor]:
+        """Tensors every task of the round carries besides the delta (none by default)."""
+        return {}
+
+    def check_update(self, server_round: int, result: Result) -> str | None:
+        """Refuse malformed updates; an empty update with version 0 asks for a full sync."""
+        weight = result.payload.metrics.get("num_examples", 0)
+        if not (isinstance(weight, int) and weight > 0):
+            return f"num_examples must be a positive int, got {weight!r}"
+        version = result.payload.metrics.get("version")
+        if not isinstance(version, int):
+            return "the update must say which version it was trained from"
+        if not result.payload.tensors and version == 0:
+            return None
+        if not self._store().holds(version):
+            return f"version {version} is unknown"
+        return self.check_tensors(result)
+
+    def check_tensors(self, result: Result) -> str | None:
+        """Return why the update's tensors are malformed, or None (subclasses override)."""
+        return None
+
+    def note_sync(self, result: Result) -> bool:
+        """Record the version ``result``'s client holds; True if it is a resync request."""
+        self._store().record_sync(result.client_id, int(result.payload.metrics["version"]))
+        return not result.payload.tensors
+
+    def global_state(self) -> Payload:
+        """Return the full coefficients (what a fresh evaluator replays from w0)."""
+        return Payload(tensors={"coeffs": self._store().current.clone()})
+
+    def state_dict(self) -> Payload:
+        """Checkpoint: coefficients, snapshots and every client's synced version."""
+        return self._store().to_payload()
+
+    def load_state_dict(self, state: Payload) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.store = CoefficientStore.from_payload(state)

@@ -1,0 +1,119 @@
+"""Ferret on a real tiny Llama: a round applies the mean reconstruction; bad updates are refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from fedft.client.data import Example
+from fedft.client.models import ModelBundle
+from fedft.client.trainer import LocalTrainer
+from fedft.core.payload import Payload
+from fedft.core.serde import payload_from_bytes, payload_to_bytes
+from fedft.core.strategy import ClientInfo, Result
+from fedft.strategies.ferret import FerretClient, FerretConfig, FerretServer
+from fedft.strategies.seedpool.model_sync import apply_coefficients_
+from fedft.strategies.seedpool.trainable import flat_trainable
+
+CONFIG = FerretConfig(seeds=16, local_steps=2, batch_size=2, lr=1e-3, server_lr=1.0)
+
+
+def hop(payload: Payload) -> Payload:
+    return payload_from_bytes(payload_to_bytes(payload))
+
+
+def trainer_for(bundle: ModelBundle, n: int, tag: str) -> LocalTrainer:
+    data = [Example(f"{tag} question {i}?", f"{tag} answer {i}.") for i in range(n)]
+    return LocalTrainer(bundle, data, max_length=32)
+
+
+def test_round_applies_the_weighted_mean_of_reconstructions(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    client, server = FerretClient(CONFIG), FerretServer(CONFIG, seed=1)
+    bundle = tiny_bundle()
+    sizes = {"a": 3, "b": 6}
+    trainers = {c: trainer_for(bundle, n, c) for c, n in sizes.items()}
+    for trainer in trainers.values():
+        client.prepare(trainer)
+    server.initialize(client.initial_state(trainers["a"]))
+    params, geometry = client.geometry(trainers["a"])
+    w0 = params.snapshot()
+
+    tasks = server.configure(1, [ClientInfo(c, n) for c, n in sizes.items()])
+    results = []
+    for task in tasks:
+        trainer = trainers[task.client_id]
+        reply = hop(client.run(hop(task.payload), Payload(), trainer))
+        # Local training is undone: the shared model is back at the global version.
+        assert torch.equal(params.snapshot(), w0)
+        assert reply.tensors["c"].numel() > 0
+        results.append(Result(task.client_id, reply))
+    assert server.aggregate(1, results, [])["accepted"] == 2
+
+    # Expected: w0 - mean_c(weight_c * sum_k c_k z_k), rebuilt here from the uplinks.
+    expected = flat_trainable(tiny_bundle().model, "all")
+    total = sum(sizes.values())
+    for result in results:
+        t = result.payload.tensors
+        coeffs = torch.zeros(geometry.shape, dtype=torch.float64)
+        coeffs[t["i"].long(), t["b"].long()] = t["c"].double()
+        apply_coefficients_(expected, geometry, coeffs, scale=-sizes[result.client_id] / total)
+    evaluator = trainer_for(tiny_bundle(), 0, "eval")
+    client.prepare(evaluator)
+    client.load_global(hop(server.global_state()), evaluator)
+    actual = flat_trainable(evaluator.model, "all").snapshot()
+    assert float((actual - w0).abs().max()) > 1e-4
+    assert float((actual - expected.snapshot()).abs().max()) <= 1e-6
+
+
+def test_update_is_a_few_kilobytes_and_the_block_allocation_follows_norms(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    client, server = FerretClient(CONFIG), FerretServer(CONFIG, seed=1)
+    trainer = trainer_for(tiny_bundle(), 8, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    task = server.configure(1, [ClientInfo("a", 8)])[0]
+    reply = client.run(hop(task.payload), Payload(), trainer)
+    blocks = reply.tensors["b"].long()
+    per_block = torch.bincount(blocks)
+    assert int(per_block.max()) == CONFIG.seeds  # the largest-norm block gets all K bases
+    assert int(per_block[per_block > 0].min()) >= 2
+    assert len(payload_to_bytes(reply)) < 8 * int(blocks.numel()) + 400
+
+
+def make_result(i: list[int], b: list[int], c: list[float], version: int = 0) -> Result:
+    return Result(
+        "a",
+        Payload(
+            tensors={
+                "i": torch.tensor(i, dtype=torch.int16),
+                "b": torch.tensor(b, dtype=torch.int16),
+                "c": torch.tensor(c, dtype=torch.float32),
+            },
+            metrics={"num_examples": 4, "version": version},
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        (make_result([0], [0], [float("nan")]), "NaN"),
+        (make_result([16], [0], [1.0]), "outside"),
+        (make_result([0], [99], [1.0]), "outside"),
+        (make_result([1, 1], [0, 0], [1.0, 2.0]), "twice"),
+        (make_result([0], [0], [1.0], version=7), "unknown"),
+        (make_result([0, 1], [0], [1.0, 2.0]), "one entry per"),
+    ],
+)
+def test_malformed_updates_are_refused(result: Result, reason: str) -> None:
+    server = FerretServer(CONFIG, seed=1)
+    server.initialize(Payload(tensors={"ends": torch.tensor([10, 20, 30])}))
+    problem = server.check_update(1, result)
+    assert problem is not None
+    assert reason in problem
+    assert server.check_update(1, make_result([0, 3], [0, 2], [1.0, 2.0])) is None
