@@ -51,3 +51,30 @@ def test_grpc_engine_reproduces_the_in_process_run(tmp_path: Path) -> None:
     for cid in ("client-0", "client-1", "client-2"):
         log = (tmp_path / "grpc" / "grpc" / "logs" / f"{cid}.log").read_text()
         assert "the run is finished" in log
+
+
+def test_grpc_engine_runs_a_seed_strategy_like_the_in_process_engine(tmp_path: Path) -> None:
+    """The fedkseed strategy through the real coordinator: same losses and bytes, no host code."""
+
+    def seed_spec(out: Path, engine: str) -> SimulationSpec:
+        return SimulationSpec(
+            model="tiny",
+            clients=2,
+            rounds=2,
+            seed=0,
+            out=out,
+            engine=engine,
+            rouge_examples=0,
+            strategy="fedkseed",
+            strategy_options={"local_steps": 10, "seeds": 512, "lr": 5e-5},
+        )
+
+    grpc_report = GrpcEngine(seed_spec(tmp_path / "grpc", "grpc")).run()
+    local_report = InProcessEngine(seed_spec(tmp_path / "local", "inprocess")).run()
+    for mine, theirs in zip(grpc_report.rounds, local_report.rounds, strict=True):
+        assert mine.bytes_up == theirs.bytes_up
+        assert mine.bytes_down == theirs.bytes_down
+        assert mine.bytes_up < 2 * 1_000  # 10 fp32 scalars per client, not a model
+        assert mine.eval_loss == pytest.approx(theirs.eval_loss, abs=1e-5)
+        assert mine.metrics["accepted"] == 2
+    assert grpc_report.rounds[-1].eval_loss < grpc_report.initial["eval_loss"]
