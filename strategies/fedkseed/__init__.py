@@ -14,6 +14,7 @@ def register() -> None:
         name="fedkseed",
         config_cls=FedKSeedConfig,
         server_cls=FedKSeedServer,
+        summary="zeroth-order full-parameter tuning; one scalar per step goes up (Qin et al.)",
         client_cls=FedKSeedClient,
     )
 

@@ -14,6 +14,7 @@ def register() -> None:
         name="fedkseed_pro",
         config_cls=FedKSeedProConfig,
         server_cls=FedKSeedProServer,
+        summary="FedKSeed with seeds sampled by their learned importance",
         client_cls=FedKSeedProClient,
     )
 

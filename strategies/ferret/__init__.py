@@ -14,6 +14,7 @@ def register() -> None:
         name="ferret",
         config_cls=FerretConfig,
         server_cls=FerretServer,
+        summary="first-order local steps, sent as projections onto seeded bases (Shu et al.)",
         client_cls=FerretClient,
     )
 
