@@ -138,9 +138,11 @@ def test_client_killed_mid_training_rejoins_and_the_round_closes_by_deadline(
     db = f"sqlite:///{tmp_path / 'coordinator.db'}"
     tokens = make_tokens(db, 3)
     port = free_port()
+    # 80 steps keep the victim busy when it is killed; the deadline leaves the two survivors
+    # room to finish theirs even on a loaded 2-core machine (25 s was too tight there).
     processes.start(
         "coordinator",
-        *serve_args(db, port, "--rounds", "2", "--min-clients", "3", "--round-timeout", "25",
+        *serve_args(db, port, "--rounds", "2", "--min-clients", "3", "--round-timeout", "60",
                     "--opt", "local_steps=80"),
     )  # fmt: skip
     wait_until(lambda: "listening on" in processes.log("coordinator"), 120, "the coordinator")
