@@ -295,3 +295,36 @@ def test_saved_adapter_loads_with_peft(
         base = tiny_bundle().model(**inputs).logits
     assert torch.allclose(got, expected, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(base, expected, atol=1e-4)  # the adapter matters
+
+
+def test_save_model_without_adapters_writes_loadable_full_weights(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer = LocalTrainer(tiny_bundle(), examples, max_length=MAX_LENGTH)
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(0.5)  # a tuned model, not the stock one
+    trainer.save_model(tmp_path / "model")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    for (name, mine), (_, theirs) in zip(
+        trainer.model.named_parameters(), loaded.named_parameters(), strict=True
+    ):
+        assert torch.equal(mine, theirs), name
+    assert AutoTokenizer.from_pretrained(tmp_path / "model").pad_token_id is not None
+
+
+def test_batches_and_loss_are_deterministic_and_leave_no_gradients(
+    make_trainer: Callable[[], LocalTrainer],
+) -> None:
+    trainer = make_trainer()
+    first = next(trainer.batches(batch_size=3, seed=5))
+    again = next(trainer.batches(batch_size=3, seed=5))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert first["input_ids"].shape[0] == 3
+    loss = trainer.loss(first)
+    assert loss > 0
+    assert loss == trainer.loss(first)
+    assert all(p.grad is None for p in trainer.model.parameters())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(trainer.batches(batch_size=0, seed=1))
