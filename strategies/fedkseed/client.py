@@ -15,8 +15,6 @@ from fedft.strategies.seedpool.client_base import SeedClient
 from fedft.strategies.seedpool.model_sync import (
     Geometry,
     apply_coefficients_,
-    move_model,
-    receive,
     set_held,
 )
 from fedft.strategies.seedpool.pool import step_indices
@@ -35,13 +33,10 @@ class FedKSeedClient(SeedClient[FedKSeedConfig]):
 
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Sync to the task's version, run the local steps, return each step's scalar g."""
-        params, geometry = self.geometry(trainer)
-        try:
-            version, target = receive(task, local_state, geometry)
-        except LookupError:
-            # Our persisted versions are gone (e.g. a wiped state folder): ask for a full sync.
+        synced = self.sync(task, local_state, trainer)
+        if synced is None:
             return self.resync_request(trainer)
-        move_model(trainer.model, params, geometry, target)
+        params, geometry, version, target = synced
         indices = self._sample(task, geometry)
         start = params.snapshot()
         grads, kept, loss_sum = self._local_steps(task, trainer, params, geometry, indices)

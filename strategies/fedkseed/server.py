@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 
@@ -14,8 +13,6 @@ from fedft.core.strategy import Failure, Result
 from fedft.strategies.fedkseed.config import FedKSeedConfig
 from fedft.strategies.seedpool.pool import step_indices
 from fedft.strategies.seedpool.server_base import SeedServer
-
-logger = logging.getLogger(__name__)
 
 
 def check_steps(
@@ -72,16 +69,9 @@ class FedKSeedServer(SeedServer[FedKSeedConfig]):
         store = self._store()
         summed = torch.zeros(store.shape[0], dtype=torch.float64)
         total_weight = loss_sum = 0.0
-        accepted = rejected = resyncs = steps = 0
-        for result in results:
-            problem = self.check_update(server_round, result)
-            if problem is not None:
-                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
-                rejected += 1
-                continue
-            if self.note_sync(result):
-                resyncs += 1
-                continue
+        accepted = steps = 0
+        tally: dict[str, MetricValue] = {}
+        for result in self.usable(server_round, results, tally):
             metrics = result.payload.metrics
             weight = float(metrics["num_examples"])
             index = self._indices(server_round, result)
@@ -94,9 +84,8 @@ class FedKSeedServer(SeedServer[FedKSeedConfig]):
             accepted += 1
         out: dict[str, MetricValue] = {
             "accepted": accepted,
-            "rejected": rejected,
+            **tally,
             "failures": len(failures),
-            "resyncs": resyncs,
             "steps": steps,
         }
         if accepted:

@@ -10,7 +10,6 @@ from fedft.kernels.seed_ops import FlatParams
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.ferret.projection import project_blocks
 from fedft.strategies.seedpool.client_base import SeedClient
-from fedft.strategies.seedpool.model_sync import move_model, receive
 from fedft.strategies.seedpool.trainable import block_ends, select_parameters
 from fedft.strategies.seedpool.wire import index_dtype
 
@@ -36,12 +35,10 @@ class FerretClient(SeedClient[FerretConfig]):
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Sync, train locally, project ``old - new`` block by block; the model is restored."""
         cfg = self.config
-        params, geometry = self.geometry(trainer)
-        try:
-            version, target = receive(task, local_state, geometry)
-        except LookupError:
+        synced = self.sync(task, local_state, trainer)
+        if synced is None:
             return self.resync_request(trainer)
-        move_model(trainer.model, params, geometry, target)
+        params, geometry, version, _ = synced
         seed = config_int(task.config, "seed")
         start = params.snapshot()
         stats = trainer.train(

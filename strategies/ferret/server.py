@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 
@@ -12,8 +11,6 @@ from fedft.core.payload import MetricValue
 from fedft.core.strategy import Failure, Result
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.seedpool.server_base import SeedServer
-
-logger = logging.getLogger(__name__)
 
 
 def check_projection(result: Result, shape: tuple[int, int]) -> str | None:  # noqa: PLR0911
@@ -54,16 +51,9 @@ class FerretServer(SeedServer[FerretConfig]):
         rows, cols = store.shape
         summed = torch.zeros(rows * cols, dtype=torch.float64)
         total_weight = loss_sum = 0.0
-        accepted = rejected = resyncs = 0
-        for result in results:
-            problem = self.check_update(server_round, result)
-            if problem is not None:
-                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
-                rejected += 1
-                continue
-            if self.note_sync(result):
-                resyncs += 1
-                continue
+        accepted = 0
+        tally: dict[str, MetricValue] = {}
+        for result in self.usable(server_round, results, tally):
             metrics = result.payload.metrics
             weight = 1.0 if self.config.equal_weight else float(metrics["num_examples"])
             t = result.payload.tensors
@@ -72,12 +62,7 @@ class FerretServer(SeedServer[FerretConfig]):
             total_weight += weight
             loss_sum += weight * float(metrics.get("train_loss", math.nan))
             accepted += 1
-        out: dict[str, MetricValue] = {
-            "accepted": accepted,
-            "rejected": rejected,
-            "failures": len(failures),
-            "resyncs": resyncs,
-        }
+        out: dict[str, MetricValue] = {"accepted": accepted, **tally, "failures": len(failures)}
         if accepted:
             added = summed.reshape(rows, cols) * (-self.config.server_lr / total_weight)
             store.commit(added, server_round)

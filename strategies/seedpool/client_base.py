@@ -11,7 +11,7 @@ from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams
 from fedft.strategies.seedpool.config import SeedPoolConfig
-from fedft.strategies.seedpool.model_sync import Geometry, geometry_of, move_model
+from fedft.strategies.seedpool.model_sync import Geometry, geometry_of, move_model, receive
 from fedft.strategies.seedpool.pool import pool_seeds
 from fedft.strategies.seedpool.trainable import flat_trainable
 
@@ -48,6 +48,22 @@ class SeedClient(ClientStrategy[SeedConfigT]):
     def resync_request(self, trainer: Trainer) -> Payload:
         """The answer of a client whose persisted versions are gone: send me everything."""
         return Payload(metrics={"num_examples": trainer.num_examples, "version": 0})
+
+    def sync(
+        self, task: Payload, local_state: Payload, trainer: Trainer
+    ) -> tuple[FlatParams, Geometry, int, torch.Tensor] | None:
+        """Bring the model to the task's version: ``(params, geometry, version, coeffs)``.
+
+        Returns None when this client no longer holds the version the task builds on (e.g. a
+        wiped state folder); the caller then answers with :meth:`resync_request`.
+        """
+        params, geometry = self.geometry(trainer)
+        try:
+            version, target = receive(task, local_state, geometry)
+        except LookupError:
+            return None
+        move_model(trainer.model, params, geometry, target)
+        return params, geometry, version, target
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Move the model to the global coefficients in ``state``."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import torch
 
-from fedft.core.payload import ConfigValue, Payload
+from fedft.core.payload import ConfigValue, MetricValue, Payload
 from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.strategy import ClientInfo, Result, ServerStrategy, Task
 from fedft.strategies.seedpool.coefficients import CoefficientStore
@@ -15,6 +16,7 @@ from fedft.strategies.seedpool.config import SeedPoolConfig
 from fedft.strategies.seedpool.wire import encode_delta
 
 SeedConfigT = TypeVar("SeedConfigT", bound=SeedPoolConfig)
+logger = logging.getLogger(__name__)
 
 
 class SeedServer(ServerStrategy[SeedConfigT]):
@@ -87,10 +89,27 @@ class SeedServer(ServerStrategy[SeedConfigT]):
         """Return why the update's tensors are malformed, or None (subclasses override)."""
         return None
 
-    def note_sync(self, result: Result) -> bool:
-        """Record the version ``result``'s client holds; True if it is a resync request."""
-        self._store().record_sync(result.client_id, int(result.payload.metrics["version"]))
-        return not result.payload.tensors
+    def usable(
+        self, server_round: int, results: Iterable[Result], tally: dict[str, MetricValue]
+    ) -> Iterator[Result]:
+        """Yield the results to aggregate, recording every client's version on the way.
+
+        Refused updates are logged and counted in ``tally["rejected"]``; resync requests (an
+        empty update with version 0) in ``tally["resyncs"]``.
+        """
+        tally.setdefault("rejected", 0)
+        tally.setdefault("resyncs", 0)
+        for result in results:
+            problem = self.check_update(server_round, result)
+            if problem is not None:
+                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
+                tally["rejected"] += 1
+                continue
+            self._store().record_sync(result.client_id, int(result.payload.metrics["version"]))
+            if not result.payload.tensors:
+                tally["resyncs"] += 1
+                continue
+            yield result
 
     def global_state(self) -> Payload:
         """Return the full coefficients (what a fresh evaluator replays from w0)."""
