@@ -146,23 +146,33 @@ class InProcessEngine:
             report.write(spec.out)
             logger.info("round %d: eval_loss %.4f", server_round, eval_loss)
         self.progress("round", spec.rounds, spec.rounds)
-        report.final = {
-            "eval_loss": report.rounds[-1].eval_loss,
-            "rouge_l": self._rouge(),
-            "bytes_total": report.bytes_total,
-        }
-        if self.bundle.lora_spec is not None:
-            self.evaluator.save_adapter(spec.out / "adapter")
-        report.write(spec.out)
-        return report
+        return finish_report(report, spec, self.evaluator, self.rouge_set, self.progress)
 
-    def _rouge(self) -> float | None:
-        if not self.rouge_set:
-            return None
-        self.progress("rouge", 0, len(self.rouge_set))
+
+def finish_report(
+    report: Report,
+    spec: SimulationSpec,
+    evaluator: LocalTrainer,
+    rouge_set: list[Example],
+    progress: ProgressFn = _no_progress,
+) -> Report:
+    """Score the final global model (held in ``evaluator``), save its adapter, write the report.
+
+    Every engine ends this way, so their ``report.json`` files agree in shape.
+    """
+    rouge: float | None = None
+    if rouge_set:
+        progress("rouge", 0, len(rouge_set))
         answers = generate_answers(
-            self.bundle,
-            [ex.prompt for ex in self.rouge_set],
-            max_new_tokens=self.spec.max_new_tokens,
+            evaluator.bundle, [ex.prompt for ex in rouge_set], max_new_tokens=spec.max_new_tokens
         )
-        return rouge_l(answers, [ex.response for ex in self.rouge_set])
+        rouge = rouge_l(answers, [ex.response for ex in rouge_set])
+    report.final = {
+        "eval_loss": report.rounds[-1].eval_loss,
+        "rouge_l": rouge,
+        "bytes_total": report.bytes_total,
+    }
+    if evaluator.bundle.lora_spec is not None:
+        evaluator.save_adapter(spec.out / "adapter")
+    report.write(spec.out)
+    return report

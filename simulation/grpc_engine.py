@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
+from fedft.client.evaluation import held_out_loss
 from fedft.client.models import load_model
 from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import FedftError
@@ -24,7 +24,7 @@ from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
 from fedft.simulation.data_split import split_data
-from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy
+from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy, finish_report
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -189,15 +189,7 @@ class GrpcEngine:
         finally:
             self._shutdown()
             state.close()
-        report.final = {
-            "eval_loss": report.rounds[-1].eval_loss,
-            "rouge_l": self._rouge(),
-            "bytes_total": report.bytes_total,
-        }
-        if self.bundle.lora_spec is not None:
-            self.evaluator.save_adapter(spec.out / "adapter")
-        report.write(spec.out)
-        return report
+        return finish_report(report, spec, self.evaluator, self.data.rouge_set, self.progress)
 
     def _wait_for_initial_checkpoint(self, state: State) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -226,16 +218,6 @@ class GrpcEngine:
                 if isinstance(v, (int, float)) and k not in ("updates", "missing")
             },
         )
-
-    def _rouge(self) -> float | None:
-        if not self.data.rouge_set:
-            return None
-        answers = generate_answers(
-            self.bundle,
-            [ex.prompt for ex in self.data.rouge_set],
-            max_new_tokens=self.spec.max_new_tokens,
-        )
-        return rouge_l(answers, [ex.response for ex in self.data.rouge_set])
 
 
 def _cli_value(value: Any) -> str:
