@@ -48,7 +48,11 @@ class CoefficientStore:
     def delta_for(self, client_id: str) -> tuple[int, torch.Tensor]:
         """Return ``(base, current - coefficients[base])`` for ``client_id``."""
         base = self.base_for(client_id)
-        return base, self.current - self.at(base)
+        return base, self.delta_since(base)
+
+    def delta_since(self, version: int) -> torch.Tensor:
+        """Return ``current - coefficients[version]``."""
+        return self.current - self.at(version)
 
     def record_sync(self, client_id: str, version: int) -> None:
         """Remember that ``client_id`` now holds ``version`` (ignored if unknown)."""

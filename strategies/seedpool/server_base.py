@@ -55,15 +55,19 @@ class SeedServer(ServerStrategy[SeedConfigT]):
             server_round=server_round,
         )
         extra = self.extra_tensors(server_round)
+        # Clients at the same version get the same delta: compute and encode it once per base.
+        encoded: dict[int, dict[str, torch.Tensor]] = {}
         tasks = []
         for client in chosen:
-            base, delta = store.delta_for(client.client_id)
+            base = store.base_for(client.client_id)
+            if base not in encoded:
+                encoded[base] = encode_delta(store.delta_since(base))
             config: dict[str, ConfigValue] = {
                 "seed": client_seed(self.seed, server_round, client.client_id),
                 "base": base,
                 "target": store.version,
             }
-            payload = Payload(tensors={**encode_delta(delta), **extra}, config=config)
+            payload = Payload(tensors={**encoded[base], **extra}, config=config)
             tasks.append(Task(client.client_id, payload))
         return tasks
 
