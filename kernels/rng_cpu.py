@@ -322,6 +322,15 @@ def _build(cmd: list[str], target: Path) -> None:
                 f"compiling the rng kernel with {cmd[0]} failed:\n{proc.stderr[-2000:]}"
             )
         os.replace(lib, target)
+    _prune_stale(target)
+
+
+def _prune_stale(keep: Path) -> None:
+    """Delete the libraries older sources or compilers built; a new build supersedes them."""
+    for stale in keep.parent.glob(f"rng_cpu-{sys.platform}-*.so"):
+        if stale != keep:
+            # Unlinking is safe even while another process has the old library loaded.
+            stale.unlink(missing_ok=True)
 
 
 def _load_kernel() -> _Kernel | str:

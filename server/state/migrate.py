@@ -100,6 +100,10 @@ def current_revision(url: str) -> str | None:
     Raises:
         UsageError: the URL is unusable or the server unreachable.
     """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        # Connecting would create an empty file: a typo in the path must not leave one behind.
+        return None
     engine = _with_engine(url)
     try:
         return schema_state(engine)[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -214,10 +215,14 @@ def test_kernel_is_built_once_into_the_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("FEDFT_CACHE", str(tmp_path))
+    stale = tmp_path / "kernels" / f"rng_cpu-{sys.platform}-0000000000000000.so"
+    stale.parent.mkdir()
+    stale.write_bytes(b"built by an older fedft")
     first = rng_cpu._load_kernel()
     assert not isinstance(first, str), first
     assert first.path.parent == tmp_path / "kernels"
-    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no build leftovers
+    # No build leftovers, and the older build is gone.
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]
     built = os.stat(first.path).st_mtime_ns
     second = rng_cpu._load_kernel()
     assert not isinstance(second, str)

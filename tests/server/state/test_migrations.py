@@ -169,6 +169,12 @@ def test_unusable_urls_are_usage_errors(url: str, message: str) -> None:
     assert time.monotonic() - start < 10
 
 
+def test_current_does_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
+    target = tmp_path / "typo.db"
+    assert main(["db", "current", "--db", str(target)]) == 0
+    assert not target.exists()
+
+
 def test_memory_has_no_schema_to_migrate() -> None:
     with pytest.raises(UsageError, match="in-memory state"):
         upgrade("memory")
