@@ -10,6 +10,7 @@ Examples::
     python benchmarks/compare_strategies.py --out runs/compare
     python benchmarks/compare_strategies.py --model tiny --rounds 3 --out /tmp/compare
     python benchmarks/compare_strategies.py --opt fedkseed.trainable=self_attn --opt ferret.seeds=64
+    python benchmarks/compare_strategies.py --reuse   # only runs what --out does not hold yet
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedft.simulation.engine import InProcessEngine
-from fedft.simulation.report import Report
+from fedft.simulation.engine import InProcessEngine, build_strategy
+from fedft.simulation.report import Report, read_report
 from fedft.simulation.spec import SimulationSpec
 
 # CPU-sized defaults: ZO over all 135 M weights costs ~1 s per step on 2 cores, so fedkseed
@@ -73,7 +74,29 @@ def run_one(args: argparse.Namespace, strategy: str, options: dict[str, Any]) ->
         partition="category",
         rouge_examples=0,
     )
+    if args.reuse:
+        previous = finished_report(spec, args.rounds)
+        if previous is not None:
+            print(f"{strategy}: reusing {spec.out / 'report.json'}")
+            return previous
     return InProcessEngine(spec).run()
+
+
+def finished_report(spec: SimulationSpec, rounds: int) -> Report | None:
+    """Return the report of an identical, completed earlier run in ``spec.out``, or None."""
+    path = spec.out / "report.json"
+    if not path.is_file():
+        return None
+    report = read_report(path)
+    _, config = build_strategy(spec)
+    same = (report.model, report.clients, report.seed, report.partition, report.config) == (
+        spec.model,
+        spec.clients,
+        spec.seed,
+        spec.partition,
+        json.loads(json.dumps(config.to_dict())),
+    )
+    return report if same and len(report.rounds) == rounds and report.final else None
 
 
 def plot(reports: dict[str, Report], path: Path) -> None:
@@ -111,6 +134,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--opt", action="append", default=[], help="strategy.key=value")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a strategy's finished report in --out when its settings are identical",
+    )
     args = parser.parse_args()
     options = parse_options(args.opt)
     reports = {name: run_one(args, name, options.get(name, {})) for name in args.strategies}

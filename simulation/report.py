@@ -61,6 +61,21 @@ class Report:
         return target
 
 
+def read_report(path: Path) -> Report:
+    """Load a ``report.json`` written by :meth:`Report.write` (NaN losses come back as NaN)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rounds = [RoundRecord(**r) for r in data.pop("rounds", [])]
+    report = Report(**data, rounds=rounds)
+    report.initial = {k: _from_json(v) for k, v in report.initial.items()}
+    for record in report.rounds:
+        record.eval_loss = _from_json(record.eval_loss)
+    return report
+
+
+def _from_json(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _json_safe(value: Any) -> Any:
     """Replace NaN/Inf (not valid JSON) by null, recursively."""
     if isinstance(value, float) and not math.isfinite(value):

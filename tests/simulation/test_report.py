@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from fedft.simulation.report import Report, RoundRecord, plot_report
+from fedft.simulation.report import Report, RoundRecord, plot_report, read_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -72,6 +73,15 @@ def test_write_produces_the_documented_json(tmp_path: Path) -> None:
     assert data == report.to_json()
     # Only the report itself: the temp file was renamed away.
     assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+def test_read_report_round_trips_including_nan(tmp_path: Path) -> None:
+    report = make_report()
+    report.rounds[1].eval_loss = math.nan  # written as null
+    back = read_report(report.write(tmp_path))
+    assert math.isnan(back.rounds[1].eval_loss)
+    back.rounds[1].eval_loss = report.rounds[1].eval_loss = 0.0
+    assert back == report
 
 
 def test_write_replaces_an_earlier_report(tmp_path: Path) -> None:
