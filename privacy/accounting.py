@@ -142,12 +142,24 @@ def plan_noise(target_epsilon: float, delta: float, *, sampling_rate: float, rou
         return ledger_event(entries(z))
 
     def make_accountant() -> Any:
+        # The search runs on a 10x coarser grid (about 8x faster); the result is re-checked
+        # on the fine one below, and the coarse grid errs on the pessimistic side.
         return dpa.pld.PLDAccountant(
             dpa.NeighboringRelation.ADD_OR_REMOVE_ONE,
-            value_discretization_interval=PLD_DISCRETIZATION,
+            value_discretization_interval=10 * PLD_DISCRETIZATION,
         )
 
-    z = float(dpa.calibrate_dp_mechanism(make_accountant, make_event, target_epsilon, delta))
+    # RDP is fast and looser, so its answer is an upper end for PLD's: bracket PLD's search
+    # with it instead of letting the search probe tiny noise levels (slow PLDs, huge supports).
+    z_rdp = float(
+        dpa.calibrate_dp_mechanism(dpa.rdp.RdpAccountant, make_event, target_epsilon, delta)
+    )
+    bracket = dpa.ExplicitBracketInterval(0.5 * z_rdp, z_rdp)
+    z = float(
+        dpa.calibrate_dp_mechanism(
+            make_accountant, make_event, target_epsilon, delta, bracket, tol=1e-4 * z_rdp
+        )
+    )
     reached = epsilon(entries(z), delta, PLD)
     return Plan(
         noise_multiplier=z,

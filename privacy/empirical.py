@@ -118,10 +118,14 @@ def _log_delta(mu1: float, s1: float, mu2: float, s2: float, eps: float) -> floa
         def mass(mu: float, s: float) -> float:
             if a > 0:  # loss above eps outside the roots
                 return float(np.logaddexp(logcdf((lo - mu) / s), logcdf((mu - hi) / s)))
-            upper, lower = float(logcdf((hi - mu) / s)), float(logcdf((lo - mu) / s))
-            if upper <= lower:
-                return -math.inf
-            return upper + math.log1p(-math.exp(lower - upper))
+            # Loss above eps between the roots: P(lo < Y < hi), from whichever tail is
+            # farther from the bulk so that the difference keeps its digits.
+            a_lo, a_hi = (lo - mu) / s, (hi - mu) / s
+            if a_lo + a_hi > 0:
+                a_lo, a_hi = -a_hi, -a_lo
+            upper, lower = float(logcdf(a_hi)), float(logcdf(a_lo))
+            ratio = math.exp(lower - upper) if upper > -math.inf else 1.0
+            return upper + math.log1p(-ratio) if ratio < 1.0 else -math.inf
 
         log_p1, log_p2 = mass(mu1, s1), mass(mu2, s2)
     # delta = P1[L > eps] - e^eps P2[L > eps]

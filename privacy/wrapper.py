@@ -8,6 +8,7 @@ participants and hands the mean to the wrapped strategy. Every round leaves a le
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -114,6 +115,7 @@ class DPServer(ServerStrategy[Any]):
         self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
     ) -> dict[str, MetricValue]:
         """Clip, add canaries, noise the sum, apply the mean; record the round in the ledger."""
+        self.last_entry = None
         dim = self.linear.update_size()
         clip = self.clipper.clip
         total = torch.zeros(dim, dtype=torch.float64)
@@ -197,6 +199,7 @@ class DPServer(ServerStrategy[Any]):
         state = self.inner.state_dict()
         tensors = dict(state.tensors)
         config = dict(state.config)
+        config[PREFIX + "settings"] = json.dumps(self.dp.to_dict(), sort_keys=True)
         config[PREFIX + "clip"] = self.clipper.clip
         config[PREFIX + "population"] = self.population
         record = self.canary_record()
@@ -208,12 +211,7 @@ class DPServer(ServerStrategy[Any]):
 
     def load_state_dict(self, state: Payload) -> None:
         """Restore from :meth:`state_dict`."""
-        inner = Payload(
-            tensors={k: v for k, v in state.tensors.items() if not k.startswith(PREFIX)},
-            config={k: v for k, v in state.config.items() if not k.startswith(PREFIX)},
-            metrics=dict(state.metrics),
-        )
-        self.inner.load_state_dict(inner)
+        self.inner.load_state_dict(inner_state(state))
         clip = state.config.get(PREFIX + "clip")
         population = state.config.get(PREFIX + "population")
         if isinstance(clip, float):
@@ -239,3 +237,20 @@ def canary_record_from_state(state: Payload) -> CanaryRecord | None:
         config={k.removeprefix(PREFIX): v for k, v in state.config.items() if k.startswith(PREFIX)},
     )
     return CanaryRecord.from_payload(packed)
+
+
+def dp_settings_from_state(state: Payload) -> DPConfig | None:
+    """The DP settings a :class:`DPServer` checkpoint was made with, or None if not private."""
+    text = state.config.get(PREFIX + "settings")
+    if not isinstance(text, str):
+        return None
+    return DPConfig.from_dict(json.loads(text))
+
+
+def inner_state(state: Payload) -> Payload:
+    """A :class:`DPServer` checkpoint without its ``dp.*`` entries: the wrapped strategy's."""
+    return Payload(
+        tensors={k: v for k, v in state.tensors.items() if not k.startswith(PREFIX)},
+        config={k: v for k, v in state.config.items() if not k.startswith(PREFIX)},
+        metrics=dict(state.metrics),
+    )

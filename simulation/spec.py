@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedft.core.errors import UsageError
+from fedft.privacy.config import DPConfig
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc")
@@ -31,6 +32,12 @@ class SimulationSpec:
     eval_examples: int = 64
     rouge_examples: int = 8
     max_new_tokens: int = 24
+    # Client-level DP (fedft.privacy): off unless dp_noise is set.
+    dp_noise: float | None = None
+    dp_clip: float | None = None
+    dp_adaptive: bool = False
+    dp_sampling_rate: float = 1.0
+    canaries: int = 0
 
     def __post_init__(self) -> None:
         problems = [
@@ -47,6 +54,30 @@ class SimulationSpec:
         for ok, message in problems:
             if not ok:
                 raise UsageError(message)
+        self.dp_config()  # validates the DP flags
         parse_partition(self.partition)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
+
+    def dp_config(self) -> DPConfig | None:
+        """The DP wrapper's settings, or None when the run is not private."""
+        if self.dp_noise is None:
+            extras = [
+                (self.dp_clip is not None, "--dp-clip"),
+                (self.dp_adaptive, "--dp-adaptive"),
+                (self.dp_sampling_rate != 1.0, "--dp-sampling-rate"),
+                (self.canaries != 0, "--canaries"),
+            ]
+            for given, flag in extras:
+                if given:
+                    raise UsageError(f"{flag} needs --dp-noise (use --dp-noise 0 for no noise)")
+            return None
+        if self.dp_clip is None:
+            raise UsageError("--dp-noise needs --dp-clip (the initial clip norm if adaptive)")
+        return DPConfig(
+            noise_multiplier=self.dp_noise,
+            clip=self.dp_clip,
+            adaptive=self.dp_adaptive,
+            sampling_rate=self.dp_sampling_rate,
+            canaries=self.canaries,
+        )
