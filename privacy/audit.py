@@ -16,6 +16,7 @@ from fedft.privacy.empirical import (
     epsilon_estimate,
     epsilon_lower_bound,
     epsilon_two_gaussians,
+    gdp_epsilon,
 )
 from fedft.privacy.ledger import LedgerEntry
 
@@ -52,6 +53,9 @@ def empirical(
     out: dict[str, Any] = {
         "epsilon": estimate,
         "ci95": [float(low), float(high)],
+        # Equal-variance fit (mu-GDP with mu = sqrt(d) * mean): steadier than the two-Gaussian
+        # estimate, whose fitted variance swings epsilon at small delta.
+        "epsilon_gdp": gdp_epsilon(mean * math.sqrt(dim), delta),
         "dim": dim,
         "canaries_seen": int(seen.size),
         "canaries_unseen": int(unseen.size),

@@ -108,6 +108,7 @@ def summary_table(result: dict[str, Any]) -> Table:
             ("canaries inserted / unseen", f"{emp['canaries_seen']} / {emp['canaries_unseen']}"),
             ("epsilon, empirical (final model)", emp["epsilon"]),
             ("  95% bootstrap interval", f"[{_fmt(low)}, {_fmt(high)}]"),
+            ("  equal-variance (GDP) fit", emp["epsilon_gdp"]),
         ]
         if "lower_bound" in emp:
             conf = emp["lower_bound_confidence"]
