@@ -80,6 +80,13 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "DP audit: insert N canary clients (random unit updates) and keep N unseen ones; "
         "the audit estimates epsilon from them",
     ),
+    (
+        "--local-dp-clip",
+        float,
+        "C",
+        "client-side DP: clip every reply's update to L2 norm C on the device",
+    ),
+    ("--local-dp-noise", float, "Z", "client-side DP: Gaussian noise of std Z * C on every reply"),
 )
 
 

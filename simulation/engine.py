@@ -18,6 +18,7 @@ from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
+from fedft.privacy.local import LocalDPClient
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.privacy.wrapper import DPServer
 from fedft.simulation.data_split import split_data
@@ -85,6 +86,9 @@ class InProcessEngine:
         self.rouge_set: list[Example] = data.rouge_set
         self.bundle: ModelBundle = load_model(spec.model)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
+        local_dp = spec.local_dp_config()
+        if local_dp is not None:
+            self.client_half = LocalDPClient(self.client_half, local_dp)
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
         )

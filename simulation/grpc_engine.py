@@ -136,6 +136,12 @@ class GrpcEngine:
                 "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
                 "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
             ]  # fmt: skip
+            local_dp = self.spec.local_dp_config()
+            if local_dp is not None:
+                args += [
+                    f"--local-dp-clip={local_dp.clip!r}",
+                    f"--local-dp-noise={local_dp.noise_multiplier!r}",
+                ]
             self._launch(cid, args, self._environment())
 
     def _check_processes(self) -> None:

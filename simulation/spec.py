@@ -8,6 +8,7 @@ from typing import Any
 
 from fedft.core.errors import UsageError
 from fedft.privacy.config import DPConfig
+from fedft.privacy.local import LocalDPConfig
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc")
@@ -38,6 +39,9 @@ class SimulationSpec:
     dp_adaptive: bool = False
     dp_sampling_rate: float = 1.0
     canaries: int = 0
+    # Client-side DP: every reply clipped and noised on the (virtual) device.
+    local_dp_clip: float | None = None
+    local_dp_noise: float = 0.0
 
     def __post_init__(self) -> None:
         problems = [
@@ -55,6 +59,7 @@ class SimulationSpec:
             if not ok:
                 raise UsageError(message)
         self.dp_config()  # validates the DP flags
+        self.local_dp_config()
         parse_partition(self.partition)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
@@ -81,3 +86,11 @@ class SimulationSpec:
             sampling_rate=self.dp_sampling_rate,
             canaries=self.canaries,
         )
+
+    def local_dp_config(self) -> LocalDPConfig | None:
+        """The client-side DP settings, or None."""
+        if self.local_dp_clip is None:
+            if self.local_dp_noise:
+                raise UsageError("--local-dp-noise needs --local-dp-clip")
+            return None
+        return LocalDPConfig(clip=self.local_dp_clip, noise_multiplier=self.local_dp_noise)
