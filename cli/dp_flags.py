@@ -44,13 +44,18 @@ def add_dp_flags(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="insert N canary clients (and keep N unseen) for the empirical audit",
     )
+    group.add_argument(
+        "--canary-iterates",
+        action="store_true",
+        help="also score canaries against every round's update (all-iterates threat model)",
+    )
 
 
 def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
     """Return the DP settings the flags ask for, or None without --dp-noise."""
     if args.dp_noise is None:
-        if args.dp_clip is not None or args.dp_adaptive or args.canaries:
-            raise UsageError("--dp-clip, --dp-adaptive and --canaries need --dp-noise")
+        if args.dp_clip is not None or args.dp_adaptive or args.canaries or args.canary_iterates:
+            raise UsageError("--dp-clip, --dp-adaptive and the canary flags need --dp-noise")
         return None
     if args.dp_clip is None:
         raise UsageError("--dp-noise needs --dp-clip")
@@ -60,4 +65,5 @@ def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
         adaptive=args.dp_adaptive,
         sampling_rate=args.dp_sampling_rate,
         canaries=args.canaries,
+        all_iterates=args.canary_iterates,
     )

@@ -103,7 +103,8 @@ class DPServer(ServerStrategy[Any]):
         if len(tasks) != len(chosen):
             raise UsageError(
                 "under DP the wrapper samples the clients (--dp-sampling-rate); set the "
-                "strategy's own sampling to take every client it is offered (e.g. fraction=1)"
+                "strategy's own sampling to take every client it is offered "
+                "(fraction=1, min_clients=1)"
             )
         return tasks
 

@@ -374,8 +374,10 @@ class Coordinator:
         infos = [ClientInfo(c.client_id, c.num_examples, c.properties) for c in alive]
         with self._lock:
             tasks = self.server_half.configure(number, infos)
-        if not tasks:
+        if not tasks and self.dp_server is None:
             return False
+        # Under DP an empty Poisson sample is still a round: it releases noise only, and
+        # skipping it would reveal that nobody (e.g. not the client in question) was sampled.
         now = self.clock()
         records, blobs = self._task_records(number, tasks, now)
         deadline = now + self.settings.round_timeout_s

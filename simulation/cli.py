@@ -138,6 +138,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="DP: adapt the clip norm to the median update norm (Andrew et al. 2021)",
     )
+    p.add_argument(
+        "--canary-iterates",
+        action="store_true",
+        help="DP audit: also score canaries against every round's update (all-iterates threat "
+        "model), not only the final model",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")
     p.set_defaults(handler=run)
 
@@ -150,7 +156,11 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
     values = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SPEC_FLAGS}
     default_out = Path("runs") / f"{args.strategy}-{Path(args.model).name}-seed{args.seed}"
     base = SimulationSpec(
-        **values, engine=args.engine, out=args.out or default_out, dp_adaptive=args.dp_adaptive
+        **values,
+        engine=args.engine,
+        out=args.out or default_out,
+        dp_adaptive=args.dp_adaptive,
+        canary_iterates=args.canary_iterates,
     )
     strategy, _ = build_strategy(base)
     spec = dataclasses.replace(

@@ -258,7 +258,8 @@ def _dp_args(dp: DPConfig | None) -> list[str]:
         f"--dp-sampling-rate={dp.sampling_rate!r}",
         f"--canaries={dp.canaries}",
     ]
-    return [*args, "--dp-adaptive"] if dp.adaptive else args
+    flags = [("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates)]
+    return args + [flag for flag, on in flags if on]
 
 
 def _cli_value(value: Any) -> str:

@@ -39,6 +39,7 @@ class SimulationSpec:
     dp_adaptive: bool = False
     dp_sampling_rate: float = 1.0
     canaries: int = 0
+    canary_iterates: bool = False
     # Client-side DP: every reply clipped and noised on the (virtual) device.
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
@@ -72,6 +73,7 @@ class SimulationSpec:
                 (self.dp_adaptive, "--dp-adaptive"),
                 (self.dp_sampling_rate != 1.0, "--dp-sampling-rate"),
                 (self.canaries != 0, "--canaries"),
+                (self.canary_iterates, "--canary-iterates"),
             ]
             for given, flag in extras:
                 if given:
@@ -85,6 +87,7 @@ class SimulationSpec:
             adaptive=self.dp_adaptive,
             sampling_rate=self.dp_sampling_rate,
             canaries=self.canaries,
+            all_iterates=self.canary_iterates,
         )
 
     def local_dp_config(self) -> LocalDPConfig | None:

@@ -13,7 +13,7 @@ from fedft.cli.main import main
 from fedft.core.identity import generate_key, hash_token, public_key_bytes
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
-from fedft.core.serde import payload_to_bytes
+from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.privacy.accounting import epsilon
 from fedft.privacy.audit import audit
 from fedft.privacy.config import DPConfig
@@ -110,3 +110,23 @@ def test_a_run_without_dp_has_an_empty_ledger(db: str, capsys: pytest.CaptureFix
     state.close()
     assert main(["audit", "--db", db]) == 2
     assert "ledger" in capsys.readouterr().err
+
+
+def test_an_empty_poisson_sample_is_still_a_noised_round(db: str) -> None:
+    state = open_state(db)
+    coordinator = make(state, DPConfig(noise_multiplier=1.0, clip=0.5, sampling_rate=1e-9))
+    for cid in ("edge-a", "edge-b"):
+        token = f"fedft_token-{cid}"
+        state.add_token(TokenRecord(hash_token(token), coordinator.clock()))
+        coordinator.enroll(token, public_key_bytes(generate_key()), cid, num_examples=4)
+    assert coordinator._start_next_round()
+    current = coordinator._open_round()
+    assert current is not None
+    assert state.tasks_for_round(1) == []
+    assert coordinator._round_complete(current)
+    coordinator._close(current)
+    released = payload_from_bytes(coordinator.global_payload()).tensors["m.lora_B"]
+    assert float(released.abs().max()) > 0  # noise only, but released
+    (entry,) = state.ledger()
+    assert (entry.round, entry.participants, entry.sampling_rate) == (1, 0, 1e-9)
+    state.close()

@@ -31,6 +31,7 @@ def test_dp_run_writes_ledger_and_audit(tmp_path: Path) -> None:
         dp_noise=1.0,
         dp_clip=0.05,
         canaries=20,
+        canary_iterates=True,
     )
     run_with_progress(spec, quiet=True)
     ledger = read_jsonl(out / "ledger.jsonl")
@@ -46,6 +47,7 @@ def test_dp_run_writes_ledger_and_audit(tmp_path: Path) -> None:
     empirical = audit["epsilon_empirical"]
     assert (empirical["canaries_seen"], empirical["canaries_unseen"]) == (20, 20)
     assert empirical["epsilon"] > 0
+    assert empirical["all_iterates_epsilon"] >= 0
     assert (out / "audit.png").stat().st_size > 0
     # The same audit from the command line, with another delta, into another folder.
     assert main(["audit", "--run", str(out), "--delta", "1e-3", "--out", str(tmp_path / "a")]) == 0
@@ -59,6 +61,7 @@ def test_dp_run_writes_ledger_and_audit(tmp_path: Path) -> None:
     [
         ({"dp_clip": 1.0}, "needs --dp-noise"),
         ({"canaries": 5}, "needs --dp-noise"),
+        ({"canary_iterates": True}, "needs --dp-noise"),
         ({"dp_noise": 1.0}, "needs --dp-clip"),
         ({"dp_noise": -1.0, "dp_clip": 1.0}, "--dp-noise must be >= 0"),
         ({"dp_noise": 1.0, "dp_clip": 1.0, "dp_sampling_rate": 0.0}, "sampling-rate"),
