@@ -38,6 +38,13 @@ def add_dp_flags(p: argparse.ArgumentParser) -> None:
         help="each client joins a round independently with probability Q (default: %(default)s)",
     )
     group.add_argument(
+        "--dp-count-stddev",
+        type=float,
+        default=None,
+        metavar="S",
+        help="adaptive clipping: noise std on the unclipped count (default: expected / 20)",
+    )
+    group.add_argument(
         "--canaries",
         type=int,
         default=0,
@@ -64,6 +71,7 @@ def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
         clip=args.dp_clip,
         adaptive=args.dp_adaptive,
         sampling_rate=args.dp_sampling_rate,
+        count_stddev=args.dp_count_stddev,
         canaries=args.canaries,
         all_iterates=args.canary_iterates,
     )

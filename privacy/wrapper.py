@@ -90,6 +90,7 @@ class DPServer(ServerStrategy[Any]):
     def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
         """Poisson-sample clients at the DP rate; the wrapped strategy builds their tasks."""
         self.population = len(clients)
+        self._update_noise()  # a noise split that cannot work fails before anyone trains
         rate = self.dp.sampling_rate
         chosen = [
             c
@@ -107,6 +108,17 @@ class DPServer(ServerStrategy[Any]):
                 "(fraction=1, min_clients=1)"
             )
         return tasks
+
+    def _count_stddev(self) -> float:
+        """Noise on the unclipped count of adaptive clipping: as set, or expected / 20 (TFF)."""
+        return self.dp.count_stddev or self.expected_participants() / 20
+
+    def _update_noise(self) -> float:
+        """Noise multiplier on the updates; less than z when the clip count also spends some."""
+        z = self.dp.noise_multiplier
+        if not (self.dp.adaptive and z > 0):
+            return z
+        return update_noise_multiplier(z, self._count_stddev())
 
     def expected_participants(self) -> float:
         """The fixed denominator: q times (clients offered + seen canaries), at least 1."""
@@ -144,14 +156,13 @@ class DPServer(ServerStrategy[Any]):
             total += clip * self._bank().vector(j)
         participants += len(canaries)
         z = self.dp.noise_multiplier
-        count_std = self.dp.count_stddev or self.expected_participants() / 20
-        z_update = update_noise_multiplier(z, count_std) if self.dp.adaptive and z > 0 else z
+        z_update = self._update_noise()
         total += self.noise.normal(dim, z_update * clip)
         mean = total / self.expected_participants()
         metrics = self.linear.apply_update(server_round, mean)
         self._track_canaries(mean)
         if self.dp.adaptive:
-            count_noise = float(self.noise.normal(1, count_std if z > 0 else 0.0)[0])
+            count_noise = float(self.noise.normal(1, self._count_stddev() if z > 0 else 0.0)[0])
             self.clipper.update(unclipped, participants, self.expected_participants(), count_noise)
         self.last_entry = LedgerEntry(
             round=server_round,

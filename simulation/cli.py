@@ -74,6 +74,13 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "DP: each client (and canary) joins a round independently with probability Q",
     ),
     (
+        "--dp-count-stddev",
+        float,
+        "S",
+        "DP, adaptive clipping: noise std on the count of unclipped clients "
+        "(default: expected participants / 20); the noise multiplier must stay below 2 S",
+    ),
+    (
         "--canaries",
         int,
         "N",

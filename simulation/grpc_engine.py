@@ -258,6 +258,8 @@ def _dp_args(dp: DPConfig | None) -> list[str]:
         f"--dp-sampling-rate={dp.sampling_rate!r}",
         f"--canaries={dp.canaries}",
     ]
+    if dp.count_stddev is not None:
+        args.append(f"--dp-count-stddev={dp.count_stddev!r}")
     flags = [("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates)]
     return args + [flag for flag, on in flags if on]
 

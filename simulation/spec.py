@@ -38,6 +38,7 @@ class SimulationSpec:
     dp_clip: float | None = None
     dp_adaptive: bool = False
     dp_sampling_rate: float = 1.0
+    dp_count_stddev: float | None = None
     canaries: int = 0
     canary_iterates: bool = False
     # Client-side DP: every reply clipped and noised on the (virtual) device.
@@ -72,6 +73,7 @@ class SimulationSpec:
                 (self.dp_clip is not None, "--dp-clip"),
                 (self.dp_adaptive, "--dp-adaptive"),
                 (self.dp_sampling_rate != 1.0, "--dp-sampling-rate"),
+                (self.dp_count_stddev is not None, "--dp-count-stddev"),
                 (self.canaries != 0, "--canaries"),
                 (self.canary_iterates, "--canary-iterates"),
             ]
@@ -86,6 +88,7 @@ class SimulationSpec:
             clip=self.dp_clip,
             adaptive=self.dp_adaptive,
             sampling_rate=self.dp_sampling_rate,
+            count_stddev=self.dp_count_stddev,
             canaries=self.canaries,
             all_iterates=self.canary_iterates,
         )

@@ -199,3 +199,21 @@ class _Opaque(ServerStrategy[Any]):
 def test_a_strategy_without_update_vectors_is_refused() -> None:
     with pytest.raises(UsageError, match="does not expose"):
         DPServer(_Opaque(FedAvgLoRAConfig(), seed=0), dp(), seed=0)
+
+
+def test_adaptive_noise_split_is_checked_before_anyone_trains() -> None:
+    tight = DPServer(
+        FedAvgLoRAServer(FedAvgLoRAConfig(), seed=1), dp(z=1.0, clip=1.0, adaptive=True), seed=1
+    )
+    tight.initialize(Payload(tensors=lora_adapter(0)))
+    with pytest.raises(UsageError, match="dp-count-stddev"):
+        tight.configure(1, clients(4))  # 4 expected clients: count noise 0.2, z must be < 0.4
+    roomy = DPServer(
+        FedAvgLoRAServer(FedAvgLoRAConfig(), seed=1),
+        dp(z=1.0, clip=1.0, adaptive=True, count_stddev=2.0),
+        seed=1,
+    )
+    roomy.initialize(Payload(tensors=lora_adapter(0)))
+    assert len(roomy.configure(1, clients(4))) == 4
+    metrics = roomy.aggregate(1, lora_results(lora_adapter(0), 4, 0.01), [])
+    assert metrics["dp.noise_std"] == pytest.approx((1.0 - 0.25**2) ** -0.5, rel=1e-9)
