@@ -7,6 +7,10 @@ import re
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedft.privacy.local import LocalDPConfig
 
 DESCRIPTION = """\
 Run an edge client. On first start it enrolls with --token (a one-time token from the operator)
@@ -106,6 +110,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
+    p.add_argument(
+        "--local-dp-clip",
+        type=float,
+        default=None,
+        metavar="C",
+        help="local DP: clip every update sent to L2 norm C before it leaves this device",
+    )
+    p.add_argument(
+        "--local-dp-noise",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="local DP: Gaussian noise of std Z * C on every update sent (default: %(default)s)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -138,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
+        local_dp=_local_dp(args),
     )
     daemon = ClientDaemon(options, report=console.log)
 
@@ -146,3 +165,15 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     return daemon.run()
+
+
+def _local_dp(args: argparse.Namespace) -> LocalDPConfig | None:
+    """The client-side DP the flags ask for, or None."""
+    from fedft.core.errors import UsageError
+    from fedft.privacy.local import LocalDPConfig
+
+    if args.local_dp_clip is None:
+        if args.local_dp_noise:
+            raise UsageError("--local-dp-noise needs --local-dp-clip")
+        return None
+    return LocalDPConfig(clip=args.local_dp_clip, noise_multiplier=args.local_dp_noise)

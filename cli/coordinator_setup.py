@@ -49,6 +49,9 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
         )
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
+    from fedft.cli.dp_flags import dp_config_from_args
+
+    privacy = dp_config_from_args(args) if hasattr(args, "dp_noise") else None
     state = open_state(args.db)
     bundle = load_model(args.model)
     trainer = LocalTrainer(bundle, [])
@@ -63,6 +66,7 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             settings=settings,
             model=args.model,
             initial=client_half.initial_state(trainer),
+            privacy=privacy,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -29,6 +29,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
     from fedft.cli import (
+        audit_cmd,
         certs_cmd,
         client_cmd,
         db_cmd,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.add_parser(sub)
     certs_cmd.add_parser(sub)
     token_cmd.add_parser(sub)
+    audit_cmd.add_parser(sub)
     return parser
 
 

@@ -162,6 +162,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
+    from fedft.cli.dp_flags import add_dp_flags
+
+    add_dp_flags(p)
     p.set_defaults(handler=run)
 
 

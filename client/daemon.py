@@ -29,6 +29,7 @@ from fedft.core.identity import generate_key
 from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
+from fedft.privacy.local import LocalDPClient, LocalDPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class DaemonOptions:
     client_id: str = ""
     max_length: int = 128
     poll_s: float = 10.0
+    local_dp: LocalDPConfig | None = None  # clip and noise every reply on this device
     max_backoff_s: float = 30.0
     max_retries: int | None = None
 
@@ -179,6 +181,8 @@ class ClientDaemon:
         run = self._run_description()
         spec = get_strategy(run.strategy)
         strategy: ClientStrategy[Any] = spec.client_cls(spec.make_config(dict(run.config)))
+        if self.options.local_dp is not None:
+            strategy = LocalDPClient(strategy, self.options.local_dp)
         bundle = load_model(self._model_spec(run))
         trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
         strategy.prepare(trainer)

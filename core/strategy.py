@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic
 
+import torch
+
 from fedft.core.config import ConfigT
 from fedft.core.payload import ConfigValue, MetricValue, Payload
 from fedft.core.trainer import Trainer
@@ -96,6 +98,34 @@ class ServerStrategy(ABC, Generic[ConfigT]):
     @abstractmethod
     def load_state_dict(self, state: Payload) -> None:
         """Restore the server half from :meth:`state_dict` output."""
+
+
+class LinearUpdates(ABC):
+    """Optional hook for a server half whose round is "global += mean of per-client vectors".
+
+    Wrappers that must see each client's update as one vector (the DP wrapper clips and noises
+    it, the privacy audit inserts canaries into it) use these methods *instead of*
+    ``aggregate``, so hosts and wrappers stay free of strategy-specific code. The vector lives
+    in the strategy's trainable space (LoRA: the adapter delta; FedKSeed: one scalar per seed;
+    Ferret: one coefficient per (seed, block)) and is, up to a fixed positive factor the strategy
+    documents (e.g. a learning rate), the change the client's update asks of the global model.
+    """
+
+    @abstractmethod
+    def update_size(self) -> int:
+        """Return the length of every update vector (valid once initialized)."""
+
+    @abstractmethod
+    def update_vector(self, server_round: int, result: Result) -> torch.Tensor | None:
+        """Return the client's update as a flat float64 vector, or None if it carries none.
+
+        Called once per accepted result (``check_update`` already passed), so it may do the
+        per-client bookkeeping ``aggregate`` would do (e.g. record the client's version).
+        """
+
+    @abstractmethod
+    def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
+        """Add ``mean`` (a vector of ``update_size``) to the global model; return round metrics."""
 
 
 class ClientStrategy(ABC, Generic[ConfigT]):

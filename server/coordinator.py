@@ -19,6 +19,8 @@ from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.privacy.config import DPConfig
+from fedft.privacy.wrapper import DPServer, dp_settings_from_state
 from fedft.server import metrics as prom
 from fedft.server.intake import Intake, Rejected, sha_hex
 from fedft.server.state.base import ClientExists, State, TokenError
@@ -26,6 +28,7 @@ from fedft.server.state.records import (
     ROUND_DONE,
     ROUND_OPEN,
     ClientRecord,
+    LedgerEntry,
     RoundRecord,
     RunRecord,
     TaskRecord,
@@ -93,6 +96,7 @@ class Coordinator:
         model: str,
         initial: Payload,
         clock: Callable[[], float] = time.time,
+        privacy: DPConfig | None = None,
     ):
         self.state = state
         self.strategy = strategy
@@ -127,7 +131,17 @@ class Coordinator:
                 )
             self.config, seed = resumed, stored.seed
             self.settings = dataclasses.replace(settings, rounds=stored.rounds)
+            # DP settings live in the checkpoint: a restart can neither drop nor change them.
+            kept = dp_settings_from_state(payload_from_bytes(state.latest_checkpoint()[1]))
+            if kept != privacy:
+                logger.warning("resuming run %s with its stored DP settings", stored.run_id)
+            privacy = kept
         self.server_half: ServerStrategy[Any] = strategy.server_cls(self.config, seed=seed)
+        # Under DP the wrapper samples, clips and noises; each round's ledger entry is stored
+        # with the round's checkpoint.
+        self.dp_server = DPServer(self.server_half, privacy, seed=seed) if privacy else None
+        if self.dp_server is not None:
+            self.server_half = self.dp_server
         self.intake = Intake(
             state,
             self._lock,
@@ -360,8 +374,10 @@ class Coordinator:
         infos = [ClientInfo(c.client_id, c.num_examples, c.properties) for c in alive]
         with self._lock:
             tasks = self.server_half.configure(number, infos)
-        if not tasks:
+        if not tasks and self.dp_server is None:
             return False
+        # Under DP an empty Poisson sample is still a round: it releases noise only, and
+        # skipping it would reveal that nobody (e.g. not the client in question) was sampled.
         now = self.clock()
         records, blobs = self._task_records(number, tasks, now)
         deadline = now + self.settings.round_timeout_s
@@ -419,7 +435,9 @@ class Coordinator:
                 "updates": len(updates),
                 "missing": len(failures),
             }
-            self.state.close_round(current.round, self.clock(), dict(summary), checkpoint)
+            self.state.close_round(
+                current.round, self.clock(), dict(summary), checkpoint, self._ledger_entries()
+            )
             closed = True
         except Exception:
             # The strategy may be half-updated: return to the last durable checkpoint.
@@ -433,6 +451,13 @@ class Coordinator:
         prom.ROUNDS_DONE.inc()
         logger.info("round %d done: %s", current.round, summary)
         self._notify()
+
+    def _ledger_entries(self) -> list[LedgerEntry]:
+        """The privacy ledger entry of the round just aggregated (none without DP)."""
+        entry = self.dp_server.last_entry if self.dp_server is not None else None
+        if entry is None:
+            return []
+        return [LedgerEntry(**entry.to_dict())]
 
     def _results(self, updates: list[UpdateRecord]) -> Iterator[Result]:
         """Load updates one at a time, so aggregation memory does not grow with clients."""

@@ -24,6 +24,7 @@ examples:
   fedft simulate
   fedft simulate --model tiny --clients 4 --rounds 3 --seed 0 --out runs/tiny
   fedft simulate --partition dirichlet:0.5 --clients 8 --opt lr=5e-4 --opt rank=4
+  fedft simulate --model tiny --dp-noise 1.0 --dp-clip 0.05 --canaries 50 --out runs/dp
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -58,6 +59,41 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "held-out prompts answered by the final model for Rouge-L; 0 skips",
     ),
     ("--max-new-tokens", int, "N", "answer length for Rouge-L generation"),
+    (
+        "--dp-noise",
+        float,
+        "Z",
+        "client-level DP: noise multiplier z (noise std on the clipped sum = z * clip); "
+        "writes OUT/ledger.jsonl and OUT/audit.json",
+    ),
+    ("--dp-clip", float, "C", "DP: L2 clip norm of each client's update (initial one if adaptive)"),
+    (
+        "--dp-sampling-rate",
+        float,
+        "Q",
+        "DP: each client (and canary) joins a round independently with probability Q",
+    ),
+    (
+        "--dp-count-stddev",
+        float,
+        "S",
+        "DP, adaptive clipping: noise std on the count of unclipped clients "
+        "(default: expected participants / 20); the noise multiplier must stay below 2 S",
+    ),
+    (
+        "--canaries",
+        int,
+        "N",
+        "DP audit: insert N canary clients (random unit updates) and keep N unseen ones; "
+        "the audit estimates epsilon from them",
+    ),
+    (
+        "--local-dp-clip",
+        float,
+        "C",
+        "client-side DP: clip every reply's update to L2 norm C on the device",
+    ),
+    ("--local-dp-noise", float, "Z", "client-side DP: Gaussian noise of std Z * C on every reply"),
 )
 
 
@@ -104,6 +140,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="inprocess: all clients share one model in this process; grpc: a real coordinator "
         "and one process per client on loopback, over TLS (default: %(default)s)",
     )
+    p.add_argument(
+        "--dp-adaptive",
+        action="store_true",
+        help="DP: adapt the clip norm to the median update norm (Andrew et al. 2021)",
+    )
+    p.add_argument(
+        "--canary-iterates",
+        action="store_true",
+        help="DP audit: also score canaries against every round's update (all-iterates threat "
+        "model), not only the final model",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")
     p.set_defaults(handler=run)
 
@@ -115,7 +162,13 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
 
     values = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SPEC_FLAGS}
     default_out = Path("runs") / f"{args.strategy}-{Path(args.model).name}-seed{args.seed}"
-    base = SimulationSpec(**values, engine=args.engine, out=args.out or default_out)
+    base = SimulationSpec(
+        **values,
+        engine=args.engine,
+        out=args.out or default_out,
+        dp_adaptive=args.dp_adaptive,
+        canary_iterates=args.canary_iterates,
+    )
     strategy, _ = build_strategy(base)
     spec = dataclasses.replace(
         base, strategy_options=parse_overrides(strategy.config_cls, args.opt)

@@ -44,6 +44,12 @@ def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
     plot_report(report, spec.out / "report.png")
     console.print(summary_table(report))
     console.print(f"wrote {spec.out / 'report.json'} and {spec.out / 'report.png'}")
+    audit = getattr(engine, "audit_result", None)
+    if audit is not None:
+        from fedft.privacy.report import summary_table as audit_table
+
+        console.print(audit_table(audit))
+        console.print(f"wrote {spec.out / 'audit.json'} and {spec.out / 'audit.png'}")
     return report
 
 

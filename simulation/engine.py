@@ -18,6 +18,9 @@ from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
+from fedft.privacy.local import LocalDPClient
+from fedft.privacy.run_dir import RunRecorder, audit_run_folder
+from fedft.privacy.wrapper import DPServer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
@@ -83,9 +86,19 @@ class InProcessEngine:
         self.rouge_set: list[Example] = data.rouge_set
         self.bundle: ModelBundle = load_model(spec.model)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
+        local_dp = spec.local_dp_config()
+        if local_dp is not None:
+            self.client_half = LocalDPClient(self.client_half, local_dp)
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
         )
+        dp = spec.dp_config()
+        # Under DP the wrapper samples, clips, noises and records; the host only keeps the files.
+        self.dp_server = DPServer(self.server_half, dp, seed=spec.seed) if dp else None
+        if self.dp_server is not None:
+            self.server_half = self.dp_server
+        self.recorder = RunRecorder(spec.out) if dp else None
+        self.audit_result: dict[str, Any] | None = None
         self.clients = {
             cid: VirtualClient(cid, LocalTrainer(self.bundle, examples, max_length=spec.max_length))
             for cid, examples in data.clients.items()
@@ -121,6 +134,8 @@ class InProcessEngine:
             engine=spec.engine,
             config=self.config.to_dict(),
         )
+        if self.recorder is not None:
+            self.recorder.start()
         self.server_half.initialize(self.client_half.initial_state(self.evaluator))
         report.initial = {"eval_loss": self._evaluate()}
         report.write(spec.out)
@@ -131,6 +146,8 @@ class InProcessEngine:
             wire = _Wire()
             tasks = self.server_half.configure(server_round, infos)
             metrics = self.server_half.aggregate(server_round, self._run_tasks(tasks, wire), [])
+            if self.recorder is not None and self.dp_server is not None:
+                self.recorder.after_round(self.dp_server)
             eval_loss = self._evaluate()
             report.rounds.append(
                 RoundRecord(
@@ -146,7 +163,10 @@ class InProcessEngine:
             report.write(spec.out)
             logger.info("round %d: eval_loss %.4f", server_round, eval_loss)
         self.progress("round", spec.rounds, spec.rounds)
-        return finish_report(report, spec, self.evaluator, self.rouge_set, self.progress)
+        final = finish_report(report, spec, self.evaluator, self.rouge_set, self.progress)
+        if self.recorder is not None:
+            self.audit_result = audit_run_folder(spec.out)
+        return final
 
 
 def finish_report(

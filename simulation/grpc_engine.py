@@ -19,6 +19,12 @@ from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
 from fedft.core.serde import payload_from_bytes
 from fedft.core.strategy import ClientStrategy, ServerStrategy
+from fedft.privacy.audit import audit
+from fedft.privacy.config import DPConfig
+from fedft.privacy.ledger import LEDGER_FILE, write_jsonl
+from fedft.privacy.report import write_json, write_png
+from fedft.privacy.wrapper import DPServer
+from fedft.server.privacy_source import audit_input
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord
@@ -68,6 +74,11 @@ class GrpcEngine:
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
         )
+        self.dp = spec.dp_config()
+        if self.dp is not None:
+            # Checkpoints of a DP run carry dp.* entries only the wrapper knows how to load.
+            self.server_half = DPServer(self.server_half, self.dp, seed=spec.seed)
+        self.audit_result: dict[str, Any] | None = None
         self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
         self.client_half.prepare(self.evaluator)
         self._processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -104,6 +115,7 @@ class GrpcEngine:
             "--bind", "127.0.0.1:0", "--certs", str(self.workdir / "certs"),
             "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
         ]  # fmt: skip
+        args += _dp_args(self.dp)
         env = self._environment()
         env.pop("OMP_NUM_THREADS")  # the coordinator only aggregates; let it use the cores
         process = self._launch("coordinator", args, env)
@@ -124,6 +136,12 @@ class GrpcEngine:
                 "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
                 "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
             ]  # fmt: skip
+            local_dp = self.spec.local_dp_config()
+            if local_dp is not None:
+                args += [
+                    f"--local-dp-clip={local_dp.clip!r}",
+                    f"--local-dp-noise={local_dp.noise_multiplier!r}",
+                ]
             self._launch(cid, args, self._environment())
 
     def _check_processes(self) -> None:
@@ -186,10 +204,20 @@ class GrpcEngine:
             self.progress("round", spec.rounds, spec.rounds)
             for _, process, _ in self._processes[1:]:
                 process.wait(timeout=120)  # clients exit once they learn the run is over
+            if self.dp is not None:
+                self.audit_result = self._audit(state)
         finally:
             self._shutdown()
             state.close()
         return finish_report(report, spec, self.evaluator, self.data.rouge_set, self.progress)
+
+    def _audit(self, state: State) -> dict[str, Any]:
+        """Audit from the coordinator's database, as `fedft audit --db` does; files go to out."""
+        result = audit(audit_input(state, self.db_url), 1e-5)
+        write_json(result, self.spec.out)
+        write_png(result, self.spec.out)
+        write_jsonl(self.spec.out / LEDGER_FILE, audit_input(state, self.db_url).ledger)
+        return result
 
     def _wait_for_initial_checkpoint(self, state: State) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -218,6 +246,22 @@ class GrpcEngine:
                 if isinstance(v, (int, float)) and k not in ("updates", "missing")
             },
         )
+
+
+def _dp_args(dp: DPConfig | None) -> list[str]:
+    """The `fedft serve` flags that ask for ``dp``."""
+    if dp is None:
+        return []
+    args = [
+        f"--dp-noise={dp.noise_multiplier!r}",
+        f"--dp-clip={dp.clip!r}",
+        f"--dp-sampling-rate={dp.sampling_rate!r}",
+        f"--canaries={dp.canaries}",
+    ]
+    if dp.count_stddev is not None:
+        args.append(f"--dp-count-stddev={dp.count_stddev!r}")
+    flags = [("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates)]
+    return args + [flag for flag, on in flags if on]
 
 
 def _cli_value(value: Any) -> str:

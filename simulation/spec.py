@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fedft.core.errors import UsageError
+from fedft.privacy.config import DPConfig
+from fedft.privacy.local import LocalDPConfig
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc")
@@ -31,6 +33,17 @@ class SimulationSpec:
     eval_examples: int = 64
     rouge_examples: int = 8
     max_new_tokens: int = 24
+    # Client-level DP (fedft.privacy): off unless dp_noise is set.
+    dp_noise: float | None = None
+    dp_clip: float | None = None
+    dp_adaptive: bool = False
+    dp_sampling_rate: float = 1.0
+    dp_count_stddev: float | None = None
+    canaries: int = 0
+    canary_iterates: bool = False
+    # Client-side DP: every reply clipped and noised on the (virtual) device.
+    local_dp_clip: float | None = None
+    local_dp_noise: float = 0.0
 
     def __post_init__(self) -> None:
         problems = [
@@ -47,6 +60,43 @@ class SimulationSpec:
         for ok, message in problems:
             if not ok:
                 raise UsageError(message)
+        self.dp_config()  # validates the DP flags
+        self.local_dp_config()
         parse_partition(self.partition)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
+
+    def dp_config(self) -> DPConfig | None:
+        """The DP wrapper's settings, or None when the run is not private."""
+        if self.dp_noise is None:
+            extras = [
+                (self.dp_clip is not None, "--dp-clip"),
+                (self.dp_adaptive, "--dp-adaptive"),
+                (self.dp_sampling_rate != 1.0, "--dp-sampling-rate"),
+                (self.dp_count_stddev is not None, "--dp-count-stddev"),
+                (self.canaries != 0, "--canaries"),
+                (self.canary_iterates, "--canary-iterates"),
+            ]
+            for given, flag in extras:
+                if given:
+                    raise UsageError(f"{flag} needs --dp-noise (use --dp-noise 0 for no noise)")
+            return None
+        if self.dp_clip is None:
+            raise UsageError("--dp-noise needs --dp-clip (the initial clip norm if adaptive)")
+        return DPConfig(
+            noise_multiplier=self.dp_noise,
+            clip=self.dp_clip,
+            adaptive=self.dp_adaptive,
+            sampling_rate=self.dp_sampling_rate,
+            count_stddev=self.dp_count_stddev,
+            canaries=self.canaries,
+            all_iterates=self.canary_iterates,
+        )
+
+    def local_dp_config(self) -> LocalDPConfig | None:
+        """The client-side DP settings, or None."""
+        if self.local_dp_clip is None:
+            if self.local_dp_noise:
+                raise UsageError("--local-dp-noise needs --local-dp-clip")
+            return None
+        return LocalDPConfig(clip=self.local_dp_clip, noise_multiplier=self.local_dp_noise)

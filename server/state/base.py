@@ -181,9 +181,17 @@ class State(ABC):
 
     @abstractmethod
     def close_round(
-        self, round_number: int, now: float, metrics: dict[str, object], checkpoint: bytes
+        self,
+        round_number: int,
+        now: float,
+        metrics: dict[str, object],
+        checkpoint: bytes,
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
         """Mark an open round done with its metrics and the strategy checkpoint, atomically.
+
+        ``ledger`` entries (the round's privacy spending) are appended in the same transaction,
+        so a released aggregate is never without its ledger entry, nor counted twice.
 
         Raises:
             RoundClosed: the round is not open.

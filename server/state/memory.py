@@ -250,14 +250,20 @@ class InMemoryState(State):
             return [u for u in self._updates.values() if u.round == round_number]
 
     def close_round(
-        self, round_number: int, now: float, metrics: dict[str, object], checkpoint: bytes
+        self,
+        round_number: int,
+        now: float,
+        metrics: dict[str, object],
+        checkpoint: bytes,
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
-        """Mark an open round done with its metrics and the strategy checkpoint, atomically."""
+        """Mark an open round done with its metrics, checkpoint and ledger entries, atomically."""
         with self._lock:
             round_ = self._open(round_number)
             done = replace(round_, status=ROUND_DONE, closed_at=now, metrics=_json(metrics))
             self._checkpoints[round_number] = self._put(checkpoint)
             self._rounds[round_number] = done
+            self._ledger.extend(ledger)
 
     def latest_checkpoint(self) -> tuple[int, bytes]:
         """Return (round, checkpoint bytes) of the newest checkpoint (round 0 is the initial)."""

@@ -300,9 +300,14 @@ class SqlState(State):
             return [UpdateRecord(**_fields(r, UpdateRecord)) for r in conn.execute(query)]
 
     def close_round(
-        self, round_number: int, now: float, metrics: dict[str, object], checkpoint: bytes
+        self,
+        round_number: int,
+        now: float,
+        metrics: dict[str, object],
+        checkpoint: bytes,
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
-        """Mark an open round done with its metrics and the strategy checkpoint, atomically."""
+        """Mark an open round done with its metrics, checkpoint and ledger entries, atomically."""
         r = s.rounds.c
         with self._writer.begin() as conn:
             done = conn.execute(
@@ -314,6 +319,8 @@ class SqlState(State):
                 raise RoundClosed(f"round {round_number} is not open")
             sha = self._put(conn, checkpoint)
             conn.execute(s.checkpoints.insert().values(round=round_number, sha=sha))
+            for entry in ledger:
+                conn.execute(s.privacy_ledger.insert().values(**vars(entry)))
 
     def latest_checkpoint(self) -> tuple[int, bytes]:
         """Return (round, checkpoint bytes) of the newest checkpoint (round 0 is the initial)."""

@@ -10,7 +10,7 @@ import torch
 
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.sampling import client_seed, sample_clients
-from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class PackedAccumulator:
         return {n: avg[s].reshape(self.shapes[n]).to(torch.float32) for n, s in self.slices.items()}
 
 
-class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig]):
+class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig], LinearUpdates):
     """FedAvg over LoRA adapters, weighted by each client's number of examples.
 
     McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data"
@@ -144,6 +144,31 @@ class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig]):
         if not (isinstance(weight, int) and weight > 0):
             return f"num_examples must be a positive int, got {weight!r}"
         return adapter_mismatch(self.adapter, result.payload.tensors)
+
+    def update_size(self) -> int:
+        """Number of adapter values (A and B of every module)."""
+        return sum(t.numel() for t in self.adapter.values())
+
+    def update_vector(self, server_round: int, result: Result) -> torch.Tensor | None:
+        """The client's adapter minus the global one, flattened in the global adapter's order."""
+        tensors = result.payload.tensors
+        return torch.cat(
+            [
+                (tensors[n].to(torch.float64) - t.to(torch.float64)).reshape(-1)
+                for n, t in self.adapter.items()
+            ]
+        )
+
+    def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
+        """Add ``mean`` (in :meth:`update_vector`'s layout) to the global adapter."""
+        start = 0
+        updated = {}
+        for name, t in self.adapter.items():
+            part = mean[start : start + t.numel()].reshape(t.shape)
+            updated[name] = (t.to(torch.float64) + part).to(torch.float32)
+            start += t.numel()
+        self.adapter = updated
+        return {}
 
     def global_state(self) -> Payload:
         """Return the global adapter."""

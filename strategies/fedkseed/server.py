@@ -9,7 +9,7 @@ import torch
 
 from fedft.core.payload import MetricValue
 from fedft.core.sampling import client_seed
-from fedft.core.strategy import Failure, Result
+from fedft.core.strategy import Failure, LinearUpdates, Result
 from fedft.strategies.fedkseed.config import FedKSeedConfig
 from fedft.strategies.seedpool.pool import step_indices
 from fedft.strategies.seedpool.server_base import SeedServer
@@ -36,7 +36,7 @@ def check_steps(
     return None
 
 
-class FedKSeedServer(SeedServer[FedKSeedConfig]):
+class FedKSeedServer(SeedServer[FedKSeedConfig], LinearUpdates):
     """FedKSeed's server: sums clients' scalar gradients per seed, weighted by examples.
 
     The global model is ``w0 - lr * sum_k G_k z_k``, i.e. exactly the example-weighted average of
@@ -95,6 +95,32 @@ class FedKSeedServer(SeedServer[FedKSeedConfig]):
             out["train_loss"] = loss_sum / total_weight
             out["seeds_touched"] = int((summed != 0).sum())
         return out
+
+    def update_size(self) -> int:
+        """K: one scalar per pool seed."""
+        return self._store().shape[0]
+
+    def update_vector(self, server_round: int, result: Result) -> torch.Tensor | None:
+        """Minus the client's scalar gradients summed per seed (coefficients are lr times this).
+
+        The per-seed importance of FedKSeed-Pro is not learned here: under DP it may only
+        depend on noised aggregates, so seeds stay uniformly likely.
+        """
+        store = self._store()
+        store.record_sync(result.client_id, int(result.payload.metrics["version"]))
+        if not result.payload.tensors:
+            return None  # a resync request
+        index = self._indices(server_round, result)
+        grads = result.payload.tensors["g"].to(torch.float64)
+        return torch.zeros(store.shape[0], dtype=torch.float64).index_add_(0, index, -grads)
+
+    def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
+        """Commit ``lr * mean`` as the next version's coefficient change."""
+        store = self._store()
+        added = torch.zeros(store.shape, dtype=torch.float64)
+        added[:, 0] = mean.to(torch.float64) * self.config.lr
+        store.commit(added, server_round)
+        return {"seeds_touched": int((mean != 0).sum())}
 
     def observe(self, index: torch.Tensor, grads: torch.Tensor) -> None:
         """Hook for subclasses that learn from individual steps (FedKSeed-Pro)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from fedft.core.payload import MetricValue
-from fedft.core.strategy import Failure, Result
+from fedft.core.strategy import Failure, LinearUpdates, Result
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.seedpool.server_base import SeedServer
 
@@ -36,7 +36,7 @@ def check_projection(result: Result, shape: tuple[int, int]) -> str | None:  # n
     return None
 
 
-class FerretServer(SeedServer[FerretConfig]):
+class FerretServer(SeedServer[FerretConfig], LinearUpdates):
     """Ferret's server: the global model is w0 + sum C[k, l] z_k|block_l, updated each round."""
 
     def check_tensors(self, result: Result) -> str | None:
@@ -69,3 +69,29 @@ class FerretServer(SeedServer[FerretConfig]):
             out["train_loss"] = loss_sum / total_weight
             out["bases"] = int((summed != 0).sum())
         return out
+
+    def update_size(self) -> int:
+        """K x L: one coefficient per (seed, block)."""
+        rows, cols = self._store().shape
+        return rows * cols
+
+    def update_vector(self, server_round: int, result: Result) -> torch.Tensor | None:
+        """Minus the client's projections, flattened (seed, block) row-major.
+
+        The model's coefficients change by ``server_lr`` times the mean of these.
+        """
+        store = self._store()
+        store.record_sync(result.client_id, int(result.payload.metrics["version"]))
+        if not result.payload.tensors:
+            return None  # a resync request
+        t = result.payload.tensors
+        flat = t["i"].to(torch.int64) * store.shape[1] + t["b"].to(torch.int64)
+        vector = torch.zeros(self.update_size(), dtype=torch.float64)
+        return vector.index_add_(0, flat, -t["c"].to(torch.float64))
+
+    def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
+        """Commit ``server_lr * mean`` as the next version's coefficient change."""
+        store = self._store()
+        added = mean.to(torch.float64).reshape(store.shape) * self.config.server_lr
+        store.commit(added, server_round)
+        return {"bases": int((mean != 0).sum())}

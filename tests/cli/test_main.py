@@ -23,7 +23,7 @@ def subcommand(name: str) -> argparse.ArgumentParser:
 
 
 @pytest.mark.parametrize(
-    "name", ["simulate", "strategies", "serve", "client", "status", "db", "certs", "token"]
+    "name", ["simulate", "strategies", "serve", "client", "status", "db", "certs", "token", "audit"]
 )
 def test_every_flag_is_explained(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     parser = subcommand(name)

@@ -410,6 +410,16 @@ def test_concurrent_batches_number_updates_without_gaps(running: State) -> None:
 
 
 # --- closing and checkpoints -----------------------------------------------------------------
+def test_close_round_appends_ledger_entries_in_its_transaction(running: State) -> None:
+    entry = LedgerEntry(1, "gaussian", 1.0, 0.5, 1.0, 2, "add-remove", T0 + 70)
+    running.close_round(1, T0 + 70, {}, b"checkpoint 1", [entry])
+    assert running.ledger() == [entry]
+    late = LedgerEntry(1, "gaussian", 1.0, 0.5, 1.0, 2, "add-remove", T0 + 80)
+    with pytest.raises(RoundClosed):
+        running.close_round(1, T0 + 80, {}, b"again", [late])
+    assert running.ledger() == [entry]  # a refused close records no spending
+
+
 def test_close_round_stores_metrics_and_checkpoint(running: State) -> None:
     assert running.latest_checkpoint() == (0, b"initial checkpoint")
     running.close_round(1, T0 + 70, {"loss": 0.5, "clients": ["a"]}, b"checkpoint 1")

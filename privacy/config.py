@@ -1,0 +1,76 @@
+"""Settings of client-level DP and of the canary audit, validated when built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fedft.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Client-level DP-FedAvg settings for the server-side wrapper.
+
+    Each round, clients are sampled independently with ``sampling_rate``; each update vector
+    is clipped to L2 norm ``clip``; the clipped sum gets N(0, (noise_multiplier * clip)^2) per
+    coordinate and is divided by the *expected* number of participants.
+    """
+
+    noise_multiplier: float
+    clip: float
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_stddev: float | None = None
+    sampling_rate: float = 1.0
+    canaries: int = 0
+    unseen_canaries: int | None = None
+    all_iterates: bool = False
+
+    def __post_init__(self) -> None:
+        z = self.noise_multiplier
+        problems = [
+            (math.isfinite(z) and z >= 0, f"--dp-noise must be >= 0, got {z}"),
+            (math.isfinite(self.clip) and self.clip > 0, f"--dp-clip must be > 0, got {self.clip}"),
+            (0 < self.target_quantile < 1, "the target quantile must be in (0, 1)"),
+            (self.clip_lr > 0, "the clip learning rate must be > 0"),
+            (
+                self.count_stddev is None or self.count_stddev > 0,
+                "--dp-count-stddev must be > 0",
+            ),
+            (
+                0 < self.sampling_rate <= 1,
+                f"--dp-sampling-rate must be in (0, 1], got {self.sampling_rate}",
+            ),
+            (self.canaries >= 0, f"--canaries must be >= 0, got {self.canaries}"),
+            (
+                self.unseen_canaries is None or self.unseen_canaries >= 0,
+                "the number of unseen canaries must be >= 0",
+            ),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def unseen(self) -> int:
+        """Unseen canaries: as many as seen ones unless set."""
+        return self.canaries if self.unseen_canaries is None else self.unseen_canaries
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (stored with a run so that a restart keeps the same mechanism)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DPConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (DP settings must not vanish)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown DP settings: {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise UsageError(f"DP settings: {exc}") from None

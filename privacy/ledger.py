@@ -1,0 +1,125 @@
+"""The privacy ledger: one entry per released aggregate, stored as JSON lines or in a database."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedft.core.errors import UsageError
+
+GAUSSIAN = "gaussian"
+MECHANISMS = (GAUSSIAN,)
+# Neighbouring datasets differ by one client added or removed (the DP-FedAvg convention and the
+# one Poisson sampling amplification is proved for), or by one client's data replaced.
+ADD_REMOVE = "add-remove"
+REPLACE_ONE = "replace-one"
+ADJACENCIES = (ADD_REMOVE, REPLACE_ONE)
+LEDGER_FILE = "ledger.jsonl"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One round's release: what the accountant needs, plus what an operator wants to see.
+
+    ``noise_multiplier`` is the noise standard deviation on the clipped sum divided by
+    ``clip_norm``, so it alone (with the sampling rate) fixes the round's privacy cost.
+    ``sampling_rate`` below 1 means every client was included independently with that
+    probability (Poisson sampling); 1 means every available client took part.
+    """
+
+    round: int
+    mechanism: str
+    noise_multiplier: float
+    clip_norm: float
+    sampling_rate: float
+    participants: int
+    adjacency: str
+    recorded_at: float
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.round >= 0, f"round must be >= 0, got {self.round}"),
+            (self.mechanism in MECHANISMS, f"unknown mechanism {self.mechanism!r}"),
+            (
+                math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
+                f"noise multiplier must be finite and >= 0, got {self.noise_multiplier}",
+            ),
+            (self.clip_norm > 0, f"clip norm must be > 0, got {self.clip_norm}"),
+            (
+                0 < self.sampling_rate <= 1,
+                f"sampling rate must be in (0, 1], got {self.sampling_rate}",
+            ),
+            (self.participants >= 0, f"participants must be >= 0, got {self.participants}"),
+            (self.adjacency in ADJACENCIES, f"unknown adjacency {self.adjacency!r}"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise UsageError(f"privacy ledger: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the entry as plain JSON values."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LedgerEntry:
+        """Build an entry from :meth:`to_dict` output (extra keys are ignored)."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise UsageError(f"privacy ledger entry lacks {', '.join(missing)}")
+        return cls(**{n: values[n] for n in names})
+
+    def accounting_key(self) -> tuple[str, float, float, str]:
+        """What fixes this entry's privacy cost; equal keys compose as one self-composition."""
+        return (self.mechanism, self.noise_multiplier, self.sampling_rate, self.adjacency)
+
+
+def append_jsonl(path: Path, entry: LedgerEntry) -> None:
+    """Append one entry to a JSON-lines ledger, flushed to disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(entry.to_dict(), sort_keys=True) + "\n")
+        f.flush()
+
+
+def write_jsonl(path: Path, entries: Iterable[LedgerEntry]) -> None:
+    """Write a whole ledger (replacing the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in entries), encoding="utf-8"
+    )
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[LedgerEntry]:
+    """Read a JSON-lines ledger in round order; a bad line is a one-line error naming it."""
+    if not path.is_file():
+        raise UsageError(f"no privacy ledger at {path} (was the run made with DP enabled?)")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}:{number}: expected a JSON object")
+        entries.append(LedgerEntry.from_dict(values))
+    return sorted(entries, key=lambda e: e.round)
+
+
+def runs(entries: Sequence[LedgerEntry]) -> list[tuple[LedgerEntry, int]]:
+    """Group consecutive entries with the same privacy cost: ``[(first entry, count), ...]``."""
+    grouped: list[tuple[LedgerEntry, int]] = []
+    for entry in entries:
+        if grouped and grouped[-1][0].accounting_key() == entry.accounting_key():
+            grouped[-1] = (grouped[-1][0], grouped[-1][1] + 1)
+        else:
+            grouped.append((entry, 1))
+    return grouped

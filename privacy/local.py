@@ -1,0 +1,109 @@
+"""Client-side DP: clip and noise what a client sends, before it leaves the device.
+
+The modifier wraps any client half and works on the reply's payload, so it needs nothing from
+the strategy. The update is the reply's floating-point tensors, each taken relative to the
+task's tensor of the same name and shape when there is one (a LoRA adapter comes back whole;
+FedKSeed's step scalars and Ferret's projections are updates already). Integer tensors (seed
+and block indices) are public bookkeeping and pass unchanged. The whole update is clipped to
+L2 norm C and gets N(0, (z C)^2) per value: each reply is then a Gaussian mechanism with noise
+multiplier z on this client's data, whatever the server does. Metrics (example count, loss)
+are not privatised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedft.core.errors import UsageError
+from fedft.core.payload import Payload
+from fedft.core.strategy import ClientStrategy
+from fedft.core.trainer import Trainer
+from fedft.privacy.mechanisms import SecureGaussian
+
+
+@dataclass(frozen=True)
+class LocalDPConfig:
+    """Clip norm and noise multiplier applied on the client."""
+
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise UsageError(f"--local-dp-clip must be > 0, got {self.clip}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise UsageError(f"--local-dp-noise must be >= 0, got {self.noise_multiplier}")
+
+
+def _update_names(task: Payload, reply: Payload) -> list[str]:
+    return [name for name, t in reply.tensors.items() if t.is_floating_point()]
+
+
+def _base(task: Payload, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+    base = task.tensors.get(name)
+    if base is not None and base.shape == tensor.shape and base.is_floating_point():
+        return base
+    return None
+
+
+def privatize(
+    task: Payload, reply: Payload, config: LocalDPConfig, noise: SecureGaussian
+) -> Payload:
+    """Return ``reply`` with its update clipped to ``config.clip`` and Gaussian noise added."""
+    names = _update_names(task, reply)
+    if not names:
+        return reply  # e.g. a resync request: nothing derived from local data
+    parts = []
+    for name in names:
+        tensor = reply.tensors[name].to(torch.float64)
+        base = _base(task, name, tensor)
+        parts.append((tensor - base.to(torch.float64) if base is not None else tensor).reshape(-1))
+    vector = torch.cat(parts)
+    norm = float(torch.linalg.vector_norm(vector))
+    if norm > config.clip:
+        vector = vector * (config.clip / norm)
+    vector = vector + noise.normal(vector.numel(), config.noise_multiplier * config.clip)
+    tensors = dict(reply.tensors)
+    start = 0
+    for name in names:
+        original = reply.tensors[name]
+        piece = vector[start : start + original.numel()].reshape(original.shape)
+        start += original.numel()
+        base = _base(task, name, original)
+        if base is not None:
+            piece = piece + base.to(torch.float64)
+        tensors[name] = piece.to(original.dtype)
+    return Payload(tensors=tensors, config=dict(reply.config), metrics=dict(reply.metrics))
+
+
+class LocalDPClient(ClientStrategy[Any]):
+    """Any client half, with every reply clipped and noised by :func:`privatize`."""
+
+    def __init__(
+        self, inner: ClientStrategy[Any], config: LocalDPConfig, noise: SecureGaussian | None = None
+    ):
+        super().__init__(inner.config)
+        self.inner = inner
+        self.local = config
+        self.noise = noise or SecureGaussian()
+
+    def prepare(self, trainer: Trainer) -> None:
+        """As the wrapped client half."""
+        self.inner.prepare(trainer)
+
+    def initial_state(self, trainer: Trainer) -> Payload:
+        """As the wrapped client half (no local data is involved)."""
+        return self.inner.initial_state(trainer)
+
+    def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
+        """Run the wrapped client half, then privatize its reply."""
+        reply = self.inner.run(task, local_state, trainer)
+        return privatize(task, reply, self.local, self.noise)
+
+    def load_global(self, state: Payload, trainer: Trainer) -> None:
+        """As the wrapped client half."""
+        self.inner.load_global(state, trainer)

@@ -1,0 +1,120 @@
+"""Audit outputs: ``audit.json``, ``audit.png`` and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+AUDIT_JSON = "audit.json"
+AUDIT_PNG = "audit.png"
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinity and NaN are not JSON: write them as the strings "inf" and "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(result: dict[str, Any], folder: Path) -> Path:
+    """Write ``audit.json`` atomically; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / AUDIT_JSON
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_png(result: dict[str, Any], folder: Path) -> Path:
+    """Plot epsilon over rounds and, with canaries, the seen vs unseen cosine histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    emp = result.get("epsilon_empirical")
+    fig, axes = plt.subplots(1, 2 if emp else 1, figsize=(11 if emp else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    curve = result["epsilon_curve"]
+    ax.plot([p["round"] for p in curve], [p["epsilon_rdp"] for p in curve], "o-", label="RDP")
+    pld = result["epsilon_pld"]
+    if isinstance(pld, float) and math.isfinite(pld):
+        ax.axhline(pld, color="tab:green", ls="--", label=f"PLD (final) = {pld:.3f}")
+    if emp and math.isfinite(emp["epsilon"]):
+        ax.axhline(
+            emp["epsilon"], color="tab:red", ls=":", label=f"empirical = {emp['epsilon']:.3f}"
+        )
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel="round", ylabel=f"epsilon at delta={result['delta']:g}", title="privacy spent")
+    ax.legend()
+    if emp:
+        hist = axes[0][1]
+        values = emp["unseen_cosines"] + emp["seen_cosines"]
+        bins = list(np.linspace(min(values), max(values), 31))
+        hist.hist(emp["unseen_cosines"], bins=bins, alpha=0.6, label="unseen canaries")
+        hist.hist(emp["seen_cosines"], bins=bins, alpha=0.6, label="inserted canaries")
+        hist.set(
+            xlabel="cosine with the final model delta",
+            ylabel="canaries",
+            title=f"canaries (d = {emp['dim']})",
+        )
+        hist.legend()
+    fig.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / AUDIT_PNG
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.4f}"
+    return str(value)
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    """The audit at a glance."""
+    table = Table(title=f"privacy audit of {result['source']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    last = result["per_round"][-1]
+    rows = [
+        ("rounds", result["rounds"]),
+        ("adjacency", result["adjacency"]),
+        ("delta", f"{result['delta']:g}"),
+        ("noise multiplier (last round)", last["noise_multiplier"]),
+        ("clip norm (last round)", last["clip_norm"]),
+        ("sampling rate (last round)", last["sampling_rate"]),
+        ("epsilon, PLD (reported)", result["epsilon_pld"]),
+        ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
+    ]
+    emp = result.get("epsilon_empirical")
+    if emp:
+        low, high = emp["ci95"]
+        rows += [
+            ("canaries inserted / unseen", f"{emp['canaries_seen']} / {emp['canaries_unseen']}"),
+            ("epsilon, empirical (final model)", emp["epsilon"]),
+            ("  95% bootstrap interval", f"[{_fmt(low)}, {_fmt(high)}]"),
+            ("  equal-variance (GDP) fit", emp["epsilon_gdp"]),
+        ]
+        if "lower_bound" in emp:
+            conf = emp["lower_bound_confidence"]
+            rows.append((f"  lower bound ({conf:.0%} confidence)", emp["lower_bound"]))
+        if "all_iterates_epsilon" in emp:
+            rows.append(("epsilon, empirical (all iterates)", emp["all_iterates_epsilon"]))
+    for name, value in rows:
+        table.add_row(name, _fmt(value))
+    return table
