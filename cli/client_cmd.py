@@ -106,6 +106,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
+    p.add_argument(
+        "--quant",
+        choices=("none", "nf4", "int8"),
+        default="none",
+        help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat) or int8, "
+        "block-wise with one fp32 scale per 64 weights (default: %(default)s)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
+        quant=args.quant,
     )
     daemon = ClientDaemon(options, report=console.log)
 

@@ -23,6 +23,7 @@ from fedft.client.connection import (
 from fedft.client.data import load_dataset
 from fedft.client.identity_store import ClientStore, Identity
 from fedft.client.models import PRESETS, load_model
+from fedft.client.quantization import quantize_bundle
 from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
@@ -58,6 +59,7 @@ class DaemonOptions:
     max_length: int = 128
     poll_s: float = 10.0
     max_backoff_s: float = 30.0
+    quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     max_retries: int | None = None
 
 
@@ -180,8 +182,19 @@ class ClientDaemon:
         spec = get_strategy(run.strategy)
         strategy: ClientStrategy[Any] = spec.client_cls(spec.make_config(dict(run.config)))
         bundle = load_model(self._model_spec(run))
+        summary = quantize_bundle(bundle, self.options.quant)
         trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
         strategy.prepare(trainer)
+        if bundle.quant is not None:
+            if bundle.lora_spec is None:
+                raise UsageError(
+                    f"--quant {summary.scheme} needs a LoRA strategy, not {run.strategy}"
+                )
+            before, after = summary.bytes_before / 1e6, summary.bytes_after / 1e6
+            self.report(
+                f"{summary.scheme} base: {before:.1f} MB -> {after:.1f} MB of weights "
+                f"({summary.saved_fraction:.0%} saved)"
+            )
         count = len(self.examples)
         self.report(f"{identity.client_id}: {run.strategy} on {bundle.source}, {count} examples")
         heartbeat = threading.Thread(target=self._heartbeats, name="fedft-heartbeat", daemon=True)

@@ -58,6 +58,13 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "held-out prompts answered by the final model for Rouge-L; 0 skips",
     ),
     ("--max-new-tokens", int, "N", "answer length for Rouge-L generation"),
+    (
+        "--quant",
+        str,
+        "none|nf4|int8",
+        "quantize the frozen base for LoRA strategies: nf4 (4-bit NormalFloat, QLoRA) or int8, "
+        "block-wise with one fp32 scale per 64 weights; the report records the memory saved",
+    ),
 )
 
 

@@ -82,6 +82,7 @@ class InProcessEngine:
         self.eval_set: list[Example] = data.eval_set
         self.rouge_set: list[Example] = data.rouge_set
         self.bundle: ModelBundle = load_model(spec.model)
+        self.memory = quantize_for(spec, self.bundle)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
@@ -94,6 +95,7 @@ class InProcessEngine:
         for client in self.clients.values():
             self.client_half.prepare(client.trainer)
         self.client_half.prepare(self.evaluator)
+        require_lora(spec, self.bundle)
 
     def _evaluate(self) -> float:
         self.client_half.load_global(self.server_half.global_state(), self.evaluator)
@@ -120,6 +122,7 @@ class InProcessEngine:
             partition=spec.partition,
             engine=spec.engine,
             config=self.config.to_dict(),
+            memory=self.memory,
         )
         self.server_half.initialize(self.client_half.initial_state(self.evaluator))
         report.initial = {"eval_loss": self._evaluate()}
@@ -147,6 +150,27 @@ class InProcessEngine:
             logger.info("round %d: eval_loss %.4f", server_round, eval_loss)
         self.progress("round", spec.rounds, spec.rounds)
         return finish_report(report, spec, self.evaluator, self.rouge_set, self.progress)
+
+
+def quantize_for(spec: SimulationSpec, bundle: ModelBundle) -> dict[str, Any]:
+    """Quantize the frozen base as ``--quant`` asks; return the memory summary for the report."""
+    from fedft.client.quantization import quantize_bundle
+
+    summary = quantize_bundle(bundle, spec.quant)
+    if spec.quant != "none":
+        logger.info(
+            "quantized %d linear layers to %s: %.2f MB -> %.2f MB of weights",
+            summary.layers, spec.quant, summary.bytes_before / 1e6, summary.bytes_after / 1e6,
+        )  # fmt: skip
+    return summary.to_dict()
+
+
+def require_lora(spec: SimulationSpec, bundle: ModelBundle) -> None:
+    """Refuse ``--quant`` for strategies that tune the (frozen, quantized) base itself."""
+    if spec.quant != "none" and bundle.lora_spec is None:
+        raise UsageError(
+            f"--quant {spec.quant} needs a LoRA strategy; {spec.strategy} tunes the base"
+        )
 
 
 def finish_report(
