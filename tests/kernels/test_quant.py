@@ -75,3 +75,19 @@ def test_quantize_rejects_bad_arguments() -> None:
         quantize(torch.zeros(4), "fp4")
     with pytest.raises(ValueError, match="blocksize"):
         quantize(torch.zeros(4), "nf4", blocksize=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_gpu_bf16_dequantize_equals_reference(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the GPU bf16 stores round to nearest even, as torch does (the interpreter truncates)."""
+    weight = torch.randn(1000, 333, generator=torch.Generator().manual_seed(3))
+    q = quantize(weight, scheme)
+    monkeypatch.setenv("FEDFT_KERNELS", "torch")
+    expected = dequantize(q, torch.bfloat16)
+    monkeypatch.setenv("FEDFT_KERNELS", "triton")
+    got = dequantize(quantize(weight.cuda(), scheme), torch.bfloat16)
+    assert torch.equal(got.cpu(), expected)
