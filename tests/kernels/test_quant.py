@@ -80,9 +80,7 @@ def test_quantize_rejects_bad_arguments() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("scheme", ["nf4", "int8"])
-def test_gpu_bf16_dequantize_equals_reference(
-    scheme: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gpu_bf16_dequantize_equals_reference(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the GPU bf16 stores round to nearest even, as torch does (the interpreter truncates)."""
     weight = torch.randn(1000, 333, generator=torch.Generator().manual_seed(3))
     q = quantize(weight, scheme)
