@@ -2,8 +2,8 @@
 
 Each program loads its tile of the update once and loops over the K seeds, generating each
 basis tile in registers. Products of two fp32 values are exact in fp64, so the tile sums are
-taken in fp64 and written to ``partial[program, k]``; the host then sums the partials over
-programs in a fixed order. No atomics: the result does not depend on scheduling.
+taken in fp64 and written to ``partial[program, k]``; a second kernel then sums each seed's
+partials in tile order. No atomics: the result does not depend on scheduling.
 Reconstruction is the seeded replay kernel (:func:`fedft.kernels.triton.seeded.replay_`).
 """
 
@@ -20,6 +20,7 @@ from fedft.kernels.triton.philox import KIND_CODES, z_at
 from fedft.kernels.triton.seeded import seeds_tensor
 
 BLOCK = 1024
+SUM_BLOCK = 256
 
 
 @triton.jit(do_not_specialize=["n", "k", "base_lo", "base_hi"])
@@ -46,6 +47,19 @@ def _project_kernel(
         j += 1
 
 
+@triton.jit(do_not_specialize=["programs", "k"])
+def _sum_partials_kernel(partial_ptr, programs, k, out_ptr, BLOCK: tl.constexpr):
+    # One program per seed walks the tiles' partials in index order: a fixed reduction order.
+    j = tl.program_id(0)
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    start = 0
+    while start < programs:
+        rows = start + tl.arange(0, BLOCK)
+        acc += tl.load(partial_ptr + rows * k + j, mask=rows < programs, other=0.0)
+        start += BLOCK
+    tl.store(out_ptr + j, tl.sum(acc, axis=0))
+
+
 def project(
     vector: torch.Tensor, base_offset: int, seeds: Sequence[int], kind: str
 ) -> torch.Tensor:
@@ -67,8 +81,6 @@ def project(
         KIND=KIND_CODES[kind],
         BLOCK=BLOCK,
     )
-    # Fixed-order second stage: sum the programs' partials one after another.
-    total = torch.zeros(k, dtype=torch.float64)
-    for row in partial.cpu():
-        total += row
-    return total
+    total = torch.empty(k, dtype=torch.float64, device=flat.device)
+    _sum_partials_kernel[(k,)](partial, programs, k, total, BLOCK=SUM_BLOCK)
+    return total.cpu()
