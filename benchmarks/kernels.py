@@ -191,7 +191,7 @@ def quant_rows(ctx: tuple[torch.device, argparse.Namespace, float, float]) -> li
     q = quantize(weight, "nf4")
     from fedft.kernels.reference import quant as reference_quant
 
-    def dequant_kernel() -> object:
+    def dequant_kernel() -> torch.Tensor:
         return dequantize_parts(
             "nf4", q.codes, q.scales, q.shape, blocksize=q.blocksize, dtype=dtype
         )
@@ -217,7 +217,26 @@ def quant_rows(ctx: tuple[torch.device, argparse.Namespace, float, float]) -> li
         return step
 
     gemm_flops = 2 * 2 * m * kdim * ndim  # forward and input gradient
+    rows = []
+    if device.type == "cuda":
+        from fedft.kernels.triton.quant_matmul import fused_matmul
+
+        small = torch.randn(args.small_m, kdim, device=device, dtype=dtype)
+        rows.append(
+            _row(
+                op=f"NF4 fwd M={args.small_m}: fused vs split",
+                kernel=lambda: fused_matmul(
+                    small, "nf4", q.codes, q.scales, ndim, blocksize=q.blocksize
+                ),
+                baseline=lambda: F.linear(small, dequant_kernel()),
+                nbytes=dq_bytes - numel * weight.element_size(),
+                flops=2 * args.small_m * kdim * ndim,
+                goal="ratio > 1 means the fused path wins at this M",
+                ctx=ctx,
+            )
+        )
     return [
+        *rows,
         _row(
             op="NF4 dequantize",
             kernel=dequant_kernel,
@@ -248,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=64, help="seeds in the replay (default: 64)")
     parser.add_argument("--project-seeds", type=int, default=8, help="bases in the projection")
     parser.add_argument("--gemm", type=int, nargs=3, default=None, metavar=("M", "K", "N"))
+    parser.add_argument("--small-m", type=int, default=16, help="tokens for the fused row")
     parser.add_argument("--gemm-ceiling", type=int, default=None, help="square GEMM ceiling size")
     parser.add_argument("--copy-mib", type=int, default=None, help="copy ceiling buffer (MiB)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")

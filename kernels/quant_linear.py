@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fedft.kernels.dispatch import use_triton
 from fedft.kernels.quant import DEFAULT_BLOCKSIZE, QuantizedWeight, dequantize_parts, quantize
 
 
@@ -24,6 +25,20 @@ class _QuantMatmul(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, layer: QuantLinear, bias: torch.Tensor | None
     ) -> torch.Tensor:
         ctx.layer = layer
+        tokens = x.numel() // max(x.shape[-1], 1)
+        if 0 < tokens <= layer.fused_max_tokens and use_triton("quant.fused_matmul", x):
+            from fedft.kernels.triton.quant_matmul import fused_matmul
+
+            flat = x.reshape(tokens, layer.in_features).contiguous()
+            y = fused_matmul(
+                flat,
+                layer.scheme,
+                layer.qweight,
+                layer.scales,
+                layer.out_features,
+                blocksize=layer.blocksize,
+            ).view(*x.shape[:-1], layer.out_features)
+            return y if bias is None else y + bias.to(x.dtype)
         weight = layer.dequantized(x.dtype)
         return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
@@ -40,6 +55,11 @@ class QuantLinear(torch.nn.Module):
 
     qweight: torch.Tensor
     scales: torch.Tensor
+    # Forward passes over at most this many tokens use the fused dequant-matmul kernel (Triton
+    # only). 0 disables it: on H100 the split path wins from a few dozen tokens on (bitsandbytes'
+    # sm90 heuristic), and our fused kernel's crossover is still to be measured on a GPU
+    # (benchmarks/kernels.py prints both).
+    fused_max_tokens: int = 0
 
     def __init__(
         self,
