@@ -1,4 +1,4 @@
-"""``fedft simulate --quant``: validated early, recorded in the report, refused for ZO strategies."""
+"""``fedft simulate --quant``: validated early, recorded in the report, refused for ZO."""
 
 from __future__ import annotations
 
