@@ -69,15 +69,16 @@ def quantize_model(
     before = model_bytes(model)
     if scheme == "none":
         return QuantSummary(scheme, 0, before, before)
+    # Names only: holding the modules would keep every full-precision weight alive until the end.
     targets = [
-        (name, module)
+        name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in skip
     ]
-    for name, module in targets:
+    for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear.from_linear(module, scheme))
+        setattr(parent, child, QuantLinear.from_linear(getattr(parent, child), scheme))
     return QuantSummary(scheme, len(targets), before, model_bytes(model))
 
 
