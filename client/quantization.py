@@ -11,10 +11,6 @@ from fedft.client.models import ModelBundle
 from fedft.core.errors import UsageError
 
 QUANT_CHOICES = ("none", "nf4", "int8")
-QUANT_HELP = (
-    "quantize the frozen base for LoRA training: nf4 (4-bit NormalFloat, QLoRA) or int8, "
-    "block-wise with one fp32 scale per 64 weights; none keeps full precision"
-)
 # The output head stays in full precision, as in QLoRA: it is small next to the stack and its
 # rounding hurts the loss most.
 DEFAULT_SKIP = ("lm_head",)
