@@ -124,6 +124,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="Z",
         help="local DP: Gaussian noise of std Z * C on every update sent (default: %(default)s)",
     )
+    p.add_argument(
+        "--quant",
+        choices=("none", "nf4", "int8"),
+        default="none",
+        help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat) or int8, "
+        "block-wise with one fp32 scale per 64 weights (default: %(default)s)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -157,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
         local_dp=_local_dp(args),
+        quant=args.quant,
     )
     daemon = ClientDaemon(options, report=console.log)
 

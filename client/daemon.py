@@ -23,6 +23,7 @@ from fedft.client.connection import (
 from fedft.client.data import load_dataset
 from fedft.client.identity_store import ClientStore, Identity
 from fedft.client.models import PRESETS, load_model
+from fedft.client.quantization import quantize_bundle
 from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
@@ -60,6 +61,7 @@ class DaemonOptions:
     poll_s: float = 10.0
     local_dp: LocalDPConfig | None = None  # clip and noise every reply on this device
     max_backoff_s: float = 30.0
+    quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     max_retries: int | None = None
 
 
@@ -184,8 +186,19 @@ class ClientDaemon:
         if self.options.local_dp is not None:
             strategy = LocalDPClient(strategy, self.options.local_dp)
         bundle = load_model(self._model_spec(run))
+        summary = quantize_bundle(bundle, self.options.quant)
         trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
         strategy.prepare(trainer)
+        if bundle.quant is not None:
+            if bundle.lora_spec is None:
+                raise UsageError(
+                    f"--quant {summary.scheme} needs a LoRA strategy, not {run.strategy}"
+                )
+            before, after = summary.bytes_before / 1e6, summary.bytes_after / 1e6
+            self.report(
+                f"{summary.scheme} base: {before:.1f} MB -> {after:.1f} MB of weights "
+                f"({summary.saved_fraction:.0%} saved)"
+            )
         count = len(self.examples)
         self.report(f"{identity.client_id}: {run.strategy} on {bundle.source}, {count} examples")
         heartbeat = threading.Thread(target=self._heartbeats, name="fedft-heartbeat", daemon=True)

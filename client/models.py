@@ -12,12 +12,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedft.core.errors import UsageError
 from fedft.core.trainer import LoraSpec
+
+if TYPE_CHECKING:
+    from fedft.client.quantization import QuantSummary
 
 # Nothing may be fetched from a model hub at run time; without this a missing path costs ~50 s
 # of retries before it fails. Set before transformers/huggingface_hub are first imported.
@@ -49,6 +52,7 @@ class ModelBundle:
     source: str
     path: Path
     lora_spec: LoraSpec | None = None
+    quant: QuantSummary | None = None  # set when the frozen base was quantized (--quant)
 
 
 @contextlib.contextmanager

@@ -78,6 +78,10 @@ class LocalTrainer:
             bias="none",
             task_type="CAUSAL_LM",
         )
+        if self.bundle.quant is not None:
+            from fedft.client.quant_lora import register
+
+            register(config)  # LoRA on the QuantLinear layers of a quantized base
         # PEFT initialises A randomly: seed it so every host builds the same starting adapter.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from fedft.core.rng import DEFAULT_CHUNK, ParameterLayout
+from fedft.kernels import projection, seeded
+from fedft.kernels.dispatch import use_triton
 from fedft.kernels.rng_cpu import fill_perturbation
 
 
@@ -92,6 +94,11 @@ def perturb_(
     ``cached`` is z(seed) over the whole stream (from :func:`direction`): callers that apply the
     same seed several times trade its memory for not regenerating it.
     """
+    if cached is None and params.flat and use_triton("seeded.perturb", params.flat[0]):
+        # z is generated in the kernel, one launch per parameter, bit-identical to the loop below.
+        for entry, flat in zip(params.layout, params.flat, strict=True):
+            seeded.perturb_(flat, seed, entry.offset, alpha, kind)
+        return
     buffer = torch.empty(min(chunk, max(params.total, 1)), dtype=torch.float32)
     scale = _fp32(alpha)
     for offset, n, parts in params.windows(chunk=chunk):
@@ -129,6 +136,13 @@ def apply_seeds_(
         raise ValueError(f"{len(seeds)} seeds but {len(coeffs)} coefficients")
     if not seeds:
         return
+    if params.flat and use_triton("seeded.replay", params.flat[0]):
+        # One fused launch per parameter piece: all seeds accumulate in registers, one write.
+        end = params.total if end is None else end
+        for offset, _, parts in params.windows(start, end, chunk=max(end - start, 1)):
+            for pos, view in parts:
+                seeded.replay_(view, offset + pos, seeds, coeffs, kind)
+        return
     scales = [_fp32(c) for c in coeffs]
     size = min(chunk, max(params.total, 1))
     buffer = torch.empty(size, dtype=torch.float32)
@@ -150,16 +164,7 @@ def project(
 ) -> torch.Tensor:
     """Return ``[<vector, z(seed_k)[base_offset:...]> for k]`` in float64.
 
-    ``vector`` is a flat slice of the global stream starting at ``base_offset``. Each piece's
-    dot product is taken in float64, so the result does not depend on the chunk size beyond
-    float64 rounding.
+    ``vector`` is a flat slice of the global stream starting at ``base_offset``; see
+    :func:`fedft.kernels.projection.project` (torch or Triton, fp64 exact products).
     """
-    flat = vector.detach().reshape(-1).to("cpu", torch.float32)
-    dots = torch.zeros(len(seeds), dtype=torch.float64)
-    buffer = torch.empty(min(chunk, max(flat.numel(), 1)), dtype=torch.float32)
-    for pos in range(0, flat.numel(), chunk):
-        piece = flat[pos : pos + chunk].double()
-        for k, seed in enumerate(seeds):
-            z = fill_perturbation(seed, base_offset + pos, buffer[: piece.numel()], kind)
-            dots[k] += torch.dot(z.double(), piece)
-    return dots
+    return projection.project(vector, base_offset, seeds, kind, chunk=chunk)

@@ -94,6 +94,13 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "client-side DP: clip every reply's update to L2 norm C on the device",
     ),
     ("--local-dp-noise", float, "Z", "client-side DP: Gaussian noise of std Z * C on every reply"),
+    (
+        "--quant",
+        str,
+        "none|nf4|int8",
+        "quantize the frozen base for LoRA strategies: nf4 (4-bit NormalFloat, QLoRA) or int8, "
+        "block-wise with one fp32 scale per 64 weights; the report records the memory saved",
+    ),
 )
 
 

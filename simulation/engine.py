@@ -85,6 +85,7 @@ class InProcessEngine:
         self.eval_set: list[Example] = data.eval_set
         self.rouge_set: list[Example] = data.rouge_set
         self.bundle: ModelBundle = load_model(spec.model)
+        self.memory = quantize_for(spec, self.bundle)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
         local_dp = spec.local_dp_config()
         if local_dp is not None:
@@ -107,6 +108,7 @@ class InProcessEngine:
         for client in self.clients.values():
             self.client_half.prepare(client.trainer)
         self.client_half.prepare(self.evaluator)
+        require_lora(spec, self.bundle)
 
     def _evaluate(self) -> float:
         self.client_half.load_global(self.server_half.global_state(), self.evaluator)
@@ -133,6 +135,7 @@ class InProcessEngine:
             partition=spec.partition,
             engine=spec.engine,
             config=self.config.to_dict(),
+            memory=self.memory,
         )
         if self.recorder is not None:
             self.recorder.start()
@@ -167,6 +170,27 @@ class InProcessEngine:
         if self.recorder is not None:
             self.audit_result = audit_run_folder(spec.out)
         return final
+
+
+def quantize_for(spec: SimulationSpec, bundle: ModelBundle) -> dict[str, Any]:
+    """Quantize the frozen base as ``--quant`` asks; return the memory summary for the report."""
+    from fedft.client.quantization import quantize_bundle
+
+    summary = quantize_bundle(bundle, spec.quant)
+    if spec.quant != "none":
+        logger.info(
+            "quantized %d linear layers to %s: %.2f MB -> %.2f MB of weights",
+            summary.layers, spec.quant, summary.bytes_before / 1e6, summary.bytes_after / 1e6,
+        )  # fmt: skip
+    return summary.to_dict()
+
+
+def require_lora(spec: SimulationSpec, bundle: ModelBundle) -> None:
+    """Refuse ``--quant`` for strategies that tune the (frozen, quantized) base itself."""
+    if spec.quant != "none" and bundle.lora_spec is None:
+        raise UsageError(
+            f"--quant {spec.quant} needs a LoRA strategy; {spec.strategy} tunes the base"
+        )
 
 
 def finish_report(

@@ -30,7 +30,14 @@ from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
 from fedft.simulation.data_split import split_data
-from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy, finish_report
+from fedft.simulation.engine import (
+    ProgressFn,
+    _no_progress,
+    build_strategy,
+    finish_report,
+    quantize_for,
+    require_lora,
+)
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -70,6 +77,7 @@ class GrpcEngine:
         self.db_url = f"sqlite:///{self.workdir / 'coordinator.db'}"
         init_certificates(self.workdir / "certs", ["127.0.0.1"])
         self.bundle = load_model(spec.model)
+        self.memory = quantize_for(spec, self.bundle)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
@@ -81,6 +89,7 @@ class GrpcEngine:
         self.audit_result: dict[str, Any] | None = None
         self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
         self.client_half.prepare(self.evaluator)
+        require_lora(spec, self.bundle)
         self._processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._handles: list[IO[bytes]] = []
 
@@ -135,6 +144,7 @@ class GrpcEngine:
                 "--token", tokens[cid], "--client-id", cid, "--data", str(path),
                 "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
                 "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
+                "--quant", self.spec.quant,
             ]  # fmt: skip
             local_dp = self.spec.local_dp_config()
             if local_dp is not None:
@@ -184,7 +194,7 @@ class GrpcEngine:
         report = Report(
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
-            config=self.config.to_dict(),
+            config=self.config.to_dict(), memory=self.memory,
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)

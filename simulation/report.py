@@ -40,6 +40,8 @@ class Report:
     initial: dict[str, float] = field(default_factory=dict)
     rounds: list[RoundRecord] = field(default_factory=list)
     final: dict[str, float | int | None] = field(default_factory=dict)
+    # Model weight memory (--quant): scheme, quantized layers, bytes before/after, fraction saved.
+    memory: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:

@@ -12,6 +12,9 @@ from fedft.privacy.local import LocalDPConfig
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc")
+# Same values as fedft.client.quantization.QUANT_CHOICES (a test keeps them equal); not imported
+# so that building the CLI parser does not import torch.
+QUANTS = ("none", "nf4", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SimulationSpec:
     # Client-side DP: every reply clipped and noised on the (virtual) device.
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
+    quant: str = "none"
 
     def __post_init__(self) -> None:
         problems = [
@@ -56,6 +60,7 @@ class SimulationSpec:
             (self.eval_examples >= 1, "--eval-examples must be >= 1"),
             (self.rouge_examples >= 0, "--rouge-examples must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
+            (self.quant in QUANTS, f"--quant must be one of {', '.join(QUANTS)}"),
         ]
         for ok, message in problems:
             if not ok:

@@ -1,0 +1,1 @@
+"""Pure-torch references of the kernels: the specification every Triton kernel must match."""

@@ -1,0 +1,1 @@
+"""Triton kernels; import a module here only after the dispatcher chose Triton (lazy import)."""
