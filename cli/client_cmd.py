@@ -106,6 +106,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
+    p.add_argument(
+        "--simulate-device",
+        default=None,
+        choices=("fast", "medium", "slow"),
+        help="simulation only: report this device tier's profile (the measured one slowed down) "
+        "and virtual task times, as `fedft simulate --engine grpc --device-mix` does",
+    )
     p.set_defaults(handler=run)
 
 
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
+        simulate_device=args.simulate_device,
     )
     daemon = ClientDaemon(options, report=console.log)
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class ModelBundle:
     source: str
     path: Path
     lora_spec: LoraSpec | None = None
+    # PEFT adapter name of every LoRA layout added to the model (keyed by repr of its spec).
+    lora_adapters: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from fedft.simulation.devices import DEVICE_MIX_HELP
 from fedft.simulation.partition import PARTITION_HELP
 from fedft.simulation.spec import ENGINES, SimulationSpec
 
@@ -24,6 +25,7 @@ examples:
   fedft simulate
   fedft simulate --model tiny --clients 4 --rounds 3 --seed 0 --out runs/tiny
   fedft simulate --partition dirichlet:0.5 --clients 8 --opt lr=5e-4 --opt rank=4
+  fedft simulate --strategy legend --model tiny --clients 4 --device-mix fast:2,slow:2
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -58,6 +60,7 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "held-out prompts answered by the final model for Rouge-L; 0 skips",
     ),
     ("--max-new-tokens", int, "N", "answer length for Rouge-L generation"),
+    ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
 )
 
 

@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedft.client.data import Example
+from fedft.client.device import measure_profile
 from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
 from fedft.client.models import ModelBundle, load_model
 from fedft.client.trainer import LocalTrainer
 from fedft.core.config import ConfigError, StrategyConfig
+from fedft.core.device import DeviceProfile, tier_profile, virtual_seconds
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
 from fedft.simulation.data_split import split_data
+from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -91,6 +94,16 @@ class InProcessEngine:
             for cid, examples in data.clients.items()
         }
         self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
+        self.tiers: dict[str, str] = {}
+        self._client_cpu = 0.0
+        self.profiles: dict[str, DeviceProfile] = {}
+        if spec.device_mix:
+            self.tiers = assign_tiers(spec.device_mix, list(self.clients))
+            # One micro-benchmark of this machine, before adapters exist; tiers scale it.
+            first = next(iter(self.clients.values()))
+            batch = int(getattr(self.config, "batch_size", 8))
+            base = measure_profile(first.trainer, batch_size=batch)
+            self.profiles = {cid: tier_profile(base, t) for cid, t in self.tiers.items()}
         for client in self.clients.values():
             self.client_half.prepare(client.trainer)
         self.client_half.prepare(self.evaluator)
@@ -99,13 +112,34 @@ class InProcessEngine:
         self.client_half.load_global(self.server_half.global_state(), self.evaluator)
         return held_out_loss(self.bundle, self.eval_set, max_length=self.spec.max_length).loss
 
-    def _run_tasks(self, tasks: list[Task], wire: _Wire) -> Iterator[Result]:
-        """Run each task on its client lazily, so aggregation can stream the results."""
+    def _run_tasks(
+        self, tasks: list[Task], wire: _Wire, records: dict[str, dict[str, Any]]
+    ) -> Iterator[Result]:
+        """Run each task on its client lazily, so aggregation can stream the results.
+
+        Each client's time is on a virtual clock: the CPU time of its work (robust to other
+        load on this machine), times its tier's slowdown, plus its bytes over its tier's link.
+        """
         for done, task in enumerate(tasks):
             client = self.clients[task.client_id]
+            before = wire.up + wire.down
             received = wire.down_hop(task.payload)
+            started = time.process_time()
             reply = self.client_half.run(received, client.local_state, client.trainer)
-            yield Result(task.client_id, wire.up_hop(reply))
+            cpu = time.process_time() - started
+            result = Result(task.client_id, wire.up_hop(reply))
+            self._client_cpu += cpu
+            moved = wire.up + wire.down - before
+            profile = self.profiles.get(task.client_id)
+            depth, ranks = adapter_layout(dict(task.payload.tensors), dict(task.payload.config))
+            records[task.client_id] = {
+                "lora_depth": depth,
+                "ranks": ranks,
+                "seconds": round(virtual_seconds(cpu, moved, profile) if profile else cpu, 4),
+                "bytes": moved,
+                **({"tier": self.tiers[task.client_id]} if profile else {}),
+            }
+            yield result
             self.progress("client", done + 1, len(tasks))
 
     def run(self) -> Report:
@@ -124,14 +158,31 @@ class InProcessEngine:
         self.server_half.initialize(self.client_half.initial_state(self.evaluator))
         report.initial = {"eval_loss": self._evaluate()}
         report.write(spec.out)
-        infos = [ClientInfo(cid, c.trainer.num_examples) for cid, c in self.clients.items()]
+        infos = [
+            ClientInfo(
+                cid,
+                c.trainer.num_examples,
+                self.profiles[cid].to_properties() if cid in self.profiles else {},
+            )
+            for cid, c in self.clients.items()
+        ]
         for server_round in range(1, spec.rounds + 1):
             self.progress("round", server_round - 1, spec.rounds)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             wire = _Wire()
+            records: dict[str, dict[str, Any]] = {}
+            self._client_cpu = 0.0
             tasks = self.server_half.configure(server_round, infos)
-            metrics = self.server_half.aggregate(server_round, self._run_tasks(tasks, wire), [])
+            metrics = self.server_half.aggregate(
+                server_round, self._run_tasks(tasks, wire, records), []
+            )
+            server = max(time.process_time() - start_cpu - self._client_cpu, 0.0)
             eval_loss = self._evaluate()
+            seconds = time.perf_counter() - start
+            if self.profiles:
+                # Virtual round time: clients work in parallel, so the straggler sets the pace,
+                # plus the server's own work (configure, aggregate); evaluation is not counted.
+                seconds = server + max((r["seconds"] for r in records.values()), default=0.0)
             report.rounds.append(
                 RoundRecord(
                     round=server_round,
@@ -139,8 +190,9 @@ class InProcessEngine:
                     bytes_up=wire.up,
                     bytes_down=wire.down,
                     participants=len(tasks),
-                    seconds=round(time.perf_counter() - start, 3),
+                    seconds=round(seconds, 3),
                     metrics=metrics,
+                    clients=records,
                 )
             )
             report.write(spec.out)

@@ -31,6 +31,7 @@ class SimulationSpec:
     eval_examples: int = 64
     rouge_examples: int = 8
     max_new_tokens: int = 24
+    device_mix: str = ""
 
     def __post_init__(self) -> None:
         problems = [
@@ -48,5 +49,13 @@ class SimulationSpec:
             if not ok:
                 raise UsageError(message)
         parse_partition(self.partition)
+        if self.device_mix:
+            from fedft.simulation.devices import parse_device_mix
+
+            count = len(parse_device_mix(self.device_mix))
+            if count != self.clients:
+                raise UsageError(
+                    f"--device-mix describes {count} devices but --clients is {self.clients}"
+                )
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
