@@ -104,6 +104,48 @@ def plot(curves: dict[str, list[tuple[float, float, int]]], target: float, path:
     plt.close(fig)
 
 
+def summarise(
+    curves: dict[str, list[tuple[float, float, int]]], target: float, title: str
+) -> tuple[Table, dict[str, Any]]:
+    """The comparison table and its JSON: time and bytes to ``target``, ratios to the baseline."""
+    reached = {name: to_target(points, target) for name, points in curves.items()}
+    base = reached.get(BASELINE)
+    table = Table(title=title)
+    columns = (
+        "strategy",
+        "final loss",
+        "s/round",
+        "rounds",
+        "virtual s",
+        "MB",
+        "speed-up",
+        "saved",
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
+    summary: dict[str, Any] = {"target": target}
+    for name, hit in reached.items():
+        final = curves[name][-1][0]
+        per_round = curves[name][-1][1] / len(curves[name])
+        row = [name, f"{final:.4f}", f"{per_round:.2f}"]
+        entry: dict[str, Any] = {"final_loss": final, "seconds_per_round": per_round}
+        entry["curve"] = curves[name]
+        if hit is None:
+            row += ["-", "-", "-", "-", "-"]
+        else:
+            rounds, seconds, moved = hit
+            entry.update(rounds=rounds, seconds=seconds, bytes=moved)
+            speed = saved = "-"
+            if base is not None:
+                speed = f"{base[1] / seconds:.2f}x"
+                saved = f"{100 * (1 - moved / base[2]):.1f}%"
+                entry.update(speedup=base[1] / seconds, bytes_saved=1 - moved / base[2])
+            row += [str(rounds), f"{seconds:.2f}", f"{moved / 1e6:.3f}", speed, saved]
+        summary[name] = entry
+        table.add_row(*row)
+    return table, summary
+
+
 def main() -> None:
     """Run the strategies and print time and bytes to the target loss."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -129,40 +171,9 @@ def main() -> None:
     target = args.target
     if target is None:
         target = max(min(p[0] for p in points) for points in curves.values())
-    reached = {name: to_target(points, target) for name, points in curves.items()}
-    base = reached.get(BASELINE)
-
-    table = Table(
-        title=f"{args.model}, {args.clients} clients ({args.device_mix}), target loss {target:.4f}"
-    )
-    for column in (
-        "strategy",
-        "final loss",
-        "rounds",
-        "virtual s",
-        "MB",
-        "speed-up",
-        "bytes saved",
-    ):
-        table.add_column(column, justify="right")
-    summary: dict[str, Any] = {"target": target, "args": {k: str(v) for k, v in vars(args).items()}}
-    for name, hit in reached.items():
-        final = curves[name][-1][0]
-        row = [name, f"{final:.4f}"]
-        entry: dict[str, Any] = {"final_loss": final, "curve": curves[name]}
-        if hit is None:
-            row += ["-", "-", "-", "-", "-"]
-        else:
-            rounds, seconds, moved = hit
-            entry.update(rounds=rounds, seconds=seconds, bytes=moved)
-            speed = saved = "-"
-            if base is not None:
-                speed = f"{base[1] / seconds:.2f}x"
-                saved = f"{100 * (1 - moved / base[2]):.1f}%"
-                entry.update(speedup=base[1] / seconds, bytes_saved=1 - moved / base[2])
-            row += [str(rounds), f"{seconds:.2f}", f"{moved / 1e6:.3f}", speed, saved]
-        summary[name] = entry
-        table.add_row(*row)
+    title = f"{args.model}, {args.clients} clients ({args.device_mix}), target loss {target:.4f}"
+    table, summary = summarise(curves, target, title)
+    summary["args"] = {k: str(v) for k, v in vars(args).items()}
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(curves, target, args.out / "legend_vs_uniform.png")

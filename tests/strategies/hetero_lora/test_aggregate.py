@@ -119,3 +119,27 @@ def test_zero_padding_normalises_each_rank_row_by_its_owners() -> None:
     assert torch.allclose(a[2:], large[1][2:].double())  # only the rank-4 client owns rows 2..3
     assert torch.allclose(b[:, 2:], large[0][:, 2:].double())
     assert ZeroPadAggregator.norm_weight({"m": (*small, 2.0)}) > 0
+
+
+def test_naive_error_from_a_shared_start_is_second_order_in_the_drift() -> None:
+    """Clients that start from the same (A, B) drift apart; naive error grows as drift^2."""
+    g = torch.Generator().manual_seed(1)
+    b0 = torch.randn(D_OUT, 4, generator=g, dtype=torch.float64) * 0.1
+    a0 = torch.randn(4, D_IN, generator=g, dtype=torch.float64)
+    noise = [
+        (
+            torch.randn(D_OUT, 4, generator=g, dtype=torch.float64) * 0.1,
+            torch.randn(4, D_IN, generator=g, dtype=torch.float64),
+        )
+        for _ in range(4)
+    ]
+
+    def naive_error(drift: float) -> float:
+        clients = [(b0 + drift * nb, a0 + drift * na) for nb, na in noise]
+        exact = sum(b @ a for b, a in clients) / 4
+        naive = (sum(b for b, _ in clients) / 4) @ (sum(a for _, a in clients) / 4)
+        return float(torch.linalg.matrix_norm(naive - exact) / torch.linalg.matrix_norm(exact))  # type: ignore[operator]
+
+    small, large = naive_error(0.01), naive_error(0.1)
+    assert 0 < small < 1e-3
+    assert 50 < large / small < 200  # 10x the drift, ~100x the error
