@@ -17,6 +17,7 @@ from fedft.client.models import ModelBundle
 from fedft.core.trainer import LoraSpec, TrainStats
 
 _CLIP_NORM = 1.0
+MAX_LAYOUTS = 8  # extra LoRA layouts kept beside the first adapter (see use_lora)
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -112,7 +113,7 @@ class LocalTrainer:
         key = repr(spec)
         name = self.bundle.lora_adapters.get(key)
         if name is None:
-            name = f"layout{len(self.bundle.lora_adapters)}"
+            name = f"layout{self._next_layout_number()}"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model.add_adapter(name, _lora_config(spec))
@@ -121,6 +122,18 @@ class LocalTrainer:
         for param_name, param in model.named_parameters():
             param.requires_grad_(f".{name}." in param_name and "lora_" in param_name)
         self.bundle.lora_spec = spec
+        # Most recently used last; layouts change when device profiles do, so drop stale ones.
+        self.bundle.lora_adapters[key] = self.bundle.lora_adapters.pop(key)
+        stale = [k for k, n in self.bundle.lora_adapters.items() if n not in ("default", name)]
+        for old in stale[: max(0, len(stale) - (MAX_LAYOUTS - 1))]:
+            model.delete_adapter(self.bundle.lora_adapters.pop(old))
+
+    def _next_layout_number(self) -> int:
+        taken = set(self.bundle.lora_adapters.values())
+        number = len(taken)
+        while f"layout{number}" in taken:
+            number += 1
+        return number
 
     def _active_adapter(self) -> str:
         return self.bundle.lora_adapters.get(repr(self.bundle.lora_spec), "default")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -27,6 +28,9 @@ class DeviceProfile:
     slowdown: float = 1.0
 
     def __post_init__(self) -> None:
+        numbers = (self.fwd_s, self.bwd_layer_s, self.memory_mb, self.act_layer_mb, self.link_mbps)
+        if not all(math.isfinite(v) for v in (*numbers, self.slowdown)):
+            raise ValueError("device profile values must be finite")
         if self.fwd_s < 0 or self.bwd_layer_s < 0:
             raise ValueError("device step times must be >= 0")
         if self.num_layers < 1:

@@ -82,3 +82,28 @@ def test_a_non_default_layout_saves_as_a_loadable_peft_folder(
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     loaded = PeftModel.from_pretrained(tiny_bundle().model, str(tmp_path / "adapter"))
     assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_stale_layouts_are_dropped_beyond_the_cap(trainer: LocalTrainer) -> None:
+    from fedft.client.trainer import MAX_LAYOUTS
+
+    specs = [
+        LoraSpec(
+            rank=2,
+            alpha=r,
+            target_modules=("q_proj", "v_proj"),
+            layers=(3,),
+        )
+        for r in range(1, MAX_LAYOUTS + 4)
+    ]
+    for spec in specs:
+        trainer.use_lora(spec)
+    names = set(trainer.bundle.lora_adapters.values())
+    assert "default" in names
+    assert len(names) == MAX_LAYOUTS + 1
+    assert repr(specs[-1]) in trainer.bundle.lora_adapters  # the active one is kept
+    assert repr(specs[0]) not in trainer.bundle.lora_adapters  # the oldest went
+    peft_config = trainer.model.peft_config  # type: ignore[union-attr]
+    assert set(peft_config) == names
+    trainer.use_lora(specs[0])  # a dropped layout comes back fresh
+    assert trainer.lora_state()
