@@ -72,6 +72,16 @@ def curve(report: Report) -> list[tuple[float, float, int]]:
     return points
 
 
+def curve_from_json(rounds: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+    """:func:`curve` of the rounds of a ``report.json``."""
+    points, seconds, moved = [], 0.0, 0
+    for r in rounds:
+        seconds += float(r["seconds"])
+        moved += int(r["bytes_up"]) + int(r["bytes_down"])
+        points.append((float(r["eval_loss"]), seconds, moved))
+    return points
+
+
 def to_target(
     points: list[tuple[float, float, int]], target: float
 ) -> tuple[int, float, int] | None:
@@ -94,7 +104,7 @@ def plot(curves: dict[str, list[tuple[float, float, int]]], target: float, path:
         by_time.plot([p[1] for p in points], [p[0] for p in points], marker="o", label=name)
         by_bytes.plot([p[2] / 1e6 for p in points], [p[0] for p in points], marker="o", label=name)
     for ax in (by_time, by_bytes):
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1)
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="target loss")
         ax.grid(alpha=0.3)
     by_time.set(xlabel="virtual seconds (straggler per round)", ylabel="eval loss", title="time")
     by_bytes.set(xlabel="cumulative MB (up + down)", ylabel="eval loss", title="communication")
@@ -164,10 +174,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", type=float, default=None, help="target eval loss")
     parser.add_argument("--out", type=Path, default=Path("runs/legend_vs_uniform"))
+    parser.add_argument(
+        "--reports",
+        nargs="+",
+        default=None,
+        metavar="NAME=REPORT.json",
+        help="summarise finished (or partial) runs instead of running; curves are cut to the "
+        "rounds every run has",
+    )
     args = parser.parse_args()
 
-    reports = {name: run_one(args, name) for name in args.strategies}
-    curves = {name: curve(report) for name, report in reports.items()}
+    if args.reports:
+        curves = {}
+        for item in args.reports:
+            name, _, path = item.partition("=")
+            data = json.loads(Path(path).read_text())
+            curves[name] = curve_from_json(data["rounds"])
+        common = min(len(points) for points in curves.values())
+        curves = {name: points[:common] for name, points in curves.items()}
+    else:
+        reports = {name: run_one(args, name) for name in args.strategies}
+        curves = {name: curve(report) for name, report in reports.items()}
     target = args.target
     if target is None:
         target = max(min(p[0] for p in points) for points in curves.values())
