@@ -285,7 +285,7 @@ class ClientDaemon:
         if self.options.simulate_device and self.profile is not None:
             # The upload is about as large as the download for adapter strategies.
             return virtual_seconds(cpu, 2 * down_bytes, self.profile)
-        return wall
+        return float(wall)
 
     def _submit(self, task: TaskMessage, data: bytes) -> int:
         return self._retrying(

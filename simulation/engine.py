@@ -124,19 +124,22 @@ class InProcessEngine:
             client = self.clients[task.client_id]
             before = wire.up + wire.down
             received = wire.down_hop(task.payload)
+            down = wire.down
             started = time.process_time()
             reply = self.client_half.run(received, client.local_state, client.trainer)
             cpu = time.process_time() - started
-            result = Result(task.client_id, wire.up_hop(reply))
             self._client_cpu += cpu
-            moved = wire.up + wire.down - before
             profile = self.profiles.get(task.client_id)
+            # As the edge daemon does: the upload is taken as large as the download.
+            seconds = virtual_seconds(cpu, 2 * (down - before), profile) if profile else cpu
+            reply.metrics["client_seconds"] = float(seconds)  # same bytes as the grpc engine
+            result = Result(task.client_id, wire.up_hop(reply))
             depth, ranks = adapter_layout(dict(task.payload.tensors), dict(task.payload.config))
             records[task.client_id] = {
                 "lora_depth": depth,
                 "ranks": ranks,
-                "seconds": round(virtual_seconds(cpu, moved, profile) if profile else cpu, 4),
-                "bytes": moved,
+                "seconds": round(seconds, 4),
+                "bytes": wire.up + wire.down - before,
                 **({"tier": self.tiers[task.client_id]} if profile else {}),
             }
             yield result
