@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fedft.core.payload import ConfigValue
 from fedft.core.trainer import LoraSpec
+from fedft.strategies.hetero_lora.modules import LAYER_LIST
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ class Layout:
         """
         top = self.ranks[-1]
         pattern = {
-            rf"layers\.{layer}\..*": r
-            for layer, r in zip(self.layers, self.ranks, strict=False)
+            rf"{LAYER_LIST}\.{layer}\..*": r
+            for layer, r in zip(self.layers, self.ranks, strict=True)
             if r != top
         }
         return LoraSpec(

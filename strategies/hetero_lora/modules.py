@@ -9,7 +9,9 @@ import torch
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
+# Names of the transformer-block list in common architectures (Llama: layers, GPT-2: h).
+LAYER_LIST = r"(?:layers|layer|h|blocks)"
+_LAYER = re.compile(rf"\.{LAYER_LIST}\.(\d+)\.")
 
 
 def layer_of(module: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedft.strategies.hetero_lora.aggregate import ExactAggregator, ZeroPadAggregator
@@ -143,3 +144,12 @@ def test_naive_error_from_a_shared_start_is_second_order_in_the_drift() -> None:
     small, large = naive_error(0.01), naive_error(0.1)
     assert 0 < small < 1e-3
     assert 50 < large / small < 200  # 10x the drift, ~100x the error
+
+
+def test_layer_indices_from_llama_and_gpt2_names() -> None:
+    from fedft.strategies.hetero_lora.modules import layer_of
+
+    assert layer_of("base_model.model.model.layers.12.self_attn.q_proj") == 12
+    assert layer_of("base_model.model.transformer.h.3.attn.c_attn") == 3
+    with pytest.raises(ValueError, match="layer index"):
+        layer_of("base_model.model.lm_head")
