@@ -117,8 +117,9 @@ class InProcessEngine:
     ) -> Iterator[Result]:
         """Run each task on its client lazily, so aggregation can stream the results.
 
-        Each client's time is on a virtual clock: the CPU time of its work (robust to other
-        load on this machine), times its tier's slowdown, plus its bytes over its tier's link.
+        Each client's time is on a virtual clock: the CPU time of its work (shielded from light
+        load on this machine, not from heavy contention), times its tier's slowdown, plus its
+        bytes over its tier's link.
         """
         for done, task in enumerate(tasks):
             client = self.clients[task.client_id]
