@@ -131,6 +131,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat) or int8, "
         "block-wise with one fp32 scale per 64 weights (default: %(default)s)",
     )
+    p.add_argument(
+        "--simulate-device",
+        default=None,
+        choices=("fast", "medium", "slow"),
+        help="simulation only: report this device tier's profile (the measured one slowed down) "
+        "and virtual task times, as `fedft simulate --engine grpc --device-mix` does",
+    )
     p.set_defaults(handler=run)
 
 
@@ -165,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         max_backoff_s=args.max_backoff,
         local_dp=_local_dp(args),
         quant=args.quant,
+        simulate_device=args.simulate_device,
     )
     daemon = ClientDaemon(options, report=console.log)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -21,10 +22,12 @@ from fedft.client.connection import (
     profile_message,
 )
 from fedft.client.data import load_dataset
+from fedft.client.device import LinkMeter, measure_profile
 from fedft.client.identity_store import ClientStore, Identity
 from fedft.client.models import PRESETS, load_model
 from fedft.client.quantization import quantize_bundle
 from fedft.client.trainer import LocalTrainer
+from fedft.core.device import DeviceProfile, tier_profile, virtual_seconds
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
 from fedft.core.registry import get_strategy
@@ -63,6 +66,8 @@ class DaemonOptions:
     max_backoff_s: float = 30.0
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     max_retries: int | None = None
+    # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
+    simulate_device: str | None = None
 
 
 class Backoff:
@@ -95,6 +100,9 @@ class ClientDaemon:
         self.connection = Connection(options.server, credentials=options.credentials)
         self.examples = load_dataset(options.data)
         self._stop = threading.Event()
+        self.profile: DeviceProfile | None = None
+        self.link = LinkMeter()
+        self._profile_dirty = False
 
     def stop(self) -> None:
         """Ask the daemon to stop after the current step."""
@@ -132,7 +140,7 @@ class ClientDaemon:
                 "this client is not enrolled yet: pass --token (from `fedft token create`)"
             )
         key = generate_key()
-        profile = profile_message(len(self.examples), {})
+        profile = self._profile_message()
         try:
             client_id, _ = self._retrying(
                 "enroll",
@@ -151,7 +159,9 @@ class ClientDaemon:
         from fedft.client.connection import run_description
 
         try:
-            response = self._retrying("heartbeat", self.connection.heartbeat)
+            response = self._retrying(
+                "heartbeat", lambda: self.connection.heartbeat(self._profile_message())
+            )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise UsageError(
@@ -176,20 +186,57 @@ class ClientDaemon:
             "pass --model PATH (a local copy) or --model server (download it)"
         )
 
+    # --- device profile ----------------------------------------------------------------------
+    def _profile_message(self) -> Any:
+        """Example count plus the measured device profile (link speed from the last transfers)."""
+        properties: dict[str, float] = {}
+        if self.profile is not None:
+            profile = self.profile
+            if self.options.simulate_device is None and self.link.samples:
+                profile = dataclasses.replace(profile, link_mbps=self.link.mbps)
+            properties = profile.to_properties()
+        self._profile_dirty = False
+        return profile_message(len(self.examples), dict(properties))
+
+    def measure(self, trainer: LocalTrainer, batch_size: int = 8) -> DeviceProfile:
+        """Run the micro-benchmark now (start-up, or on demand) and send it with the next call."""
+        measured = measure_profile(trainer, batch_size=batch_size, link_mbps=self.link.mbps)
+        tier = self.options.simulate_device
+        self.profile = tier_profile(measured, tier) if tier else measured
+        self._profile_dirty = True
+        p = self.profile
+        self.report(
+            f"device profile: step {p.step_seconds(p.num_layers):.3f} s at full LoRA depth, "
+            f"{p.step_seconds(1):.3f} s at depth 1, {p.memory_mb:.0f} MB free"
+            + (f" (simulated {tier} device)" if tier else "")
+        )
+        return self.profile
+
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
         """Enroll if needed, then work on tasks until the run is finished; returns exit code 0."""
+        bundle = None
+        if self.options.model and self.options.model != "server":
+            # The model is known before we meet the coordinator: profile it first, so the
+            # enrollment or first heartbeat already carries the device's capacity.
+            bundle = load_model(self.options.model)
+            quantize_bundle(bundle, self.options.quant)
+            self.measure(LocalTrainer(bundle, self.examples, max_length=self.options.max_length))
         identity = self._identity()
         run = self._run_description()
         spec = get_strategy(run.strategy)
         strategy: ClientStrategy[Any] = spec.client_cls(spec.make_config(dict(run.config)))
         if self.options.local_dp is not None:
             strategy = LocalDPClient(strategy, self.options.local_dp)
-        bundle = load_model(self._model_spec(run))
-        summary = quantize_bundle(bundle, self.options.quant)
+        if bundle is None:
+            bundle = load_model(self._model_spec(run))
+            quantize_bundle(bundle, self.options.quant)
         trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
+        if self.profile is None:
+            self.measure(trainer)
         strategy.prepare(trainer)
-        if bundle.quant is not None:
+        summary = bundle.quant
+        if summary is not None:
             if bundle.lora_spec is None:
                 raise UsageError(
                     f"--quant {summary.scheme} needs a LoRA strategy, not {run.strategy}"
@@ -223,11 +270,18 @@ class ClientDaemon:
                 continue
             self.report(f"round {message.round}: training")
             started = time.perf_counter()
+            cpu = time.process_time()
             update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
+            update.metrics["client_seconds"] = self._task_seconds(
+                time.perf_counter() - started, time.process_time() - cpu, len(message.data)
+            )
             data = payload_to_bytes(update)
             self.store.save_local_state(local_state)
             try:
+                sent = time.perf_counter()
                 self._submit(message, data)
+                self.link.record(len(data), time.perf_counter() - sent)
+                self._profile_dirty = True
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                     pass  # an earlier attempt got through before its answer was lost
@@ -245,6 +299,13 @@ class ClientDaemon:
             )
         return 0
 
+    def _task_seconds(self, wall: float, cpu: float, down_bytes: int) -> float:
+        """How long the task took this device; a simulated device uses the virtual clock."""
+        if self.options.simulate_device and self.profile is not None:
+            # The upload is about as large as the download for adapter strategies.
+            return virtual_seconds(cpu, 2 * down_bytes, self.profile)
+        return float(wall)
+
     def _submit(self, task: TaskMessage, data: bytes) -> int:
         return self._retrying(
             "submit", lambda: self.connection.submit(task.task_id, task.round, data)
@@ -254,7 +315,8 @@ class ClientDaemon:
         interval = 10.0
         while not self._stop.wait(interval):
             try:
-                response = self.connection.heartbeat()
+                profile = self._profile_message() if self._profile_dirty else None
+                response = self.connection.heartbeat(profile)
                 interval = max(response.heartbeat_interval_ms / 1000.0, 0.5)
             except grpc.RpcError as exc:
                 logger.debug("heartbeat failed: %s", exc.code())

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,8 @@ class ModelBundle:
     path: Path
     lora_spec: LoraSpec | None = None
     quant: QuantSummary | None = None  # set when the frozen base was quantized (--quant)
+    # PEFT adapter name of every LoRA layout added to the model (keyed by repr of its spec).
+    lora_adapters: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

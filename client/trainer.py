@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,24 @@ from fedft.client.models import ModelBundle
 from fedft.core.trainer import LoraSpec, TrainStats
 
 _CLIP_NORM = 1.0
+MAX_LAYOUTS = 8  # extra LoRA layouts kept beside the first adapter (see use_lora)
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def _lora_config(spec: LoraSpec) -> Any:
+    """PEFT's LoraConfig for ``spec``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        rank_pattern=dict(spec.rank_pattern),
+        layers_to_transform=list(spec.layers) if spec.layers is not None else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def _seed63(seed: int) -> int:
@@ -59,47 +78,88 @@ class LocalTrainer:
             self._encoded = [encode(tok, ex, self.max_length) for ex in self.examples]
         return self._encoded
 
-    def add_lora(self, spec: LoraSpec) -> None:
-        """Wrap the model with PEFT LoRA adapters (once per bundle) and freeze the base."""
-        from peft import LoraConfig, get_peft_model
-
-        current = self.bundle.lora_spec
-        if current is not None:
-            if current != spec:
-                raise ValueError(f"this model already carries LoRA {current}, cannot add {spec}")
-            return
-        config = LoraConfig(
-            r=spec.rank,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=list(spec.target_modules),
-            rank_pattern=dict(spec.rank_pattern),
-            layers_to_transform=list(spec.layers) if spec.layers is not None else None,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
+    def _lora_config(self, spec: LoraSpec) -> Any:
+        """PEFT's LoraConfig for ``spec``, taught to wrap QuantLinear when the base is quantized."""
+        config = _lora_config(spec)
         if self.bundle.quant is not None:
             from fedft.client.quant_lora import register
 
-            register(config)  # LoRA on the QuantLinear layers of a quantized base
+            register(config)
+        return config
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        """Wrap the model with PEFT LoRA adapters (once per bundle) and freeze the base."""
+        from peft import get_peft_model
+
+        current = self.bundle.lora_spec
+        if current is not None:
+            if repr(spec) not in self.bundle.lora_adapters:
+                raise ValueError(f"this model already carries LoRA {current}, cannot add {spec}")
+            self.use_lora(spec)
+            return
+        config = self._lora_config(spec)
         # PEFT initialises A randomly: seed it so every host builds the same starting adapter.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.bundle.model = get_peft_model(self.bundle.model, config)
         self.bundle.lora_spec = spec
+        self.bundle.lora_adapters[repr(spec)] = "default"
+
+    def use_lora(self, spec: LoraSpec) -> None:
+        """Activate ``spec``'s adapter, adding it as another named PEFT adapter when new.
+
+        Only the active adapter runs in the forward pass and only it is trainable; the others
+        keep their weights, so virtual clients with different layouts can share one model.
+        """
+        if self.bundle.lora_spec is None:
+            self.add_lora(spec)
+            return
+        from peft import PeftModel
+
+        model = self.bundle.model
+        if not isinstance(model, PeftModel):
+            raise ValueError("this model carries no PEFT adapters")
+        key = repr(spec)
+        name = self.bundle.lora_adapters.get(key)
+        if name is None:
+            name = f"layout{self._next_layout_number()}"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model.add_adapter(name, self._lora_config(spec))
+            self.bundle.lora_adapters[key] = name
+        model.set_adapter(name)
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(f".{name}." in param_name and "lora_" in param_name)
+        self.bundle.lora_spec = spec
+        # Most recently used last; layouts change when device profiles do, so drop stale ones.
+        self.bundle.lora_adapters[key] = self.bundle.lora_adapters.pop(key)
+        stale = [k for k, n in self.bundle.lora_adapters.items() if n not in ("default", name)]
+        for old in stale[: max(0, len(stale) - (MAX_LAYOUTS - 1))]:
+            model.delete_adapter(self.bundle.lora_adapters.pop(old))
+
+    def _next_layout_number(self) -> int:
+        taken = set(self.bundle.lora_adapters.values())
+        number = len(taken)
+        while f"layout{number}" in taken:
+            number += 1
+        return number
+
+    def _active_adapter(self) -> str:
+        return self.bundle.lora_adapters.get(repr(self.bundle.lora_spec), "default")
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         """Return a detached fp32 copy of the adapter tensors (PEFT's state-dict names)."""
         from peft import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(self.model)
+        state = get_peft_model_state_dict(self.model, adapter_name=self._active_adapter())
         return {name: t.detach().to(torch.float32).clone() for name, t in state.items()}
 
     def load_lora_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Overwrite the adapter tensors; names and shapes must match exactly."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        current = get_peft_model_state_dict(self.model)
+        adapter = self._active_adapter()
+        current = get_peft_model_state_dict(self.model, adapter_name=adapter)
         if set(current) != set(tensors):
             missing = sorted(set(current) - set(tensors))[:3]
             extra = sorted(set(tensors) - set(current))[:3]
@@ -110,7 +170,9 @@ class LocalTrainer:
                     f"{name}: shape {tuple(tensor.shape)} != {tuple(current[name].shape)}"
                 )
         target_dtype = next(iter(current.values())).dtype
-        set_peft_model_state_dict(self.model, {k: v.to(target_dtype) for k, v in tensors.items()})
+        set_peft_model_state_dict(
+            self.model, {k: v.to(target_dtype) for k, v in tensors.items()}, adapter_name=adapter
+        )
 
     def _batches(self, batch_size: int, generator: torch.Generator) -> Iterator[list[Encoded]]:
         """Yield batches forever, reshuffling each pass over the data with ``generator``."""
@@ -181,7 +243,19 @@ class LocalTrainer:
         save: Any = getattr(self.model, "save_pretrained", None)
         if save is None or self.bundle.lora_spec is None:
             raise ValueError("this model has no LoRA adapters to save")
-        save(str(folder), safe_serialization=True)
+        name = self._active_adapter()
+        if name == "default":
+            save(str(folder), safe_serialization=True, selected_adapters=[name])
+            return
+        # PEFT writes any adapter but "default" into a subfolder named after it: lift it out,
+        # so the folder itself loads with PeftModel.from_pretrained.
+        with tempfile.TemporaryDirectory(
+            dir=folder.parent if folder.parent.exists() else None
+        ) as tmp:
+            save(tmp, safe_serialization=True, selected_adapters=[name])
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in (Path(tmp) / name).iterdir():
+                shutil.move(str(item), folder / item.name)
 
     def save_model(self, folder: Path) -> None:
         """Write the global model: PEFT adapters if it has them, else full safetensors weights.

@@ -64,6 +64,14 @@ class Trainer(Protocol):
         """Inject LoRA adapters (idempotent for the same spec) and freeze everything else."""
         ...
 
+    def use_lora(self, spec: LoraSpec) -> None:
+        """Make ``spec``'s adapters the active, trainable ones, adding them beside others if new.
+
+        Heterogeneous strategies give each device its own layout; hosts that share one model
+        between virtual clients keep one named adapter per layout.
+        """
+        ...
+
     def lora_state(self) -> dict[str, torch.Tensor]:
         """Return a detached fp32 copy of the adapter tensors under stable names."""
         ...

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from fedft.simulation.devices import DEVICE_MIX_HELP
 from fedft.simulation.partition import PARTITION_HELP
 from fedft.simulation.spec import ENGINES, SimulationSpec
 
@@ -25,6 +26,7 @@ examples:
   fedft simulate --model tiny --clients 4 --rounds 3 --seed 0 --out runs/tiny
   fedft simulate --partition dirichlet:0.5 --clients 8 --opt lr=5e-4 --opt rank=4
   fedft simulate --model tiny --dp-noise 1.0 --dp-clip 0.05 --canaries 50 --out runs/dp
+  fedft simulate --strategy legend --model tiny --clients 4 --device-mix fast:2,slow:2
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -101,6 +103,7 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "quantize the frozen base for LoRA strategies: nf4 (4-bit NormalFloat, QLoRA) or int8, "
         "block-wise with one fp32 scale per 64 weights; the report records the memory saved",
     ),
+    ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
 )
 
 

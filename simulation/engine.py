@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedft.client.data import Example
+from fedft.client.device import measure_profile
 from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
 from fedft.client.models import ModelBundle, load_model
 from fedft.client.trainer import LocalTrainer
 from fedft.core.config import ConfigError, StrategyConfig
+from fedft.core.device import DeviceProfile, tier_profile, virtual_seconds
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
@@ -22,6 +24,7 @@ from fedft.privacy.local import LocalDPClient
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.privacy.wrapper import DPServer
 from fedft.simulation.data_split import split_data
+from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -105,6 +108,16 @@ class InProcessEngine:
             for cid, examples in data.clients.items()
         }
         self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
+        self.tiers: dict[str, str] = {}
+        self._client_cpu = 0.0
+        self.profiles: dict[str, DeviceProfile] = {}
+        if spec.device_mix:
+            self.tiers = assign_tiers(spec.device_mix, list(self.clients))
+            # One micro-benchmark of this machine, before adapters exist; tiers scale it.
+            first = next(iter(self.clients.values()))
+            batch = int(getattr(self.config, "batch_size", 8))
+            base = measure_profile(first.trainer, batch_size=batch)
+            self.profiles = {cid: tier_profile(base, t) for cid, t in self.tiers.items()}
         for client in self.clients.values():
             self.client_half.prepare(client.trainer)
         self.client_half.prepare(self.evaluator)
@@ -114,13 +127,38 @@ class InProcessEngine:
         self.client_half.load_global(self.server_half.global_state(), self.evaluator)
         return held_out_loss(self.bundle, self.eval_set, max_length=self.spec.max_length).loss
 
-    def _run_tasks(self, tasks: list[Task], wire: _Wire) -> Iterator[Result]:
-        """Run each task on its client lazily, so aggregation can stream the results."""
+    def _run_tasks(
+        self, tasks: list[Task], wire: _Wire, records: dict[str, dict[str, Any]]
+    ) -> Iterator[Result]:
+        """Run each task on its client lazily, so aggregation can stream the results.
+
+        Each client's time is on a virtual clock: the CPU time of its work (shielded from light
+        load on this machine, not from heavy contention), times its tier's slowdown, plus its
+        bytes over its tier's link.
+        """
         for done, task in enumerate(tasks):
             client = self.clients[task.client_id]
+            before = wire.up + wire.down
             received = wire.down_hop(task.payload)
+            down = wire.down
+            started = time.process_time()
             reply = self.client_half.run(received, client.local_state, client.trainer)
-            yield Result(task.client_id, wire.up_hop(reply))
+            cpu = time.process_time() - started
+            self._client_cpu += cpu
+            profile = self.profiles.get(task.client_id)
+            # As the edge daemon does: the upload is taken as large as the download.
+            seconds = virtual_seconds(cpu, 2 * (down - before), profile) if profile else cpu
+            reply.metrics["client_seconds"] = float(seconds)  # same bytes as the grpc engine
+            result = Result(task.client_id, wire.up_hop(reply))
+            depth, ranks = adapter_layout(dict(task.payload.tensors), dict(task.payload.config))
+            records[task.client_id] = {
+                "lora_depth": depth,
+                "ranks": ranks,
+                "seconds": round(seconds, 4),
+                "bytes": wire.up + wire.down - before,
+                **({"tier": self.tiers[task.client_id]} if profile else {}),
+            }
+            yield result
             self.progress("client", done + 1, len(tasks))
 
     def run(self) -> Report:
@@ -142,16 +180,33 @@ class InProcessEngine:
         self.server_half.initialize(self.client_half.initial_state(self.evaluator))
         report.initial = {"eval_loss": self._evaluate()}
         report.write(spec.out)
-        infos = [ClientInfo(cid, c.trainer.num_examples) for cid, c in self.clients.items()]
+        infos = [
+            ClientInfo(
+                cid,
+                c.trainer.num_examples,
+                self.profiles[cid].to_properties() if cid in self.profiles else {},
+            )
+            for cid, c in self.clients.items()
+        ]
         for server_round in range(1, spec.rounds + 1):
             self.progress("round", server_round - 1, spec.rounds)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             wire = _Wire()
+            records: dict[str, dict[str, Any]] = {}
+            self._client_cpu = 0.0
             tasks = self.server_half.configure(server_round, infos)
-            metrics = self.server_half.aggregate(server_round, self._run_tasks(tasks, wire), [])
+            metrics = self.server_half.aggregate(
+                server_round, self._run_tasks(tasks, wire, records), []
+            )
+            server = max(time.process_time() - start_cpu - self._client_cpu, 0.0)
             if self.recorder is not None and self.dp_server is not None:
                 self.recorder.after_round(self.dp_server)
             eval_loss = self._evaluate()
+            seconds = time.perf_counter() - start
+            if self.profiles:
+                # Virtual round time: clients work in parallel, so the straggler sets the pace,
+                # plus the server's own work (configure, aggregate); evaluation is not counted.
+                seconds = server + max((r["seconds"] for r in records.values()), default=0.0)
             report.rounds.append(
                 RoundRecord(
                     round=server_round,
@@ -159,8 +214,9 @@ class InProcessEngine:
                     bytes_up=wire.up,
                     bytes_down=wire.down,
                     participants=len(tasks),
-                    seconds=round(time.perf_counter() - start, 3),
+                    seconds=round(seconds, 3),
                     metrics=metrics,
+                    clients=records,
                 )
             )
             report.write(spec.out)

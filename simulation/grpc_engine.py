@@ -27,9 +27,10 @@ from fedft.privacy.wrapper import DPServer
 from fedft.server.privacy_source import audit_input
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
-from fedft.server.state.records import ROUND_DONE, TokenRecord
+from fedft.server.state.records import ROUND_DONE, TokenRecord, TrafficRecord
 from fedft.server.tls import init_certificates
 from fedft.simulation.data_split import split_data
+from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.engine import (
     ProgressFn,
     _no_progress,
@@ -135,6 +136,11 @@ class GrpcEngine:
         return int(line.split("listening on ")[1].split()[0].rpartition(":")[2])
 
     def _start_clients(self, port: int, tokens: dict[str, str]) -> None:
+        tiers = (
+            assign_tiers(self.spec.device_mix, list(self.data.clients))
+            if self.spec.device_mix
+            else {}
+        )
         for cid, examples in self.data.clients.items():
             path = self.workdir / "data" / f"{cid}.jsonl"
             path.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
@@ -152,6 +158,8 @@ class GrpcEngine:
                     f"--local-dp-clip={local_dp.clip!r}",
                     f"--local-dp-noise={local_dp.noise_multiplier!r}",
                 ]
+            if cid in tiers:
+                args += ["--simulate-device", tiers[cid]]
             self._launch(cid, args, self._environment())
 
     def _check_processes(self) -> None:
@@ -255,7 +263,40 @@ class GrpcEngine:
                 for k, v in record.metrics.items()
                 if isinstance(v, (int, float)) and k not in ("updates", "missing")
             },
+            clients=self._client_records(state, number, traffic),
         )
+
+    def _client_records(
+        self, state: State, number: int, traffic: list[TrafficRecord]
+    ) -> dict[str, dict[str, Any]]:
+        """Per client: the layout its task named, the seconds it reported, its payload bytes."""
+        tiers = (
+            assign_tiers(self.spec.device_mix, list(self.data.clients))
+            if self.spec.device_mix
+            else {}
+        )
+        seconds: dict[str, float] = {}
+        for update in state.updates_for_round(number):
+            value = payload_from_bytes(state.get_blob(update.payload_sha)).metrics.get(
+                "client_seconds"
+            )
+            if value is not None:
+                seconds[update.client_id] = round(float(value), 4)
+        records: dict[str, dict[str, Any]] = {}
+        for task in state.tasks_for_round(number):
+            payload = payload_from_bytes(b"".join(state.get_blob(sha) for sha in task.payload_shas))
+            depth, ranks = adapter_layout(dict(payload.tensors), dict(payload.config))
+            moved = sum(
+                t.payload_up + t.payload_down for t in traffic if t.client_id == task.client_id
+            )
+            records[task.client_id] = {
+                "lora_depth": depth,
+                "ranks": ranks,
+                "seconds": seconds.get(task.client_id),
+                "bytes": moved,
+                **({"tier": tiers[task.client_id]} if task.client_id in tiers else {}),
+            }
+        return records
 
 
 def _dp_args(dp: DPConfig | None) -> list[str]:

@@ -23,6 +23,8 @@ class RoundRecord:
     participants: int
     seconds: float
     metrics: dict[str, MetricValue] = field(default_factory=dict)
+    # Per client: lora_depth, ranks (bottom to top), seconds, bytes and, if simulated, its tier.
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -48,6 +48,7 @@ class SimulationSpec:
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
     quant: str = "none"
+    device_mix: str = ""
 
     def __post_init__(self) -> None:
         problems = [
@@ -68,6 +69,14 @@ class SimulationSpec:
         self.dp_config()  # validates the DP flags
         self.local_dp_config()
         parse_partition(self.partition)
+        if self.device_mix:
+            from fedft.simulation.devices import parse_device_mix
+
+            count = len(parse_device_mix(self.device_mix))
+            if count != self.clients:
+                raise UsageError(
+                    f"--device-mix describes {count} devices but --clients is {self.clients}"
+                )
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
 

@@ -1,5 +1,5 @@
 """Built-in federated strategies; importing this package registers them."""
 
-from fedft.strategies import fedavg_lora, fedkseed, fedkseed_pro, ferret
+from fedft.strategies import fedavg_lora, fedkseed, fedkseed_pro, ferret, hetlora, legend
 
-__all__ = ["fedavg_lora", "fedkseed", "fedkseed_pro", "ferret"]
+__all__ = ["fedavg_lora", "fedkseed", "fedkseed_pro", "ferret", "hetlora", "legend"]

@@ -227,6 +227,20 @@ def test_touch_client_updates_what_it_is_given(state: State) -> None:
         state.touch_client("ghost", T0)
 
 
+def test_a_device_profile_survives_the_round_trip_exactly(state: State) -> None:
+    from fedft.core.device import DeviceProfile
+
+    profile = DeviceProfile(
+        fwd_s=0.1234567890123, bwd_layer_s=1e-7, num_layers=30, memory_mb=81920.5,
+        act_layer_mb=52.25, link_mbps=3.3, slowdown=4.0,
+    )  # fmt: skip
+    enroll(state, "a")
+    state.touch_client("a", T0 + 5, properties=profile.to_properties())
+    stored = state.get_client("a")
+    assert stored is not None
+    assert DeviceProfile.from_properties(stored.properties) == profile
+
+
 # --- blobs -----------------------------------------------------------------------------------
 def test_blobs_are_content_addressed_and_idempotent(state: State) -> None:
     data = bytes(range(256)) * 10

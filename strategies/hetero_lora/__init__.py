@@ -1,0 +1,1 @@
+"""Reusable pieces for LoRA of different ranks and depths per device: exact and padded sums."""

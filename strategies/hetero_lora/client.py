@@ -1,0 +1,53 @@
+"""Client half shared by the heterogeneous strategies: train the layout the task names."""
+
+from __future__ import annotations
+
+from fedft.core.payload import Payload, config_float, config_int
+from fedft.core.strategy import ClientStrategy
+from fedft.core.trainer import Trainer
+from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
+from fedft.strategies.hetero_lora.layout import Layout
+
+
+class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
+    """Switches to the task's LoRA layout (depth and ranks), trains it, returns its factors."""
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Add the full-depth global adapter; per-task layouts are added beside it on demand."""
+        trainer.add_lora(self.config.global_spec())
+
+    def initial_state(self, trainer: Trainer) -> Payload:
+        """The global adapter as PEFT initialises it: random A (every rank's A slices it), B = 0."""
+        trainer.use_lora(self.config.global_spec())
+        return Payload(tensors=trainer.lora_state())
+
+    def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
+        """Train the task's layout from the factors the server sent."""
+        cfg = self.config
+        layout = Layout.from_config(task.config)
+        trainer.use_lora(
+            layout.lora_spec(
+                alpha=cfg.alpha, dropout=cfg.dropout, target_modules=cfg.target_modules
+            )
+        )
+        trainer.load_lora_state(task.tensors)
+        stats = trainer.train(
+            steps=config_int(task.config, "local_steps"),
+            batch_size=config_int(task.config, "batch_size"),
+            lr=config_float(task.config, "lr"),
+            seed=config_int(task.config, "seed"),
+        )
+        return Payload(
+            tensors=trainer.lora_state(),
+            metrics={
+                "num_examples": trainer.num_examples,
+                "train_loss": stats.loss,
+                "steps": stats.steps,
+                "lora_depth": layout.depth,
+            },
+        )
+
+    def load_global(self, state: Payload, trainer: Trainer) -> None:
+        """Install the global adapter (full depth, the global rank)."""
+        trainer.use_lora(self.config.global_spec())
+        trainer.load_lora_state(state.tensors)

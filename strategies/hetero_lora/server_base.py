@@ -1,0 +1,178 @@
+"""Server skeleton of the heterogeneous strategies: sampling, per-device layouts, checks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import torch
+
+from fedft.core.device import DeviceProfile
+from fedft.core.payload import MetricValue, Payload
+from fedft.core.sampling import client_seed, sample_clients
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.strategies.hetero_lora.aggregate import Factor
+from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
+from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_lora.modules import layer_of, split_modules
+
+logger = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=HeteroLoRAConfig)
+
+
+class HeteroServerBase(ServerStrategy[C]):
+    """Plans a layout per sampled device, sends it its factors, checks and folds the updates.
+
+    Subclasses decide the layouts (:meth:`plan`), the factors a layout receives
+    (:meth:`client_tensors`) and the aggregation (:meth:`fold`).
+    """
+
+    def __init__(self, config: C, *, seed: int) -> None:
+        super().__init__(config, seed=seed)
+        self.a_init: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.layers: list[int] = []
+        self.last_plan: dict[str, Layout] = {}
+
+    # --- hooks -------------------------------------------------------------------------------
+    @abstractmethod
+    def plan(self, clients: Sequence[ClientInfo]) -> dict[str, Layout]:
+        """Choose each sampled client's layout."""
+
+    @abstractmethod
+    def client_tensors(self, layout: Layout) -> dict[str, torch.Tensor]:
+        """The adapter tensors a device with ``layout`` starts its local training from."""
+
+    @abstractmethod
+    def fold(self, updates: Iterable[tuple[dict[str, Factor], float]]) -> dict[str, MetricValue]:
+        """Aggregate ``(modules -> (B, A, scale), weight)`` pairs into the global state."""
+
+    # --- shared --------------------------------------------------------------------------------
+    def _learn_modules(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Take module names, shapes and PEFT's initial A from a full-depth adapter."""
+        modules = split_modules(tensors)
+        self._set_modules(
+            {m: a for m, (_, a) in modules.items()},
+            {m: int(b.shape[0]) for m, (b, _) in modules.items()},
+        )
+
+    def _set_modules(self, a_init: Mapping[str, torch.Tensor], d_out: Mapping[str, int]) -> None:
+        self.a_init = {m: a.detach().to(torch.float32).clone() for m, a in a_init.items()}
+        self.shapes = {m: (d_out[m], int(a.shape[1])) for m, a in a_init.items()}
+        self.layers = sorted({layer_of(m) for m in a_init})
+
+    def layer_width(self) -> dict[int, int]:
+        """Per layer, ``sum (d_in + d_out)`` over its adapted modules: parameters per unit rank."""
+        width: dict[int, int] = {}
+        for module, (d_out, d_in) in self.shapes.items():
+            layer = layer_of(module)
+            width[layer] = width.get(layer, 0) + d_out + d_in
+        return width
+
+    def scale(self, rank: int) -> float:
+        """PEFT's LoRA scale for a module of rank ``rank``."""
+        return self.config.alpha / rank
+
+    def profiles(self, clients: Sequence[ClientInfo]) -> dict[str, DeviceProfile | None]:
+        """Each client's device profile from its properties (None where it sent none)."""
+        return {c.client_id: DeviceProfile.from_properties(c.properties) for c in clients}
+
+    def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
+        """Sample clients, plan their layouts and send each its own factors."""
+        if not self.shapes:
+            raise RuntimeError("initialize() or load_state_dict() must run before configure()")
+        cfg = self.config
+        chosen = sample_clients(
+            clients,
+            [c.client_id for c in clients],
+            fraction=cfg.fraction,
+            min_clients=cfg.min_clients,
+            seed=self.seed,
+            server_round=server_round,
+        )
+        self.last_plan = self.plan(chosen)
+        tasks = []
+        for c in chosen:
+            layout = self.last_plan[c.client_id]
+            config = {
+                "round": server_round,
+                "seed": client_seed(self.seed, server_round, c.client_id),
+                "local_steps": cfg.local_steps,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                **layout.to_config(),
+            }
+            tasks.append(
+                Task(c.client_id, Payload(tensors=self.client_tensors(layout), config=config))
+            )
+        return tasks
+
+    def _factors(self, result: Result) -> dict[str, Factor]:
+        return {
+            m: (b, a, self.scale(int(a.shape[0])))
+            for m, (b, a) in split_modules(result.payload.tensors).items()
+        }
+
+    def aggregate(
+        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Fold every valid update; refused ones are logged and counted."""
+        counts = {"accepted": 0, "rejected": 0}
+        loss = {"sum": 0.0, "weight": 0.0}
+
+        def valid() -> Iterable[tuple[dict[str, Factor], float]]:
+            for result in results:
+                problem = self.check_update(server_round, result)
+                if problem is not None:
+                    logger.warning(
+                        "round %d: rejected %s: %s", server_round, result.client_id, problem
+                    )
+                    counts["rejected"] += 1
+                    continue
+                weight = float(result.payload.metrics["num_examples"])
+                counts["accepted"] += 1
+                train_loss = float(result.payload.metrics.get("train_loss", math.nan))
+                loss["sum"] += weight * train_loss
+                loss["weight"] += weight
+                yield self._factors(result), weight
+
+        metrics: dict[str, MetricValue] = dict(self.fold(valid()))
+        metrics.update(counts)
+        metrics["failures"] = len(failures)
+        if loss["weight"] > 0:
+            metrics["train_loss"] = loss["sum"] / loss["weight"]
+        return metrics
+
+    def check_update(self, server_round: int, result: Result) -> str | None:
+        """Refuse updates with unknown modules, wrong shapes, ranks out of range or NaN/Inf."""
+        weight = result.payload.metrics.get("num_examples", 0)
+        if not (isinstance(weight, int) and weight > 0):
+            return f"num_examples must be a positive int, got {weight!r}"
+        try:
+            modules = split_modules(result.payload.tensors)
+        except ValueError as exc:
+            return str(exc)
+        if not modules:
+            return "the update carries no adapter"
+        for module, (b, a) in modules.items():
+            problem = self._module_problem(module, b, a)
+            if problem is not None:
+                return problem
+        return None
+
+    def _module_problem(self, module: str, b: torch.Tensor, a: torch.Tensor) -> str | None:
+        shape = self.shapes.get(module)
+        if shape is None:
+            return f"{module} is not an adapted module of the global model"
+        rank = int(a.shape[0])
+        if (int(b.shape[0]), int(a.shape[1])) != shape:
+            return f"{module}: factors do not match the module's shape {shape}"
+        if not 1 <= rank <= self.config.max_rank:
+            return f"{module}: rank {rank} is outside [1, {self.config.max_rank}]"
+        if not all(t.is_floating_point() and bool(torch.isfinite(t).all()) for t in (a, b)):
+            return f"{module}: factors must be finite floating-point tensors"
+        return None

@@ -1,0 +1,21 @@
+"""HetLoRA baseline: per-device rank, zero-padding and norm-weighted aggregation."""
+
+from fedft.core.registry import register_strategy
+from fedft.strategies.hetlora.client import HetLoRAClient
+from fedft.strategies.hetlora.config import HetLoRAConfig
+from fedft.strategies.hetlora.server import HetLoRAServer
+
+__all__ = ["HetLoRAClient", "HetLoRAConfig", "HetLoRAServer", "register"]
+
+
+def register() -> None:
+    """Register ``hetlora`` (called on import and by entry-point discovery)."""
+    register_strategy(
+        name="hetlora",
+        config_cls=HetLoRAConfig,
+        server_cls=HetLoRAServer,
+        client_cls=HetLoRAClient,
+    )
+
+
+register()
