@@ -116,6 +116,7 @@ def plot(reports: dict[str, Report], path: Path) -> None:
         by_round.plot(range(len(losses)), losses, marker="o", label=name)
         by_bytes.plot(cumulative[1:], losses[1:], marker="o", label=name)
     by_round.set(xlabel="round", ylabel="eval loss", title="eval loss per round")
+    by_round.xaxis.get_major_locator().set_params(integer=True)
     by_bytes.set(xlabel="cumulative MB (up + down)", ylabel="eval loss", xscale="log")
     by_bytes.set_title("eval loss against bytes moved")
     by_round.legend()

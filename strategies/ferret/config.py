@@ -20,7 +20,11 @@ class FerretConfig(SeedPoolConfig):
     )
     local_steps: int = option(10, "first-order steps each sampled client runs per round")
     batch_size: int = option(4, "examples per local step")
-    lr: float = option(1e-3, "learning rate of the local optimizer")
+    lr: float = option(
+        1e-3,
+        "learning rate of the local optimizer; large AdamW steps on large blocks (an embedding) "
+        "do not survive the projection: on SmolLM2 use 1e-4 on attention, 1e-5 on all weights",
+    )
     optimizer: str = option("adamw", "local optimizer: adamw or sgd")
     server_lr: float = option(1.0, "global learning rate applied to the reconstructed update")
     equal_weight: bool = option(False, "weight clients equally instead of by example count")
