@@ -9,7 +9,7 @@ from typing import Any
 from fedft.core.errors import UsageError
 from fedft.simulation.partition import parse_partition
 
-ENGINES = ("inprocess", "grpc")
+ENGINES = ("inprocess", "grpc", "flower")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class SimulationSpec:
     eval_examples: int = 64
     rouge_examples: int = 8
     max_new_tokens: int = 24
+    # --engine flower only: Ray resources per virtual client and an optional cluster address.
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         problems = [
@@ -43,6 +47,8 @@ class SimulationSpec:
             (self.eval_examples >= 1, "--eval-examples must be >= 1"),
             (self.rouge_examples >= 0, "--rouge-examples must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
+            (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
+            (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
         for ok, message in problems:
             if not ok:
