@@ -74,6 +74,8 @@ class FlowerEngine:
 
         self.progress("round", 0, self.spec.rounds)
         _quiet_flower()
+        # Keep Ray's current handling of CUDA_VISIBLE_DEVICES for CPU-only clients, silently.
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         run_simulation(
             server_app=make_server_app(self.server),
             client_app=make_client_app(self.spec),
