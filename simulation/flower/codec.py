@@ -68,12 +68,15 @@ def array_to_tensor(name: str, array: Array) -> torch.Tensor:
     return raw.view(dtype).reshape(shape)
 
 
+def tensors_to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    """Encode named tensors as one ArrayRecord (what Flower calls a model's arrays)."""
+    return ArrayRecord({name: tensor_to_array(name, t) for name, t in tensors.items()})
+
+
 def payload_to_records(payload: Payload, prefix: str = "") -> RecordDict:
     """Encode a Payload as a RecordDict with three records named ``PREFIX{tensors,config,...}``."""
     records = RecordDict()
-    records[prefix + TENSORS] = ArrayRecord(
-        {name: tensor_to_array(name, t) for name, t in payload.tensors.items()}
-    )
+    records[prefix + TENSORS] = tensors_to_record(payload.tensors)
     records[prefix + CONFIG] = ConfigRecord(dict(payload.config))
     records[prefix + METRICS] = MetricRecord(dict(payload.metrics))
     return records

@@ -29,7 +29,7 @@ from fedft.core.payload import MetricValue, Payload
 from fedft.core.serde import payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.simulation.flower.client_app import DESCRIBE_ACTION, DESCRIBE_RECORD, TRAIN_ACTION
-from fedft.simulation.flower.codec import TENSORS, payload_to_records, records_to_payload
+from fedft.simulation.flower.codec import payload_to_records, records_to_payload, tensors_to_record
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class FedftStrategy(Strategy):
 
     def global_arrays(self) -> ArrayRecord:
         """The plugin's global state as an ArrayRecord (what Flower calls the model)."""
-        return payload_to_records(self.server_half.global_state())[TENSORS]  # type: ignore[return-value]
+        return tensors_to_record(self.server_half.global_state().tensors)
 
     # --- nodes -----------------------------------------------------------------------------------
     def _wait_for_nodes(self, grid: Grid) -> set[int]:
