@@ -67,6 +67,8 @@ class FlowerServer:
             self.report.initial = {"eval_loss": loss}
         else:
             traffic = self.strategy.traffic[server_round]
+            # Flower hands back a round's replies all at once, so the client bar jumps to full.
+            self.progress("client", traffic.participants, traffic.participants)
             metrics = self.strategy.round_metrics.pop(server_round, {})
             self.report.rounds.append(
                 RoundRecord(
