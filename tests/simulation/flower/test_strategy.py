@@ -7,6 +7,7 @@ fail or stay silent.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedft.core.errors import UsageError
 from fedft.simulation.engine import InProcessEngine, build_strategy
 from fedft.simulation.flower.client_app import make_client_app
 from fedft.simulation.flower.server_app import FlowerServer
@@ -157,3 +159,60 @@ def test_no_nodes_is_an_error_after_the_deadline(tmp_path: Path) -> None:
     grid = DirectGrid(make_client_app(spec), 0)
     with pytest.raises(NoNodesError, match="no Flower node connected within 0 s"):
         hosted.discover(grid)
+
+
+@pytest.mark.slow
+def test_client_state_persists_in_flower_context_between_rounds(tmp_path: Path) -> None:
+    """Seed-strategy clients keep their model versions in Context.state; losing it costs resyncs."""
+    spec = make_spec(tmp_path / "flower", rounds=3, **_fedkseed())
+    server = FlowerServer(spec)
+    grid = DirectGrid(make_client_app(spec), spec.clients)
+    server.main(grid, grid.contexts[100])
+    assert [r.metrics["resyncs"] for r in server.report.rounds] == [0, 0, 0]
+    assert [r.metrics["accepted"] for r in server.report.rounds] == [3, 3, 3]
+    for context in grid.contexts.values():
+        held = context.state.array_records["fedft.local.tensors"]
+        assert len(held) >= 1  # the versions this client holds, stored by the host
+
+    # The same run with the state wiped before round 3 (round 2's tasks already build on a
+    # version from round 1): every client has to ask for a resync.
+    wiped = FlowerServer(make_spec(tmp_path / "wiped", rounds=3, **_fedkseed()))
+    forgetful = DirectGrid(make_client_app(wiped.spec), 3)
+    original = forgetful.send_and_receive
+
+    def send_forgetting(
+        messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        batch = list(messages)
+        if batch and batch[0].metadata.group_id == "3":
+            for context in forgetful.contexts.values():
+                context.state = RecordDict()
+        return list(original(batch, timeout=timeout))
+
+    forgetful.send_and_receive = send_forgetting  # type: ignore[method-assign]
+    wiped.main(forgetful, forgetful.contexts[100])
+    assert [r.metrics["resyncs"] for r in wiped.report.rounds] == [0, 0, 3]
+
+
+def _fedkseed() -> dict[str, object]:
+    return {"strategy": "fedkseed", "strategy_options": {"local_steps": 4, "seeds": 64}}
+
+
+def test_a_node_without_identity_is_told_what_is_missing(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    grid = DirectGrid(make_client_app(spec), 1)
+    grid.contexts[100].node_config = {}
+    with pytest.raises(UsageError, match=r"neither partition-id .* nor data-path"):
+        list(grid.send_and_receive([Message(RecordDict(), 100, "query.fedft_describe")]))
+
+
+def test_a_supernode_can_bring_its_own_data_file(tmp_path: Path) -> None:
+    data = tmp_path / "site-a.jsonl"
+    rows = [{"prompt": f"question {i}?", "response": f"answer {i}."} for i in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = make_spec(tmp_path)
+    grid = DirectGrid(make_client_app(spec), 1)
+    grid.contexts[100].node_config = {"data-path": str(data), "client-id": "site-a"}
+    (reply,) = grid.send_and_receive([Message(RecordDict(), 100, "query.fedft_describe")])
+    record = reply.content.config_records["fedft.client"]
+    assert (record["client_id"], record["num_examples"]) == ("site-a", 5)
