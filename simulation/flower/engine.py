@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any
 
+from fedft.core.errors import UsageError
 from fedft.simulation.engine import ProgressFn, _no_progress
 from fedft.simulation.flower import ensure_flower
 from fedft.simulation.report import Report
@@ -41,6 +42,9 @@ def backend_config(spec: SimulationSpec) -> dict[str, Any]:
             import torch
 
             init["num_gpus"] = torch.cuda.device_count()
+            if init["num_gpus"] == 0:
+                # Ray would build an empty actor pool and Flower would fail obscurely.
+                raise UsageError("--gpus-per-client needs a CUDA GPU, and torch sees none here")
     return {"client_resources": resources, "init_args": init}
 
 
@@ -52,6 +56,7 @@ class FlowerEngine:
         from fedft.simulation.flower.server_app import FlowerServer
 
         self.spec = spec
+        self.backend = backend_config(spec)  # checks the resources before any model loads
         self._progress = progress
         self.server = FlowerServer(spec, progress=progress)
 
@@ -80,7 +85,7 @@ class FlowerEngine:
             server_app=make_server_app(self.server),
             client_app=make_client_app(self.spec),
             num_supernodes=self.spec.clients,
-            backend_config=backend_config(self.spec),
+            backend_config=self.backend,
         )
         if len(self.server.report.rounds) != self.spec.rounds:
             raise RuntimeError(
