@@ -36,6 +36,9 @@ def backend_config(spec: SimulationSpec) -> dict[str, Any]:
     if address:
         init["address"] = address
     else:
+        # "local" starts a fresh Ray even when `ray start` left a cluster on this machine, which
+        # a bare ray.init() would try to join (and refuse, since num_cpus is given).
+        init["address"] = "local"
         wanted = math.ceil(spec.clients * spec.cpus_per_client)
         init["num_cpus"] = max(1, min(wanted, os.cpu_count() or 1))
         if spec.gpus_per_client > 0:

@@ -24,7 +24,7 @@ def test_local_ray_gets_only_the_cpus_the_clients_can_use(monkeypatch: pytest.Mo
     assert few["init_args"]["num_cpus"] == min(2, os.cpu_count() or 1)
     many = backend_config(spec(clients=500, cpus_per_client=1.0))
     assert many["init_args"]["num_cpus"] == os.cpu_count()
-    assert "address" not in many["init_args"]
+    assert many["init_args"]["address"] == "local"  # never joins a cluster by accident
 
 
 def test_a_cluster_address_is_joined_without_local_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
