@@ -27,6 +27,7 @@ examples:
   fedft simulate --partition dirichlet:0.5 --clients 8 --opt lr=5e-4 --opt rank=4
   fedft simulate --model tiny --dp-noise 1.0 --dp-clip 0.05 --canaries 50 --out runs/dp
   fedft simulate --strategy legend --model tiny --clients 4 --device-mix fast:2,slow:2
+  fedft simulate --engine flower --model tiny --clients 8 --cpus-per-client 1
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -148,7 +149,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=defaults.engine,
         choices=ENGINES,
         help="inprocess: all clients share one model in this process; grpc: a real coordinator "
-        "and one process per client on loopback, over TLS (default: %(default)s)",
+        "and one process per client on loopback, over TLS; flower: Flower's Ray-backed "
+        "simulation engine (needs pip install 'fedft[flower]') (default: %(default)s)",
+    )
+    flower = p.add_argument_group("--engine flower")
+    flower.add_argument(
+        "--cpus-per-client",
+        type=float,
+        default=defaults.cpus_per_client,
+        metavar="C",
+        help="Ray CPUs reserved per virtual client; Ray runs as many clients at once as fit "
+        "(default: %(default)s)",
+    )
+    flower.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=defaults.gpus_per_client,
+        metavar="G",
+        help="Ray GPUs per virtual client, fractions allowed (0.25: four clients share a GPU) "
+        "(default: %(default)s)",
+    )
+    flower.add_argument(
+        "--ray-address",
+        default=defaults.ray_address,
+        metavar="HOST:PORT",
+        help="join a running Ray cluster (started with `ray start --head`) instead of starting "
+        "a local one; RAY_ADDRESS works too (default: local Ray)",
     )
     p.add_argument(
         "--dp-adaptive",
@@ -178,7 +204,14 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
         out=args.out or default_out,
         dp_adaptive=args.dp_adaptive,
         canary_iterates=args.canary_iterates,
+        cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
+        ray_address=args.ray_address,
     )
+    if base.engine == "flower":
+        from fedft.simulation.flower import ensure_flower
+
+        ensure_flower()  # before any model is loaded: a one-line install hint
     strategy, _ = build_strategy(base)
     spec = dataclasses.replace(
         base, strategy_options=parse_overrides(strategy.config_cls, args.opt)

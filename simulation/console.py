@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -9,15 +11,17 @@ from rich.table import Table
 from fedft.simulation.report import Report, plot_report
 from fedft.simulation.spec import SimulationSpec
 
+if TYPE_CHECKING:
+    from fedft.simulation.engine import InProcessEngine
+    from fedft.simulation.flower.engine import FlowerEngine
+    from fedft.simulation.grpc_engine import GrpcEngine
+
 
 def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
     """Build and run the engine with a progress display; write report.png at the end."""
-    from fedft.simulation.engine import InProcessEngine
-    from fedft.simulation.grpc_engine import GrpcEngine
-
     console = Console(stderr=True, quiet=quiet)
     with console.status(f"loading {spec.model} and {spec.dataset} ..."):
-        engine = GrpcEngine(spec) if spec.engine == "grpc" else InProcessEngine(spec)
+        engine = make_engine(spec)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -51,6 +55,18 @@ def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
         console.print(audit_table(audit))
         console.print(f"wrote {spec.out / 'audit.json'} and {spec.out / 'audit.png'}")
     return report
+
+
+def make_engine(spec: SimulationSpec) -> InProcessEngine | GrpcEngine | FlowerEngine:
+    """Build the engine ``spec.engine`` names (the Flower one only when its extra is installed)."""
+    from fedft.simulation.engine import InProcessEngine
+    from fedft.simulation.grpc_engine import GrpcEngine
+
+    if spec.engine == "flower":
+        from fedft.simulation.flower.engine import FlowerEngine
+
+        return FlowerEngine(spec)
+    return GrpcEngine(spec) if spec.engine == "grpc" else InProcessEngine(spec)
 
 
 def summary_table(report: Report) -> Table:

@@ -11,7 +11,7 @@ from fedft.privacy.config import DPConfig
 from fedft.privacy.local import LocalDPConfig
 from fedft.simulation.partition import parse_partition
 
-ENGINES = ("inprocess", "grpc")
+ENGINES = ("inprocess", "grpc", "flower")
 # Same values as fedft.client.quantization.QUANT_CHOICES (a test keeps them equal); not imported
 # so that building the CLI parser does not import torch.
 QUANTS = ("none", "nf4", "int8")
@@ -49,6 +49,10 @@ class SimulationSpec:
     local_dp_noise: float = 0.0
     quant: str = "none"
     device_mix: str = ""
+    # --engine flower only: Ray resources per virtual client and an optional cluster address.
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         problems = [
@@ -62,12 +66,28 @@ class SimulationSpec:
             (self.rouge_examples >= 0, "--rouge-examples must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
             (self.quant in QUANTS, f"--quant must be one of {', '.join(QUANTS)}"),
+            (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
+            (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
         for ok, message in problems:
             if not ok:
                 raise UsageError(message)
         self.dp_config()  # validates the DP flags
         self.local_dp_config()
+        if self.engine == "flower":
+            # The Flower adapter hosts the plain plugin halves; these features live in our hosts.
+            unsupported = [
+                (self.dp_noise is not None, "--dp-noise"),
+                (self.local_dp_clip is not None, "--local-dp-clip"),
+                (self.quant != "none", "--quant"),
+                (bool(self.device_mix), "--device-mix"),
+            ]
+            for given, flag in unsupported:
+                if given:
+                    raise UsageError(
+                        f"{flag} is not supported with --engine flower yet; "
+                        "use --engine inprocess or grpc"
+                    )
         parse_partition(self.partition)
         if self.device_mix:
             from fedft.simulation.devices import parse_device_mix

@@ -4,7 +4,9 @@ The rules keep the strategy API host-neutral and the wire format swappable:
 (a) core imports only core, and only core/serde.py may import the generated protocol code;
 (b) strategies import only core, kernels and strategies;
 (c) client and server never import each other;
-(d) outside core/serde.py, only server, client and simulation (the hosts) import fedft.proto.
+(d) outside core/serde.py, only server, client and simulation (the hosts) import fedft.proto;
+(e) only the Flower adapter (fedft.simulation.flower) imports flwr or ray, so fedft works
+    without the optional Flower extra.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ FOLDERS = {
 }
 SERDE = "fedft.core.serde"
 PROTO_USERS = ("fedft.server", "fedft.client", "fedft.simulation")
+FLOWER_ADAPTER = "fedft.simulation.flower"
 
 
 def within(name: str, package: str) -> bool:
@@ -109,6 +112,9 @@ RULES: list[tuple[Callable[[str, str], bool], str]] = [
 
 def rule_violation(module: str, imported: str) -> str | None:
     """Return why ``module`` may not import ``imported``, or None if it may."""
+    if _in_any(imported, "flwr", "ray") and not within(module, FLOWER_ADAPTER):
+        top = imported.partition(".")[0]
+        return f"only {FLOWER_ADAPTER} may import {top} (the optional extra)"
     if not within(imported, "fedft"):
         return None
     return next((why for broken, why in RULES if broken(module, imported)), None)
@@ -162,6 +168,10 @@ BAD_SOURCES = [
     ("fedft.cli.main", "from fedft.proto.v1.payload_pb2 import Payload\n", 1, "fedft.proto may"),
     ("fedft.kernels.ops", "import importlib\nimportlib.import_module('fedft.proto')\n", 2, ""),
     ("fedft.privacy.dp", "def f():\n    from fedft.proto import v1\n", 2, "fedft.proto may"),
+    ("fedft.simulation.engine", "from flwr.app import Message\n", 1, "only fedft.simulation.f"),
+    ("fedft.simulation.console", "def f():\n    import ray\n", 2, "may import ray"),
+    ("fedft.server.app", "import flwr\n", 1, "(the optional extra)"),
+    ("fedft.simulation.flowerpot", "import flwr\n", 1, "only fedft.simulation.flower "),
 ]
 
 
@@ -182,6 +192,9 @@ def test_checker_allows_legal_imports() -> None:
         ("fedft.client.grpc", "from fedft.proto.v1 import payload_pb2\n"),
         ("fedft.simulation.run", "import fedft.server\nimport fedft.client\n"),
         ("fedft.cli.main", "from fedft.server import app\nfrom fedft.client import agent\n"),
+        ("fedft.simulation.flower.codec", "from flwr.app import Array\nimport ray\n"),
+        ("fedft.simulation.flower", "import flwr.simulation\n"),
+        ("fedft.simulation.engine", "import flwrx\nimport rayon\n"),
     ]
     for module, source in good:
         assert check_source(source, module, "fake.py") == [], module

@@ -1,0 +1,1 @@
+"""fedft's strategy plugins packaged as a Flower app (ServerApp + ClientApp)."""
