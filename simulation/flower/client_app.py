@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,10 @@ def make_client_app(spec: SimulationSpec | None = None) -> ClientApp:
         _, trainer = _client(runtime, context)
         task = records_to_payload(msg.content)
         local_state = records_to_payload(context.state, LOCAL_STATE_PREFIX)
+        cpu = time.process_time()
         update = runtime.client_half.run(task, local_state, trainer)
+        # As the other engines do, so that all three count the same bytes per update.
+        update.metrics["client_seconds"] = float(time.process_time() - cpu)
         store_payload(context.state, local_state, LOCAL_STATE_PREFIX)
         return Message(payload_to_records(update), reply_to=msg)
 

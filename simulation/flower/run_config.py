@@ -22,8 +22,11 @@ OPTION_PREFIX = "opt."
 ROUNDS_KEY = "num-server-rounds"
 # Spec fields that have no meaning inside a Flower app: Flower is the engine, and Ray's
 # resources come from the federation's own configuration.
+# DP, quantization and device mixes are features of fedft's own hosts, refused with Flower.
 _NOT_IN_APP = frozenset(
     {"strategy_options", "rounds", "engine", "cpus_per_client", "gpus_per_client", "ray_address"}
+    | {"dp_noise", "dp_clip", "dp_adaptive", "dp_sampling_rate", "dp_count_stddev", "canaries"}
+    | {"canary_iterates", "local_dp_clip", "local_dp_noise", "quant", "device_mix"}
 )
 
 
