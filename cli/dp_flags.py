@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedft.core.errors import UsageError
-from fedft.privacy.config import DPConfig
+from fedft.privacy.config import DPConfig, dp_config_from_flags
 
 
 def add_dp_flags(p: argparse.ArgumentParser) -> None:
@@ -60,14 +59,8 @@ def add_dp_flags(p: argparse.ArgumentParser) -> None:
 
 def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
     """Return the DP settings the flags ask for, or None without --dp-noise."""
-    if args.dp_noise is None:
-        if args.dp_clip is not None or args.dp_adaptive or args.canaries or args.canary_iterates:
-            raise UsageError("--dp-clip, --dp-adaptive and the canary flags need --dp-noise")
-        return None
-    if args.dp_clip is None:
-        raise UsageError("--dp-noise needs --dp-clip")
-    return DPConfig(
-        noise_multiplier=args.dp_noise,
+    return dp_config_from_flags(
+        noise=args.dp_noise,
         clip=args.dp_clip,
         adaptive=args.dp_adaptive,
         sampling_rate=args.dp_sampling_rate,

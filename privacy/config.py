@@ -74,3 +74,40 @@ class DPConfig:
             return cls(**values)
         except TypeError as exc:
             raise UsageError(f"DP settings: {exc}") from None
+
+
+def dp_config_from_flags(
+    *,
+    noise: float | None,
+    clip: float | None,
+    adaptive: bool,
+    sampling_rate: float,
+    count_stddev: float | None,
+    canaries: int,
+    all_iterates: bool,
+) -> DPConfig | None:
+    """Return the DP settings the ``--dp-*`` flags ask for, or None without ``--dp-noise``."""
+    if noise is None:
+        extras = [
+            (clip is not None, "--dp-clip"),
+            (adaptive, "--dp-adaptive"),
+            (sampling_rate != 1.0, "--dp-sampling-rate"),
+            (count_stddev is not None, "--dp-count-stddev"),
+            (canaries != 0, "--canaries"),
+            (all_iterates, "--canary-iterates"),
+        ]
+        for given, flag in extras:
+            if given:
+                raise UsageError(f"{flag} needs --dp-noise (use --dp-noise 0 for no noise)")
+        return None
+    if clip is None:
+        raise UsageError("--dp-noise needs --dp-clip (the initial clip norm if adaptive)")
+    return DPConfig(
+        noise_multiplier=noise,
+        clip=clip,
+        adaptive=adaptive,
+        sampling_rate=sampling_rate,
+        count_stddev=count_stddev,
+        canaries=canaries,
+        all_iterates=all_iterates,
+    )

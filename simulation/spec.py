@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedft.core.errors import UsageError
-from fedft.privacy.config import DPConfig
+from fedft.privacy.config import DPConfig, dp_config_from_flags
 from fedft.privacy.local import LocalDPConfig
 from fedft.simulation.partition import parse_partition
 
@@ -102,23 +102,8 @@ class SimulationSpec:
 
     def dp_config(self) -> DPConfig | None:
         """The DP wrapper's settings, or None when the run is not private."""
-        if self.dp_noise is None:
-            extras = [
-                (self.dp_clip is not None, "--dp-clip"),
-                (self.dp_adaptive, "--dp-adaptive"),
-                (self.dp_sampling_rate != 1.0, "--dp-sampling-rate"),
-                (self.dp_count_stddev is not None, "--dp-count-stddev"),
-                (self.canaries != 0, "--canaries"),
-                (self.canary_iterates, "--canary-iterates"),
-            ]
-            for given, flag in extras:
-                if given:
-                    raise UsageError(f"{flag} needs --dp-noise (use --dp-noise 0 for no noise)")
-            return None
-        if self.dp_clip is None:
-            raise UsageError("--dp-noise needs --dp-clip (the initial clip norm if adaptive)")
-        return DPConfig(
-            noise_multiplier=self.dp_noise,
+        return dp_config_from_flags(
+            noise=self.dp_noise,
             clip=self.dp_clip,
             adaptive=self.dp_adaptive,
             sampling_rate=self.dp_sampling_rate,
