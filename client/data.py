@@ -104,9 +104,11 @@ def load_chatterbot(language: str = "english") -> list[Example]:
     """Load chatterbot dialogs as (turn, next turn) pairs; a file's first category labels them."""
     import yaml
 
+    # libyaml's safe loader parses the corpus ten times faster than the pure-Python one.
+    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     examples: list[Example] = []
     for file in sorted(chatterbot_dir(language).glob("*.yml")):
-        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=safe_loader) or {}
         categories = doc.get("categories") or [file.stem]
         category = str(categories[0]).lower()
         for conversation in doc.get("conversations") or []:

@@ -55,6 +55,9 @@ class ModelBundle:
     quant: QuantSummary | None = None  # set when the frozen base was quantized (--quant)
     # PEFT adapter name of every LoRA layout added to the model (keyed by repr of its spec).
     lora_adapters: dict[str, str] = field(default_factory=dict)
+    # Each adapter's tensors under PEFT's state-dict names, looked up once: walking the model's
+    # state dict on every load and read cost half of a small client task.
+    lora_tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedft.core.errors import UsageError
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.privacy.audit import AuditInput
 from fedft.privacy.canaries import CanaryRecord
 from fedft.privacy.ledger import LEDGER_FILE, append_jsonl, read_jsonl
 from fedft.privacy.report import AUDIT_JSON, AUDIT_PNG
 from fedft.privacy.wrapper import DPServer
+
+if TYPE_CHECKING:  # the audit pulls in dp-accounting and scipy: a second runs without DP skip
+    from fedft.privacy.audit import AuditInput
 
 CANARIES_FILE = "canaries.bin"
 
@@ -41,6 +44,8 @@ class RunRecorder:
 
 def load_run(folder: Path) -> AuditInput:
     """Read what :class:`RunRecorder` wrote."""
+    from fedft.privacy.audit import AuditInput
+
     if not folder.is_dir():
         raise UsageError(f"--run {folder} is not a folder")
     ledger = read_jsonl(folder / LEDGER_FILE)

@@ -59,14 +59,18 @@ def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
 
 def make_engine(spec: SimulationSpec) -> InProcessEngine | GrpcEngine | FlowerEngine:
     """Build the engine ``spec.engine`` names (the Flower one only when its extra is installed)."""
-    from fedft.simulation.engine import InProcessEngine
-    from fedft.simulation.grpc_engine import GrpcEngine
-
+    # Import only the engine asked for: the gRPC one pulls in the coordinator's whole stack.
     if spec.engine == "flower":
         from fedft.simulation.flower.engine import FlowerEngine
 
         return FlowerEngine(spec)
-    return GrpcEngine(spec) if spec.engine == "grpc" else InProcessEngine(spec)
+    if spec.engine == "grpc":
+        from fedft.simulation.grpc_engine import GrpcEngine
+
+        return GrpcEngine(spec)
+    from fedft.simulation.engine import InProcessEngine
+
+    return InProcessEngine(spec)
 
 
 def summary_table(report: Report) -> Table:

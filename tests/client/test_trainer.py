@@ -328,3 +328,50 @@ def test_batches_and_loss_are_deterministic_and_leave_no_gradients(
     assert all(p.grad is None for p in trainer.model.parameters())
     with pytest.raises(ValueError, match="batch_size"):
         next(trainer.batches(batch_size=0, seed=1))
+
+
+def test_load_lora_state_matches_peft_loader_in_bf16(
+    tiny_cache: Path, examples: list[Example]
+) -> None:
+    """Our direct copy into the live adapter leaves what PEFT's own loader leaves."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from fedft.client.models import TINY_VERSION
+
+    def bf16_trainer() -> LocalTrainer:
+        bundle = load_model(str(tiny_cache / "models" / TINY_VERSION), dtype=torch.bfloat16)
+        trainer = LocalTrainer(bundle, examples)
+        trainer.add_lora(SPEC)
+        return trainer
+
+    ours, theirs = bf16_trainer(), bf16_trainer()
+    gen = torch.Generator().manual_seed(9)
+    new = {n: torch.randn(t.shape, generator=gen) / 3 for n, t in ours.lora_state().items()}
+    ours.load_lora_state(new)
+    dtypes = {n: t.dtype for n, t in get_peft_model_state_dict(theirs.model).items()}
+    set_peft_model_state_dict(theirs.model, {n: t.to(dtypes[n]) for n, t in new.items()})
+    a = get_peft_model_state_dict(ours.model)
+    b = get_peft_model_state_dict(theirs.model)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(a[n].dtype == dtypes[n] for n in a)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_multi_tensor_optimizer_path_gives_identical_weights(
+    make_trainer: Callable[[], LocalTrainer], monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    """Small trainable sets take the faster multi-tensor path; it must not change the result."""
+    import fedft.client.trainer as trainer_module
+
+    def trained() -> dict[str, torch.Tensor]:
+        trainer = make_trainer()
+        trainer.train(steps=3, batch_size=4, lr=1e-2, seed=1, optimizer=optimizer)
+        return trainer.lora_state()
+
+    fast = trained()
+    monkeypatch.setattr(trainer_module, "_FOREACH_MAX_ELEMENTS", 0)  # torch's default path
+    assert trainer_module._foreach([torch.zeros(1)]) is None
+    slow = trained()
+    assert adapters_equal(fast, slow)
+    assert not adapters_equal(fast, make_trainer().lora_state())  # training did move them

@@ -107,3 +107,32 @@ def test_stale_layouts_are_dropped_beyond_the_cap(trainer: LocalTrainer) -> None
     assert set(peft_config) == names
     trainer.use_lora(specs[0])  # a dropped layout comes back fresh
     assert trainer.lora_state()
+
+
+def _peft_view(trainer: LocalTrainer) -> dict[str, torch.Tensor]:
+    """The active adapter as PEFT's own (uncached) state-dict walk sees it."""
+    from peft import get_peft_model_state_dict
+
+    adapter = trainer.bundle.lora_adapters[repr(trainer.bundle.lora_spec)]
+    state = get_peft_model_state_dict(trainer.model, adapter_name=adapter)
+    return {n: t.detach().float().clone() for n, t in state.items()}
+
+
+def test_loads_reach_the_live_adapter_through_layout_churn(trainer: LocalTrainer) -> None:
+    """The cached adapter tensors follow adapters PEFT re-creates under a reused name."""
+    from fedft.client.trainer import MAX_LAYOUTS
+
+    specs = [
+        LoraSpec(rank=1 + r % 3, alpha=r, target_modules=("q_proj",), layers=(r % 4,))
+        for r in range(1, 2 * MAX_LAYOUTS + 2)
+    ]
+    gen = torch.Generator().manual_seed(3)
+    for spec in [*specs, FULL, specs[0], TOP2]:
+        trainer.use_lora(spec)
+        shapes = {n: t.shape for n, t in _peft_view(trainer).items()}
+        new = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+        trainer.load_lora_state(new)
+        live = _peft_view(trainer)
+        assert live.keys() == new.keys()
+        assert all(torch.equal(live[n], new[n]) for n in new)
+        assert all(torch.equal(t, live[n]) for n, t in trainer.lora_state().items())
