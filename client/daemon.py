@@ -33,6 +33,7 @@ from fedft.core.identity import generate_key
 from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
+from fedft.privacy.ledger import LEDGER_FILE, append_jsonl
 from fedft.privacy.local import LocalDPClient, LocalDPConfig
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,13 @@ class ClientDaemon:
 
     def _work(self, strategy: ClientStrategy[Any], trainer: LocalTrainer) -> int:
         local_state = self.store.load_local_state()
+        local_dp = strategy if isinstance(strategy, LocalDPClient) else None
+        if local_dp is not None:
+            folder = self.options.state_dir
+            self.report(
+                f"local DP: each update is recorded in {folder / LEDGER_FILE} "
+                f"(fedft audit --run {folder})"
+            )
         while not self._stop.is_set():
             message = self._retrying(
                 "fetch task", lambda: self.connection.fetch_task(self.options.poll_s)
@@ -272,6 +280,9 @@ class ClientDaemon:
             started = time.perf_counter()
             cpu = time.process_time()
             update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
+            release = local_dp.last_release(message.round) if local_dp else None
+            if release is not None:  # recorded before sending: a lost upload over-counts only
+                append_jsonl(self.options.state_dir / LEDGER_FILE, release)
             update.metrics["client_seconds"] = self._task_seconds(
                 time.perf_counter() - started, time.process_time() - cpu, len(message.data)
             )

@@ -71,12 +71,19 @@ class StrategyConfig:
 
     @classmethod
     def fields_help(cls) -> dict[str, tuple[str, Any]]:
-        """Return ``{field: (help, default)}`` for documentation and ``--help`` output."""
-        return {
-            f.name: (str(f.metadata.get("help", "")), f.default)
-            for f in dataclasses.fields(cls)
-            if f.init
-        }
+        """Return ``{field: (help, default)}`` for documentation and ``--help`` output.
+
+        A strategy's own options come first, then those of the shared option groups it inherits
+        (dataclasses list inherited fields first, which would bury what is specific).
+        """
+        declared: dict[str, int] = {}
+        for depth, klass in enumerate(cls.__mro__):
+            for name in vars(klass).get("__annotations__", {}):
+                declared.setdefault(name, depth)
+        ordered = sorted(
+            (f for f in dataclasses.fields(cls) if f.init), key=lambda f: declared.get(f.name, 0)
+        )
+        return {f.name: (str(f.metadata.get("help", "")), f.default) for f in ordered}
 
     @classmethod
     def from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:

@@ -8,12 +8,18 @@ and block indices) are public bookkeeping and pass unchanged. The whole update i
 L2 norm C and gets N(0, (z C)^2) per value: each reply is then a Gaussian mechanism with noise
 multiplier z on this client's data, whatever the server does. Metrics (example count, loss)
 are not privatised.
+
+Each reply that carried an update is one release, recorded in the client's own ledger (the
+daemon's state folder; a simulation's ``clients/<id>/``), which ``fedft audit --run`` reads.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +28,11 @@ from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
+from fedft.privacy.ledger import GAUSSIAN, LEDGER_FILE, REPLACE_ONE, LedgerEntry, read_jsonl
 from fedft.privacy.mechanisms import SecureGaussian
+
+# Where a simulation keeps each client's own records, one folder per client id.
+CLIENTS_DIR = "clients"
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,43 @@ def privatize(
     return Payload(tensors=tensors, config=dict(reply.config), metrics=dict(reply.metrics))
 
 
+def release_entry(config: LocalDPConfig, round_number: int) -> LedgerEntry:
+    """The ledger entry of one privatized reply: a Gaussian mechanism on this client's data.
+
+    No sampling amplification (the client cannot check whom the server sampled) and replace-one
+    adjacency: any two clipped updates of this client lie within 2C of each other.
+    """
+    return LedgerEntry(
+        round=round_number,
+        mechanism=GAUSSIAN,
+        noise_multiplier=config.noise_multiplier,
+        clip_norm=config.clip,
+        sampling_rate=1.0,
+        participants=1,
+        adjacency=REPLACE_ONE,
+        recorded_at=time.time(),
+    )
+
+
+def worst_client(folders: Iterable[Path], delta: float = 1e-5) -> dict[str, float | int | None]:
+    """Epsilon of the client that released most often, over the client ledgers in ``folders``.
+
+    Every release of a run costs the same, so the client with the most releases is the worst
+    off. Returns ``{}`` when no folder holds a ledger.
+    """
+    from fedft.privacy.accounting import epsilon  # dp-accounting loads only when needed
+
+    ledgers = [read_jsonl(f / LEDGER_FILE) for f in folders if (f / LEDGER_FILE).is_file()]
+    if not ledgers:
+        return {}
+    worst = max(ledgers, key=len)
+    return {
+        "local_dp_epsilon": epsilon(worst, delta),
+        "local_dp_delta": delta,
+        "local_dp_releases": len(worst),
+    }
+
+
 class LocalDPClient(ClientStrategy[Any]):
     """Any client half, with every reply clipped and noised by :func:`privatize`."""
 
@@ -90,6 +137,7 @@ class LocalDPClient(ClientStrategy[Any]):
         self.inner = inner
         self.local = config
         self.noise = noise or SecureGaussian()
+        self.released = False  # whether the last reply carried an update (and so spent privacy)
 
     def prepare(self, trainer: Trainer) -> None:
         """As the wrapped client half."""
@@ -102,7 +150,12 @@ class LocalDPClient(ClientStrategy[Any]):
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Run the wrapped client half, then privatize its reply."""
         reply = self.inner.run(task, local_state, trainer)
+        self.released = bool(_update_names(task, reply))
         return privatize(task, reply, self.local, self.noise)
+
+    def last_release(self, round_number: int) -> LedgerEntry | None:
+        """The ledger entry of the last reply, or None if it carried nothing from local data."""
+        return release_entry(self.local, round_number) if self.released else None
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """As the wrapped client half."""

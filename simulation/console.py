@@ -48,6 +48,14 @@ def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
     plot_report(report, spec.out / "report.png")
     console.print(summary_table(report))
     console.print(f"wrote {spec.out / 'report.json'} and {spec.out / 'report.png'}")
+    if "local_dp_releases" in report.final:
+        final = report.final
+        console.print(
+            f"client-side DP: the client with the most releases ({final['local_dp_releases']}) "
+            f"spent epsilon = {final['local_dp_epsilon']:.3f} at delta = "
+            f"{final['local_dp_delta']:g}; each client's ledger.jsonl is in its folder under "
+            f"{spec.out} (fedft audit --run FOLDER)"
+        )
     audit = getattr(engine, "audit_result", None)
     if audit is not None:
         from fedft.privacy.report import summary_table as audit_table

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedft.client.data import Example
@@ -20,7 +21,8 @@ from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
-from fedft.privacy.local import LocalDPClient
+from fedft.privacy.ledger import LEDGER_FILE, append_jsonl
+from fedft.privacy.local import CLIENTS_DIR, LocalDPClient, worst_client
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.privacy.wrapper import DPServer
 from fedft.simulation.data_split import split_data
@@ -91,8 +93,9 @@ class InProcessEngine:
         self.memory = quantize_for(spec, self.bundle)
         self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
         local_dp = spec.local_dp_config()
-        if local_dp is not None:
-            self.client_half = LocalDPClient(self.client_half, local_dp)
+        self.local_dp = LocalDPClient(self.client_half, local_dp) if local_dp else None
+        if self.local_dp is not None:
+            self.client_half = self.local_dp
         self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
             self.config, seed=spec.seed
         )
@@ -128,7 +131,11 @@ class InProcessEngine:
         return held_out_loss(self.bundle, self.eval_set, max_length=self.spec.max_length).loss
 
     def _run_tasks(
-        self, tasks: list[Task], wire: _Wire, records: dict[str, dict[str, Any]]
+        self,
+        server_round: int,
+        tasks: list[Task],
+        wire: _Wire,
+        records: dict[str, dict[str, Any]],
     ) -> Iterator[Result]:
         """Run each task on its client lazily, so aggregation can stream the results.
 
@@ -145,6 +152,9 @@ class InProcessEngine:
             reply = self.client_half.run(received, client.local_state, client.trainer)
             cpu = time.process_time() - started
             self._client_cpu += cpu
+            release = self.local_dp.last_release(server_round) if self.local_dp else None
+            if release is not None:  # the client's own ledger, as the daemon keeps it
+                append_jsonl(self.spec.out / CLIENTS_DIR / task.client_id / LEDGER_FILE, release)
             profile = self.profiles.get(task.client_id)
             # As the edge daemon does: the upload is taken as large as the download.
             seconds = virtual_seconds(cpu, 2 * (down - before), profile) if profile else cpu
@@ -177,6 +187,8 @@ class InProcessEngine:
         )
         if self.recorder is not None:
             self.recorder.start()
+        for stale in (spec.out / CLIENTS_DIR).glob(f"*/{LEDGER_FILE}"):
+            stale.unlink()  # an earlier run's releases are not this run's
         self.server_half.initialize(self.client_half.initial_state(self.evaluator))
         report.initial = {"eval_loss": self._evaluate()}
         report.write(spec.out)
@@ -196,7 +208,7 @@ class InProcessEngine:
             self._client_cpu = 0.0
             tasks = self.server_half.configure(server_round, infos)
             metrics = self.server_half.aggregate(
-                server_round, self._run_tasks(tasks, wire, records), []
+                server_round, self._run_tasks(server_round, tasks, wire, records), []
             )
             server = max(time.process_time() - start_cpu - self._client_cpu, 0.0)
             if self.recorder is not None and self.dp_server is not None:
@@ -222,7 +234,14 @@ class InProcessEngine:
             report.write(spec.out)
             logger.info("round %d: eval_loss %.4f", server_round, eval_loss)
         self.progress("round", spec.rounds, spec.rounds)
-        final = finish_report(report, spec, self.evaluator, self.rouge_set, self.progress)
+        final = finish_report(
+            report,
+            spec,
+            self.evaluator,
+            self.rouge_set,
+            self.progress,
+            clients_dir=spec.out / CLIENTS_DIR,
+        )
         if self.recorder is not None:
             self.audit_result = audit_run_folder(spec.out)
         return final
@@ -255,10 +274,14 @@ def finish_report(
     evaluator: LocalTrainer,
     rouge_set: list[Example],
     progress: ProgressFn = _no_progress,
+    *,
+    clients_dir: Path | None = None,
 ) -> Report:
     """Score the final global model (held in ``evaluator``), save its adapter, write the report.
 
-    Every engine ends this way, so their ``report.json`` files agree in shape.
+    Every engine ends this way, so their ``report.json`` files agree in shape. Under client-side
+    DP, ``clients_dir`` holds one folder per client with its ledger; the worst-off client's
+    epsilon goes into the report.
     """
     rouge: float | None = None
     if rouge_set:
@@ -272,6 +295,8 @@ def finish_report(
         "rouge_l": rouge,
         "bytes_total": report.bytes_total,
     }
+    if spec.local_dp_config() is not None and clients_dir is not None and clients_dir.is_dir():
+        report.final.update(worst_client(sorted(p for p in clients_dir.iterdir() if p.is_dir())))
     if evaluator.bundle.lora_spec is not None:
         evaluator.save_adapter(spec.out / "adapter")
     report.write(spec.out)

@@ -227,7 +227,14 @@ class GrpcEngine:
         finally:
             self._shutdown()
             state.close()
-        return finish_report(report, spec, self.evaluator, self.data.rouge_set, self.progress)
+        return finish_report(
+            report,
+            spec,
+            self.evaluator,
+            self.data.rouge_set,
+            self.progress,
+            clients_dir=self.workdir / "clients",  # each daemon's state folder holds its ledger
+        )
 
     def _audit(self, state: State) -> dict[str, Any]:
         """Audit from the coordinator's database, as `fedft audit --db` does; files go to out."""

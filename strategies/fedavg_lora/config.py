@@ -4,43 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedft.core.config import ConfigError, StrategyConfig, option
+from fedft.core.config import option
 from fedft.core.trainer import LoraSpec
+from fedft.strategies.options import ALL_LINEAR, LoRATrainingOptions
 
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+__all__ = ["ALL_LINEAR", "FedAvgLoRAConfig"]
 
 
 @dataclass(frozen=True)
-class FedAvgLoRAConfig(StrategyConfig):
+class FedAvgLoRAConfig(LoRATrainingOptions):
     """LoRA shape, local training and sampling for FedAvg over adapters."""
 
     rank: int = option(8, "LoRA rank r of every adapted module")
-    alpha: int = option(16, "LoRA alpha; adapters are scaled by alpha / rank")
-    dropout: float = option(0.0, "dropout on the LoRA input during local training")
-    target_modules: tuple[str, ...] = option(
-        ALL_LINEAR, "module names that receive adapters (comma-separated on the command line)"
-    )
-    local_steps: int = option(10, "AdamW steps each sampled client runs per round")
-    batch_size: int = option(8, "examples per local step")
-    lr: float = option(1e-3, "learning rate of local AdamW")
-    fraction: float = option(1.0, "fraction of available clients sampled each round, in (0, 1]")
-    min_clients: int = option(1, "a round starts only with at least this many clients")
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.rank >= 1, "rank must be >= 1"),
-            (self.alpha > 0, "alpha must be > 0"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (len(self.target_modules) > 0, "target_modules must not be empty"),
-            (self.local_steps >= 1, "local_steps must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0.0 < self.fraction <= 1.0, "fraction must be in (0, 1]"),
-            (self.min_clients >= 1, "min_clients must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"fedavg_lora: {message}")
+    def checks(self) -> list[tuple[bool, str]]:
+        """The shared LoRA training checks plus the rank's."""
+        return [(self.rank >= 1, "rank must be >= 1"), *super().checks()]
 
     def lora_spec(self) -> LoraSpec:
         """Return the adapter layout every client injects."""

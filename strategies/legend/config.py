@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedft.core.config import ConfigError, option
+from fedft.core.config import option
 from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
 
 
@@ -20,16 +20,14 @@ class LegendConfig(HeteroLoRAConfig):
         64, "rank of the exported/evaluated global adapter (best rank-k of the exact aggregate)"
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        checks = [
+    def checks(self) -> list[tuple[bool, str]]:
+        """The heterogeneous-LoRA checks plus the depth, balance and global rank."""
+        return [
+            *super().checks(),
             (self.min_depth >= 1, "min_depth must be >= 1"),
             (self.balance >= 0, "balance must be >= 0"),
             (self.global_rank >= self.max_rank, "global_rank must be >= max_rank"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"legend: {message}")
 
     def global_adapter_rank(self) -> int:
         """Rank of the global adapter: ``global_rank``."""

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedft.core.config import ConfigError, StrategyConfig, option
+from fedft.core.config import ConfigError, option
 from fedft.core.rng import KINDS
 from fedft.core.trainer import LoraSpec
+from fedft.strategies.options import ALL_LINEAR, SamplingOptions
 from fedft.strategies.seedpool.trainable import TRAINABLE_HELP, check_trainable
-
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
-class SeedPoolConfig(StrategyConfig):
+class SeedPoolConfig(SamplingOptions):
     """The shared part of the seed-based strategies' configs; subclasses add their own."""
 
     seeds: int = option(4096, "K, the number of candidate seeds shared by all clients")
@@ -21,8 +20,6 @@ class SeedPoolConfig(StrategyConfig):
     kind: str = option("irwin_hall", "perturbation distribution: irwin_hall or rademacher")
     trainable: str = option("all", TRAINABLE_HELP)
     lora_rank: int = option(8, "LoRA rank when trainable='lora'")
-    fraction: float = option(1.0, "fraction of available clients sampled each round, in (0, 1]")
-    min_clients: int = option(1, "a round starts only with at least this many clients")
 
     def checks(self) -> list[tuple[bool, str]]:
         """Return (condition, message) pairs; subclasses extend the list."""
@@ -31,18 +28,14 @@ class SeedPoolConfig(StrategyConfig):
             (0 <= self.pool_seed < 1 << 64, "pool_seed must be in [0, 2^64)"),
             (self.kind in KINDS, f"kind must be one of {', '.join(KINDS)}"),
             (self.lora_rank >= 1, "lora_rank must be >= 1"),
-            (0.0 < self.fraction <= 1.0, "fraction must be in (0, 1]"),
-            (self.min_clients >= 1, "min_clients must be >= 1"),
+            *super().checks(),
         ]
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        for ok, message in self.checks():
-            if not ok:
-                raise ConfigError(f"{name}: {message}")
+        super().__post_init__()
         problem = check_trainable(self.trainable)
         if problem is not None:
-            raise ConfigError(f"{name}: {problem}")
+            raise ConfigError(f"{type(self).__name__}: {problem}")
 
     def lora_spec(self) -> LoraSpec | None:
         """Return the adapters to add when tuning LoRA parameters only, else None."""

@@ -275,3 +275,15 @@ def test_registered_config_overrides_parse_back(name: str) -> None:
             text = str(value)
         pairs.append(f"{key}={text}")
     assert config_cls.from_dict(parse_overrides(config_cls, pairs)) == default
+
+
+def test_fields_help_lists_a_subclass_own_options_first() -> None:
+    from fedft.strategies.fedavg_lora import FedAvgLoRAConfig
+    from fedft.strategies.legend.config import LegendConfig
+
+    assert list(FedAvgLoRAConfig.fields_help())[:2] == ["rank", "alpha"]
+    assert list(FedAvgLoRAConfig.fields_help())[-2:] == ["fraction", "min_clients"]
+    names = list(LegendConfig.fields_help())
+    assert names[:3] == ["min_depth", "balance", "global_rank"]
+    assert names.index("max_rank") < names.index("alpha") < names.index("fraction")
+    assert set(names) == set(LegendConfig().to_dict())

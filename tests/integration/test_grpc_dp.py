@@ -34,7 +34,7 @@ def test_grpc_run_with_server_and_client_dp(tmp_path: Path) -> None:
         local_dp_clip=0.1,
         local_dp_noise=0.5,
     )
-    GrpcEngine(spec).run()
+    report = GrpcEngine(spec).run()
     state = open_state(f"sqlite:///{out / 'grpc' / 'coordinator.db'}")
     try:
         stored = state.ledger()
@@ -49,3 +49,15 @@ def test_grpc_run_with_server_and_client_dp(tmp_path: Path) -> None:
     assert audit["epsilon_pld"] == pytest.approx(dpa.get_epsilon_gaussian(2**-0.5, 1e-5), rel=1e-3)
     assert audit["epsilon_empirical"]["canaries_seen"] == 10
     assert (out / "audit.png").is_file()
+    # Each daemon kept its own client-side ledger in its state folder: one release per round.
+    folders = sorted((out / "grpc" / "clients").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        mine = read_jsonl(folder / "ledger.jsonl")
+        assert [(e.round, e.noise_multiplier, e.clip_norm) for e in mine] == [
+            (1, 0.5, 0.1),
+            (2, 0.5, 0.1),
+        ]
+    assert report.final["local_dp_releases"] == 2
+    local = dpa.get_epsilon_gaussian(0.5 / 2 / 2**0.5, 1e-5)
+    assert report.final["local_dp_epsilon"] == pytest.approx(local, rel=1e-3)

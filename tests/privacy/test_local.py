@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import dp_accounting as dpa
 import pytest
 import torch
 
@@ -12,7 +14,15 @@ from fedft.client.models import ModelBundle
 from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
-from fedft.privacy.local import LocalDPClient, LocalDPConfig, privatize
+from fedft.core.trainer import Trainer
+from fedft.privacy.ledger import LEDGER_FILE, REPLACE_ONE, append_jsonl
+from fedft.privacy.local import (
+    LocalDPClient,
+    LocalDPConfig,
+    privatize,
+    release_entry,
+    worst_client,
+)
 from fedft.privacy.mechanisms import SecureGaussian
 from fedft.strategies.fedavg_lora import FedAvgLoRAClient, FedAvgLoRAConfig
 
@@ -71,3 +81,46 @@ def test_wraps_a_real_client_half(tiny_bundle: Callable[[], ModelBundle]) -> Non
     reply = client.run(task, Payload(), trainer)
     assert set(reply.tensors) == set(initial.tensors)
     assert update_norm(task, reply) == pytest.approx(1e-3, rel=1e-3)
+
+
+class _IndicesOnly(FedAvgLoRAClient):
+    """A reply with nothing derived from local data (like a resync request)."""
+
+    def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
+        return Payload(tensors={"seeds": torch.tensor([1, 2, 3])})
+
+
+def test_only_replies_with_an_update_are_releases(tiny_bundle: Callable[[], ModelBundle]) -> None:
+    config = FedAvgLoRAConfig(rank=2, local_steps=1, batch_size=2)
+    local = LocalDPConfig(clip=0.5, noise_multiplier=1.5)
+    trainer = LocalTrainer(tiny_bundle(), [Example("q?", "a.")], max_length=32)
+    real = LocalDPClient(FedAvgLoRAClient(config), local)
+    real.prepare(trainer)
+    task = Payload(
+        tensors=real.initial_state(trainer).tensors,
+        config={"seed": 1, "local_steps": 1, "batch_size": 2, "lr": 0.01, "round": 4},
+    )
+    assert real.last_release(4) is None  # nothing ran yet
+    real.run(task, Payload(), trainer)
+    entry = real.last_release(4)
+    assert entry is not None
+    assert (entry.round, entry.noise_multiplier, entry.clip_norm) == (4, 1.5, 0.5)
+    assert (entry.sampling_rate, entry.participants, entry.adjacency) == (1.0, 1, REPLACE_ONE)
+    quiet = LocalDPClient(_IndicesOnly(config), local)
+    quiet.run(task, Payload(), trainer)
+    assert quiet.last_release(4) is None
+
+
+def test_worst_client_is_the_one_with_most_releases(tmp_path: Path) -> None:
+    local = LocalDPConfig(clip=1.0, noise_multiplier=3.0)
+    for name, count in (("a", 1), ("b", 3), ("c", 2)):
+        for r in range(count):
+            append_jsonl(tmp_path / name / LEDGER_FILE, release_entry(local, r + 1))
+    (tmp_path / "no-ledger").mkdir()
+    summary = worst_client(sorted(tmp_path.iterdir()), delta=1e-6)
+    assert summary["local_dp_releases"] == 3
+    assert summary["local_dp_delta"] == 1e-6
+    # Replace-one doubles the sensitivity: 3 releases at z are one Gaussian at z / 2 / sqrt(3).
+    exact = dpa.get_epsilon_gaussian(3.0 / 2 / 3**0.5, 1e-6)
+    assert summary["local_dp_epsilon"] == pytest.approx(exact, rel=1e-3)
+    assert worst_client([tmp_path / "no-ledger"]) == {}

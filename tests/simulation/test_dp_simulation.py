@@ -12,6 +12,7 @@ from fedft.cli.main import main
 from fedft.core.errors import UsageError
 from fedft.privacy.ledger import read_jsonl
 from fedft.simulation.console import run_with_progress
+from fedft.simulation.data_split import client_ids
 from fedft.simulation.spec import SimulationSpec
 
 pytestmark = pytest.mark.slow
@@ -70,3 +71,47 @@ def test_dp_run_writes_ledger_and_audit(tmp_path: Path) -> None:
 def test_bad_dp_flags_are_usage_errors(values: dict[str, float], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         SimulationSpec(model="tiny", **values)  # type: ignore[arg-type]
+
+
+def test_client_side_dp_keeps_a_ledger_per_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "local-dp"
+    spec = SimulationSpec(
+        model="tiny",
+        clients=3,
+        rounds=2,
+        seed=0,
+        out=out,
+        rouge_examples=0,
+        eval_examples=4,
+        strategy_options={"local_steps": 1, "batch_size": 2, "fraction": 0.5},
+        local_dp_clip=0.1,
+        local_dp_noise=2.0,
+    )
+    stale = out / "clients" / client_ids(3)[0] / "ledger.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"not": "this run"}\n')  # an earlier run's file must not count
+    report = run_with_progress(spec, quiet=True)
+    folders = sorted((out / "clients").iterdir())
+    ledgers = {
+        f.name: read_jsonl(f / "ledger.jsonl") for f in folders if (f / "ledger.jsonl").exists()
+    }
+    # Each round samples some clients; each sampled client recorded exactly that round.
+    participants = {r.round: set(r.clients) for r in report.rounds}
+    for cid, entries in ledgers.items():
+        assert [e.round for e in entries] == [n for n, ids in participants.items() if cid in ids]
+        assert {
+            (e.noise_multiplier, e.clip_norm, e.sampling_rate, e.adjacency) for e in entries
+        } == {(2.0, 0.1, 1.0, "replace-one")}
+    worst = max(len(entries) for entries in ledgers.values())
+    assert report.final["local_dp_releases"] == worst
+    # k releases at noise z, replace-one (sensitivity 2C): one Gaussian at z / 2 / sqrt(k).
+    exact = dpa.get_epsilon_gaussian(2.0 / 2 / worst**0.5, 1e-5)
+    assert report.final["local_dp_epsilon"] == pytest.approx(exact, rel=1e-3)
+    assert json.loads((out / "report.json").read_text())["final"]["local_dp_releases"] == worst
+    # The worst-off client's folder audits on its own.
+    name = next(n for n, entries in ledgers.items() if len(entries) == worst)
+    assert main(["audit", "--run", str(out / "clients" / name)]) == 0
+    audit = json.loads((out / "clients" / name / "audit.json").read_text())
+    assert audit["epsilon_pld"] == pytest.approx(report.final["local_dp_epsilon"], rel=1e-6)
