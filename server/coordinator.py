@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-import secrets
 import threading
 import time
 import uuid
@@ -13,17 +11,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fedft.core.chunking import DEFAULT_CHUNK_BYTES
-from fedft.core.identity import hash_token
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.privacy.config import DPConfig
 from fedft.privacy.wrapper import DPServer, dp_settings_from_state
 from fedft.server import metrics as prom
-from fedft.server.intake import Intake, Rejected, sha_hex
-from fedft.server.state.base import ClientExists, State, TokenError
+from fedft.server.enrollment import ClientDirectory
+from fedft.server.intake import Intake, Rejected
+from fedft.server.settings import CoordinatorSettings
+from fedft.server.state.base import State
 from fedft.server.state.records import (
     ROUND_DONE,
     ROUND_OPEN,
@@ -35,36 +33,12 @@ from fedft.server.state.records import (
     TrafficRecord,
     UpdateRecord,
 )
+from fedft.server.tasks import task_records
 
-# Rejected lives with the update path now; it stays importable from here, as before.
+# Rejected and CoordinatorSettings live in their own modules; both stay importable from here.
 __all__ = ["Assignment", "Coordinator", "CoordinatorSettings", "Rejected"]
 
 logger = logging.getLogger(__name__)
-
-CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-PUBLIC_KEY_BYTES = 32
-
-
-@dataclass(frozen=True)
-class CoordinatorSettings:
-    """How rounds are run: length, deadlines, who counts as alive, limits."""
-
-    rounds: int
-    round_timeout_s: float = 600.0
-    min_clients: int = 1
-    liveness_s: float = 60.0
-    heartbeat_interval_s: float = 10.0
-    max_update_bytes: int = 1 << 30
-    restart_grace_s: float = 30.0
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError("rounds must be >= 1")
-        if self.round_timeout_s <= 0 or self.liveness_s <= 0 or self.heartbeat_interval_s <= 0:
-            raise ValueError("timeouts must be > 0")
-        if self.min_clients < 1:
-            raise ValueError("min_clients must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -109,8 +83,7 @@ class Coordinator:
         # not by every submit and heartbeat; ``_generation`` counts those events.
         self._rounds_changed = threading.Condition(self._lock)
         self._generation = 0
-        # Enrolled clients' public keys: the state offers no way to change or remove one.
-        self._keys: dict[str, bytes] = {}
+        self.clients = ClientDirectory(state, clock, settings.liveness_s, self._notify)
         self._stop = threading.Event()
         stored = state.get_run()
         if stored is not None:
@@ -195,22 +168,15 @@ class Coordinator:
         last = self.state.get_round(self.settings.rounds)
         return last is not None and last.status == ROUND_DONE
 
+    # --- client calls (identity and liveness live in the directory) --------------------------
     def public_key(self, client_id: str) -> bytes | None:
         """Return the public key that verifies ``client_id``'s requests, if enrolled."""
-        key = self._keys.get(client_id)
-        if key is None:
-            client = self.state.get_client(client_id)
-            if client is None:
-                return None  # not cached: the client may enroll later
-            key = self._keys[client_id] = client.public_key
-        return key
+        return self.clients.public_key(client_id)
 
     def alive_clients(self) -> list[ClientRecord]:
         """Return the clients seen within the liveness window."""
-        horizon = self.clock() - self.settings.liveness_s
-        return [c for c in self.state.list_clients() if c.last_seen >= horizon]
+        return self.clients.alive()
 
-    # --- client calls ------------------------------------------------------------------------
     def enroll(
         self,
         token: str,
@@ -221,25 +187,9 @@ class Coordinator:
         properties: dict[str, Any] | None = None,
     ) -> ClientRecord:
         """Exchange a one-time token and a public key for a client identity."""
-        if len(public_key) != PUBLIC_KEY_BYTES:
-            raise Rejected("invalid", f"public key must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes")
-        client_id = requested_id or f"client-{secrets.token_hex(4)}"
-        if not CLIENT_ID.match(client_id):
-            raise Rejected("invalid", f"client id {client_id!r} must match {CLIENT_ID.pattern}")
-        if num_examples < 0:
-            raise Rejected("invalid", "num_examples must be >= 0")
-        now = self.clock()
-        record = ClientRecord(client_id, public_key, now, now, num_examples, dict(properties or {}))
-        try:
-            stored = self.state.enroll(hash_token(token), record, now)
-        except TokenError as exc:
-            prom.REJECTED.labels(reason="token").inc()
-            raise Rejected("unauthenticated", str(exc)) from None
-        except ClientExists:
-            raise Rejected("exists", f"client id {client_id!r} is already enrolled") from None
-        prom.ENROLLED.inc()
-        self._notify()
-        return stored
+        return self.clients.enroll(
+            token, public_key, requested_id, num_examples=num_examples, properties=properties
+        )
 
     def heartbeat(
         self,
@@ -249,12 +199,7 @@ class Coordinator:
         properties: dict[str, Any] | None = None,
     ) -> None:
         """Record that a client is alive, with its latest profile."""
-        if num_examples is not None and num_examples < 0:
-            raise Rejected("invalid", "num_examples must be >= 0")
-        self.state.touch_client(
-            client_id, self.clock(), num_examples=num_examples, properties=properties
-        )
-        self._notify()
+        self.clients.heartbeat(client_id, num_examples=num_examples, properties=properties)
 
     def fetch_task(self, client_id: str, wait_s: float) -> Assignment | None:
         """Return the client's unanswered task in the open round, waiting up to ``wait_s``."""
@@ -379,35 +324,13 @@ class Coordinator:
         # Under DP an empty Poisson sample is still a round: it releases noise only, and
         # skipping it would reveal that nobody (e.g. not the client in question) was sampled.
         now = self.clock()
-        records, blobs = self._task_records(number, tasks, now)
+        records, blobs = task_records(number, tasks, now)
         deadline = now + self.settings.round_timeout_s
         self.state.open_round(RoundRecord(number, ROUND_OPEN, now, deadline), records, blobs)
         prom.ROUND.set(number)
         logger.info("round %d started with %d tasks", number, len(records))
         self._notify_rounds()
         return True
-
-    def _task_records(
-        self, number: int, tasks: list[Task], now: float
-    ) -> tuple[list[TaskRecord], list[bytes]]:
-        """Store each task as a shared tensor blob plus its own small config blob.
-
-        Serialized protobuf messages concatenate by merging, so ``tensors || config`` parses as
-        the full payload; tasks that share tensors (every FedAvg client gets the same adapter)
-        then share one blob instead of storing a copy per client.
-        """
-        records: list[TaskRecord] = []
-        blobs: list[bytes] = []
-        for task in tasks:
-            tensors = payload_to_bytes(Payload(tensors=task.payload.tensors))
-            rest = payload_to_bytes(
-                Payload(config=task.payload.config, metrics=task.payload.metrics)
-            )
-            parts = tuple(p for p in (tensors, rest) if p)
-            blobs.extend(parts)
-            shas = tuple(sha_hex(p) for p in parts)
-            records.append(TaskRecord(uuid.uuid4().hex, number, task.client_id, shas, now))
-        return records, blobs
 
     def _round_complete(self, current: RoundRecord) -> bool:
         if self.clock() >= current.deadline:
