@@ -10,7 +10,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fedft.privacy.local import LocalDPConfig
+    from fedft.privacy.config import LocalDPConfig
 
 DESCRIPTION = """\
 Run an edge client. On first start it enrolls with --token (a one-time token from the operator)
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 def _local_dp(args: argparse.Namespace) -> LocalDPConfig | None:
     """The client-side DP the flags ask for, or None."""
     from fedft.core.errors import UsageError
-    from fedft.privacy.local import LocalDPConfig
+    from fedft.privacy.config import LocalDPConfig
 
     if args.local_dp_clip is None:
         if args.local_dp_noise:

@@ -33,8 +33,9 @@ from fedft.core.identity import generate_key
 from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
+from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE, append_jsonl
-from fedft.privacy.local import LocalDPClient, LocalDPConfig
+from fedft.privacy.local import LocalDPClient
 
 logger = logging.getLogger(__name__)
 

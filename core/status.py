@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fedft.core.payload import MetricValue
+if TYPE_CHECKING:  # torch-free at run time: `fedft status --help` must start fast
+    from fedft.core.payload import MetricValue
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,17 @@ def dp_config_from_flags(
         canaries=canaries,
         all_iterates=all_iterates,
     )
+
+
+@dataclass(frozen=True)
+class LocalDPConfig:
+    """Clip norm and noise multiplier applied on the client."""
+
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise UsageError(f"--local-dp-clip must be > 0, got {self.clip}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise UsageError(f"--local-dp-noise must be >= 0, got {self.noise_multiplier}")

@@ -15,38 +15,22 @@ daemon's state folder; a simulation's ``clients/<id>/``), which ``fedft audit --
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
+from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import GAUSSIAN, LEDGER_FILE, REPLACE_ONE, LedgerEntry, read_jsonl
 from fedft.privacy.mechanisms import SecureGaussian
 
 # Where a simulation keeps each client's own records, one folder per client id.
 CLIENTS_DIR = "clients"
-
-
-@dataclass(frozen=True)
-class LocalDPConfig:
-    """Clip norm and noise multiplier applied on the client."""
-
-    clip: float
-    noise_multiplier: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise UsageError(f"--local-dp-clip must be > 0, got {self.clip}")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise UsageError(f"--local-dp-noise must be >= 0, got {self.noise_multiplier}")
 
 
 def _update_names(task: Payload, reply: Payload) -> list[str]:

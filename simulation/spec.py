@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedft.core.errors import UsageError
-from fedft.privacy.config import DPConfig, dp_config_from_flags
-from fedft.privacy.local import LocalDPConfig
+from fedft.privacy.config import DPConfig, LocalDPConfig, dp_config_from_flags
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc", "flower")

@@ -94,3 +94,14 @@ def test_argparse_errors_also_exit_2() -> None:
     proc = run_cli("simulate", "--clients", "many")
     assert proc.returncode == 2
     assert "invalid int value" in proc.stderr
+
+
+def test_building_the_parser_imports_no_heavy_library() -> None:
+    """``fedft --help`` answers at once: torch, transformers and the gRPC stack load on use."""
+    heavy = ("torch", "transformers", "grpc", "sqlalchemy", "scipy", "flwr")
+    code = (
+        "import sys; from fedft.cli.main import build_parser; build_parser(); "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

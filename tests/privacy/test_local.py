@@ -15,14 +15,9 @@ from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.trainer import Trainer
+from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE, REPLACE_ONE, append_jsonl
-from fedft.privacy.local import (
-    LocalDPClient,
-    LocalDPConfig,
-    privatize,
-    release_entry,
-    worst_client,
-)
+from fedft.privacy.local import LocalDPClient, privatize, release_entry, worst_client
 from fedft.privacy.mechanisms import SecureGaussian
 from fedft.strategies.fedavg_lora import FedAvgLoRAClient, FedAvgLoRAConfig
 
