@@ -37,6 +37,7 @@ class HeteroServerBase(ServerStrategy[C]):
         self.shapes: dict[str, tuple[int, int]] = {}
         self.layers: list[int] = []
         self.last_plan: dict[str, Layout] = {}
+        self.plan_round = 0  # the round last_plan belongs to (0: none, e.g. after a restart)
 
     # --- hooks -------------------------------------------------------------------------------
     @abstractmethod
@@ -95,6 +96,7 @@ class HeteroServerBase(ServerStrategy[C]):
             server_round=server_round,
         )
         self.last_plan = self.plan(chosen)
+        self.plan_round = server_round
         tasks = []
         for c in chosen:
             layout = self.last_plan[c.client_id]
@@ -162,6 +164,28 @@ class HeteroServerBase(ServerStrategy[C]):
             problem = self._module_problem(module, b, a)
             if problem is not None:
                 return problem
+        layout = self.last_plan.get(result.client_id) if server_round == self.plan_round else None
+        return self._layout_problem(layout, modules) if layout is not None else None
+
+    def _layout_problem(
+        self, layout: Layout, modules: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> str | None:
+        """An update must cover exactly the layers its task assigned, at the assigned ranks.
+
+        Otherwise a client could weigh in on layers it was not given. The plan lives in memory:
+        after a coordinator restart, updates of the open round get the checks above only.
+        """
+        expected = {m for m in self.shapes if layout.rank_of(layer_of(m)) is not None}
+        if set(modules) != expected:
+            extra, missing = sorted(set(modules) - expected), sorted(expected - set(modules))
+            return (
+                f"the update does not match its assigned layers {list(layout.layers)}: "
+                f"unexpected {extra[:2]}, missing {missing[:2]}"
+            )
+        for module, (_, a) in modules.items():
+            assigned = layout.rank_of(layer_of(module))
+            if int(a.shape[0]) != assigned:
+                return f"{module}: rank {int(a.shape[0])}, but the task assigned rank {assigned}"
         return None
 
     def _module_problem(self, module: str, b: torch.Tensor, a: torch.Tensor) -> str | None:

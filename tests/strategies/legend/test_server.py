@@ -167,3 +167,38 @@ def test_bad_updates_are_refused() -> None:
     nan = dict(good)
     nan[name + ".lora_B.weight"] = torch.full((D, 2), float("nan"))
     assert "finite" in str(check(nan))
+
+
+def test_updates_must_match_the_layout_their_task_assigned() -> None:
+    server = make_server()
+    clients = [ClientInfo("fast", 10, profile(1.0)), ClientInfo("slow", 10, profile(8.0))]
+    tasks = {t.client_id: t.payload for t in server.configure(1, clients)}
+    slow = Layout.from_config(tasks["slow"].config)
+    fast = Layout.from_config(tasks["fast"].config)
+    assert slow.depth < fast.depth
+
+    def check(cid: str, tensors: dict[str, torch.Tensor], server_round: int = 1) -> str | None:
+        payload = Payload(tensors=tensors, metrics={"num_examples": 10})
+        return server.check_update(server_round, Result(cid, payload))
+
+    assert check("slow", trained(tasks["slow"], 0)) is None
+    # The slow device sends the fast device's (deeper) layout: layers it was not given.
+    assert "assigned layers" in str(check("slow", trained(tasks["fast"], 0)))
+    # Its own layers at another (smaller, so still within the bounds) rank.
+    smaller = {
+        n: t[:-1].clone() if ".lora_A." in n else t[:, :-1].clone()
+        for n, t in tasks["slow"].tensors.items()
+    }
+    assert "the task assigned rank" in str(check("slow", smaller))
+    # One of its modules left out.
+    partial = dict(list(split_modules(tasks["slow"].tensors).items())[1:])
+    flat = {
+        f"{m}.lora_{k}.weight": t for m, (b, a) in partial.items() for k, t in (("A", a), ("B", b))
+    }
+    assert "missing" in str(check("slow", flat))
+    # A round the plan does not belong to (e.g. after a restart) gets the shape checks only.
+    assert check("slow", trained(tasks["fast"], 0), server_round=2) is None
+    results = [
+        Result("slow", Payload(tensors=trained(tasks["fast"], 0), metrics={"num_examples": 10}))
+    ]
+    assert server.aggregate(1, results, [])["rejected"] == 1
