@@ -10,9 +10,9 @@
 #      (all weights, then attention only) -> zo_step.log
 #   4. benchmarks/rng_throughput.py (the CPU perturbation path on that machine) -> rng.log
 #
-# It needs only a CUDA image with torch, triton, transformers, peft, pytest and pyyaml: fedft is
-# imported from this checkout, and any wheels under .whl/ (chatterbot-corpus for step 3) are
-# installed into a temporary folder first. To get that wheel where pip can reach an index:
+# It needs only a CUDA image with torch, triton, transformers, peft, pytest, pyyaml and
+# setuptools: fedft is installed from this checkout, without dependencies, into a temporary
+# folder, together with any wheels under .whl/ (chatterbot-corpus for step 3). To get that wheel where pip can reach an index:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       chatterbot-corpus==1.3.3
 # Usage:
@@ -30,13 +30,14 @@ py=${PYTHON:-python3}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# fedft itself (no dependencies, no index: the image has them) and any carried wheels.
+"$py" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+    --target "$work/site" . || exit 1
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" \
         .whl/*.whl || exit 1
 fi
-# The repository root is the fedft package itself: expose it under that name.
-mkdir -p "$work/pkg" && ln -s "$root" "$work/pkg/fedft"
-export PYTHONPATH="$work/pkg:$work/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FEDFT_CACHE=${FEDFT_CACHE:-$work/cache}
 
 if [[ $cpu == 0 ]] && ! "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
