@@ -6,9 +6,17 @@ extends :meth:`SamplingOptions.checks` with its own conditions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fedft.core.config import ConfigError, StrategyConfig, option
+from fedft.core.payload import ConfigValue, config_float, config_int
+from fedft.core.sampling import client_seed, sample_clients
+from fedft.core.strategy import ClientInfo
+from fedft.core.trainer import Trainer, TrainStats
+
+ClientT = TypeVar("ClientT", bound=ClientInfo)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -31,6 +39,17 @@ class SamplingOptions(StrategyConfig):
         for ok, message in self.checks():
             if not ok:
                 raise ConfigError(f"{type(self).__name__}: {message}")
+
+    def sample(self, clients: Sequence[ClientT], *, seed: int, server_round: int) -> list[ClientT]:
+        """The clients taking part in ``server_round`` (deterministic for ``seed``)."""
+        return sample_clients(
+            clients,
+            [c.client_id for c in clients],
+            fraction=self.fraction,
+            min_clients=self.min_clients,
+            seed=seed,
+            server_round=server_round,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,3 +76,25 @@ class LoRATrainingOptions(SamplingOptions):
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
         ]
+
+    def task_config(
+        self, *, seed: int, server_round: int, client_id: str
+    ) -> dict[str, ConfigValue]:
+        """The local-training part of a task's config; :func:`train_from_task` reads it."""
+        return {
+            "round": server_round,
+            "seed": client_seed(seed, server_round, client_id),
+            "local_steps": self.local_steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+        }
+
+
+def train_from_task(trainer: Trainer, config: Mapping[str, ConfigValue]) -> TrainStats:
+    """Run the local training a task's config describes (as written by ``task_config``)."""
+    return trainer.train(
+        steps=config_int(config, "local_steps"),
+        batch_size=config_int(config, "batch_size"),
+        lr=config_float(config, "lr"),
+        seed=config_int(config, "seed"),
+    )

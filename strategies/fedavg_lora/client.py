@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fedft.core.payload import Payload, config_float, config_int
+from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
+from fedft.strategies.options import train_from_task
 
 
 class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
@@ -22,13 +23,7 @@ class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Train from the task's adapter for the configured steps; reply with the new adapter."""
         trainer.load_lora_state(task.tensors)
-        cfg = task.config
-        stats = trainer.train(
-            steps=config_int(cfg, "local_steps"),
-            batch_size=config_int(cfg, "batch_size"),
-            lr=config_float(cfg, "lr"),
-            seed=config_int(cfg, "seed"),
-        )
+        stats = train_from_task(trainer, task.config)
         return Payload(
             tensors=trainer.lora_state(),
             metrics={

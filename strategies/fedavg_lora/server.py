@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from fedft.core.payload import MetricValue, Payload
-from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 
@@ -83,27 +82,15 @@ class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig], LinearUpdates):
         """Sample clients and send each the global adapter with its local-training settings."""
         if not self.adapter:
             raise RuntimeError("initialize() or load_state_dict() must run before configure()")
-        cfg = self.config
-        chosen = sample_clients(
-            clients,
-            [c.client_id for c in clients],
-            fraction=cfg.fraction,
-            min_clients=cfg.min_clients,
-            seed=self.seed,
-            server_round=server_round,
-        )
+        chosen = self.config.sample(clients, seed=self.seed, server_round=server_round)
         return [
             Task(
                 client_id=c.client_id,
                 payload=Payload(
                     tensors=dict(self.adapter),
-                    config={
-                        "round": server_round,
-                        "seed": client_seed(self.seed, server_round, c.client_id),
-                        "local_steps": cfg.local_steps,
-                        "batch_size": cfg.batch_size,
-                        "lr": cfg.lr,
-                    },
+                    config=self.config.task_config(
+                        seed=self.seed, server_round=server_round, client_id=c.client_id
+                    ),
                 ),
             )
             for c in chosen

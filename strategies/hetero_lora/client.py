@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fedft.core.payload import Payload, config_float, config_int
+from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
 from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.options import train_from_task
 
 
 class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
@@ -31,12 +32,7 @@ class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
             )
         )
         trainer.load_lora_state(task.tensors)
-        stats = trainer.train(
-            steps=config_int(task.config, "local_steps"),
-            batch_size=config_int(task.config, "batch_size"),
-            lr=config_float(task.config, "lr"),
-            seed=config_int(task.config, "seed"),
-        )
+        stats = train_from_task(trainer, task.config)
         return Payload(
             tensors=trainer.lora_state(),
             metrics={

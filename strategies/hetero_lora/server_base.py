@@ -12,7 +12,6 @@ import torch
 
 from fedft.core.device import DeviceProfile
 from fedft.core.payload import MetricValue, Payload
-from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
 from fedft.strategies.hetero_lora.aggregate import Factor
 from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
@@ -86,26 +85,16 @@ class HeteroServerBase(ServerStrategy[C]):
         """Sample clients, plan their layouts and send each its own factors."""
         if not self.shapes:
             raise RuntimeError("initialize() or load_state_dict() must run before configure()")
-        cfg = self.config
-        chosen = sample_clients(
-            clients,
-            [c.client_id for c in clients],
-            fraction=cfg.fraction,
-            min_clients=cfg.min_clients,
-            seed=self.seed,
-            server_round=server_round,
-        )
+        chosen = self.config.sample(clients, seed=self.seed, server_round=server_round)
         self.last_plan = self.plan(chosen)
         self.plan_round = server_round
         tasks = []
         for c in chosen:
             layout = self.last_plan[c.client_id]
             config = {
-                "round": server_round,
-                "seed": client_seed(self.seed, server_round, c.client_id),
-                "local_steps": cfg.local_steps,
-                "batch_size": cfg.batch_size,
-                "lr": cfg.lr,
+                **self.config.task_config(
+                    seed=self.seed, server_round=server_round, client_id=c.client_id
+                ),
                 **layout.to_config(),
             }
             tasks.append(

@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 
 from fedft.core.payload import ConfigValue, MetricValue, Payload
-from fedft.core.sampling import client_seed, sample_clients
+from fedft.core.sampling import client_seed
 from fedft.core.strategy import ClientInfo, Result, ServerStrategy, Task
 from fedft.strategies.seedpool.coefficients import CoefficientStore
 from fedft.strategies.seedpool.config import SeedPoolConfig
@@ -46,14 +46,7 @@ class SeedServer(ServerStrategy[SeedConfigT]):
         """Sample clients; each gets its task seed and the coefficients it is missing."""
         store = self._store()
         cfg = self.config
-        chosen = sample_clients(
-            clients,
-            [c.client_id for c in clients],
-            fraction=cfg.fraction,
-            min_clients=cfg.min_clients,
-            seed=self.seed,
-            server_round=server_round,
-        )
+        chosen = cfg.sample(clients, seed=self.seed, server_round=server_round)
         extra = self.extra_tensors(server_round)
         # Clients at the same version get the same delta: compute and encode it once per base.
         encoded: dict[int, dict[str, torch.Tensor]] = {}
