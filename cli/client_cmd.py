@@ -185,11 +185,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _local_dp(args: argparse.Namespace) -> LocalDPConfig | None:
     """The client-side DP the flags ask for, or None."""
-    from fedft.core.errors import UsageError
-    from fedft.privacy.config import LocalDPConfig
+    from fedft.privacy.config import local_dp_config_from_flags
 
-    if args.local_dp_clip is None:
-        if args.local_dp_noise:
-            raise UsageError("--local-dp-noise needs --local-dp-clip")
-        return None
-    return LocalDPConfig(clip=args.local_dp_clip, noise_multiplier=args.local_dp_noise)
+    return local_dp_config_from_flags(clip=args.local_dp_clip, noise=args.local_dp_noise)

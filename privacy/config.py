@@ -125,3 +125,12 @@ class LocalDPConfig:
             raise UsageError(f"--local-dp-clip must be > 0, got {self.clip}")
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
             raise UsageError(f"--local-dp-noise must be >= 0, got {self.noise_multiplier}")
+
+
+def local_dp_config_from_flags(*, clip: float | None, noise: float) -> LocalDPConfig | None:
+    """Return the client-side DP the ``--local-dp-*`` flags ask for, or None without a clip."""
+    if clip is None:
+        if noise:
+            raise UsageError("--local-dp-noise needs --local-dp-clip")
+        return None
+    return LocalDPConfig(clip=clip, noise_multiplier=noise)

@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from fedft.core.errors import UsageError
-from fedft.privacy.config import DPConfig, LocalDPConfig, dp_config_from_flags
+from fedft.privacy.config import (
+    DPConfig,
+    LocalDPConfig,
+    dp_config_from_flags,
+    local_dp_config_from_flags,
+)
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc", "flower")
@@ -113,8 +118,4 @@ class SimulationSpec:
 
     def local_dp_config(self) -> LocalDPConfig | None:
         """The client-side DP settings, or None."""
-        if self.local_dp_clip is None:
-            if self.local_dp_noise:
-                raise UsageError("--local-dp-noise needs --local-dp-clip")
-            return None
-        return LocalDPConfig(clip=self.local_dp_clip, noise_multiplier=self.local_dp_noise)
+        return local_dp_config_from_flags(clip=self.local_dp_clip, noise=self.local_dp_noise)

@@ -15,7 +15,7 @@ from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.trainer import Trainer
-from fedft.privacy.config import LocalDPConfig
+from fedft.privacy.config import LocalDPConfig, local_dp_config_from_flags
 from fedft.privacy.ledger import LEDGER_FILE, REPLACE_ONE, append_jsonl
 from fedft.privacy.local import LocalDPClient, privatize, release_entry, worst_client
 from fedft.privacy.mechanisms import SecureGaussian
@@ -53,6 +53,13 @@ def test_scalar_updates_get_noise_and_indices_pass() -> None:
     assert float(out.tensors["c"].double().std()) == pytest.approx(3.0, rel=0.03)
     empty = Payload(metrics={"version": 0})
     assert privatize(task, empty, config, SecureGaussian(KEY)) is empty
+
+
+def test_flags_need_a_clip_for_noise() -> None:
+    assert local_dp_config_from_flags(clip=None, noise=0.0) is None
+    assert local_dp_config_from_flags(clip=0.5, noise=2.0) == LocalDPConfig(0.5, 2.0)
+    with pytest.raises(UsageError, match="--local-dp-noise needs --local-dp-clip"):
+        local_dp_config_from_flags(clip=None, noise=1.0)
 
 
 def test_bad_settings() -> None:
