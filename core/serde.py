@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from google.protobuf.message import DecodeError
@@ -31,38 +31,50 @@ def _int64(where: str, value: int) -> int:
 def _tensor_to_proto(name: str, tensor: torch.Tensor) -> pb.Tensor:
     if tensor.layout != torch.strided:
         raise ValueError(f"tensors[{name!r}]: only dense tensors can be sent, not {tensor.layout}")
+    return pb.Tensor(
+        name=name, dtype=dtype_name(tensor.dtype), shape=tensor.shape, data=tensor_bytes(tensor)
+    )
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The tensor's elements as contiguous little-endian bytes, no value converted."""
     # Flattening first lets every dtype (bf16 and bool included, which numpy lacks or stores
     # differently) be viewed as raw bytes, so no value is ever converted on the way out.
     flat = tensor.detach().contiguous().cpu().reshape(-1)
-    data = flat.view(torch.uint8).numpy().tobytes()
-    return pb.Tensor(name=name, dtype=dtype_name(tensor.dtype), shape=tensor.shape, data=data)
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def _tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
-    where = f"tensor {msg.name!r}"
-    dtype = SUPPORTED_DTYPES.get(msg.dtype)
-    if dtype is None:
-        raise ProtocolError(f"{where}: unknown dtype {msg.dtype!r}")
-    shape = list(msg.shape)
+    # Read the field once: every access copies the bytes out of the protobuf message.
+    return tensor_from_bytes(f"tensor {msg.name!r}", msg.dtype, list(msg.shape), msg.data)
+
+
+def tensor_from_bytes(where: str, dtype: str, shape: Sequence[int], data: bytes) -> torch.Tensor:
+    """Rebuild a tensor from :func:`tensor_bytes` output, checking dtype, shape and byte count.
+
+    ``where`` names the tensor in the :class:`ProtocolError` raised for anything malformed.
+    """
+    torch_dtype = SUPPORTED_DTYPES.get(dtype)
+    if torch_dtype is None:
+        raise ProtocolError(f"{where}: unknown dtype {dtype!r}")
+    shape = list(shape)
     if any(dim < 0 for dim in shape):
         raise ProtocolError(f"{where}: negative dimension in shape {shape}")
-    # Read the field once: every access copies the bytes out of the protobuf message.
-    data = msg.data
     # Python ints cannot overflow, so a hostile shape cannot wrap around to match the data.
-    expected = math.prod(shape) * dtype.itemsize
+    expected = math.prod(shape) * torch_dtype.itemsize
     if len(data) != expected:
         raise ProtocolError(
-            f"{where}: has {len(data)} bytes but {msg.dtype} of shape {shape} needs {expected}"
+            f"{where}: has {len(data)} bytes but {dtype} of shape {shape} needs {expected}"
         )
     if expected == 0:
-        return torch.empty(shape, dtype=dtype)  # frombuffer rejects empty buffers
+        return torch.empty(shape, dtype=torch_dtype)  # frombuffer rejects empty buffers
     # Our one copy: a bytearray is writable memory the tensor owns and keeps alive, unlike the
     # immutable bytes (frombuffer would warn and later in-place updates would be unsafe).
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if dtype == torch.bool and bool((raw > 1).any()):
+    if torch_dtype == torch.bool and bool((raw > 1).any()):
         # Any other byte would be a bool tensor with undefined behaviour in torch kernels.
         raise ProtocolError(f"{where}: bool elements must be bytes 0 or 1")
-    return raw.view(dtype).reshape(shape)
+    return raw.view(torch_dtype).reshape(shape)
 
 
 def _value_to_proto(key: str, value: ConfigValue) -> pb.Value:

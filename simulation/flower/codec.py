@@ -9,13 +9,12 @@ bytes under our own ``stype``; decoding checks the byte count against dtype and 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedft.core.errors import ProtocolError
 from fedft.core.payload import SUPPORTED_DTYPES, ConfigValue, MetricValue, Payload, dtype_name
+from fedft.core.serde import tensor_bytes, tensor_from_bytes
 
 NUMPY_STYPE = "numpy.ndarray"  # Flower's own serialization (np.save without pickle)
 RAW_STYPE = "fedft.raw"  # contiguous little-endian element bytes, for dtypes numpy lacks
@@ -30,11 +29,10 @@ def tensor_to_array(name: str, tensor: torch.Tensor) -> Array:
     if tensor.layout != torch.strided:
         raise ValueError(f"tensors[{name!r}]: only dense tensors can be sent, not {tensor.layout}")
     wire_dtype = dtype_name(tensor.dtype)
-    flat = tensor.detach().contiguous().cpu()
     if tensor.dtype in _RAW_DTYPES:
-        data = flat.reshape(-1).view(torch.uint8).numpy().tobytes()
-        return Array(dtype=wire_dtype, shape=tuple(flat.shape), stype=RAW_STYPE, data=data)
-    return Array(flat.numpy())
+        data = tensor_bytes(tensor)
+        return Array(dtype=wire_dtype, shape=tuple(tensor.shape), stype=RAW_STYPE, data=data)
+    return Array(tensor.detach().contiguous().cpu().numpy())
 
 
 def array_to_tensor(name: str, array: Array) -> torch.Tensor:
@@ -50,22 +48,7 @@ def array_to_tensor(name: str, array: Array) -> torch.Tensor:
         return torch.from_numpy(values if values.flags.writeable else values.copy())
     if array.stype != RAW_STYPE:
         raise ProtocolError(f"{where}: unknown serialization {array.stype!r}")
-    dtype = SUPPORTED_DTYPES.get(array.dtype)
-    if dtype is None:
-        raise ProtocolError(f"{where}: unknown dtype {array.dtype!r}")
-    shape = list(array.shape)
-    if any(dim < 0 for dim in shape):
-        raise ProtocolError(f"{where}: negative dimension in shape {shape}")
-    expected = math.prod(shape) * dtype.itemsize
-    if len(array.data) != expected:
-        raise ProtocolError(
-            f"{where}: has {len(array.data)} bytes but {array.dtype} of shape {shape} "
-            f"needs {expected}"
-        )
-    if expected == 0:
-        return torch.empty(shape, dtype=dtype)  # frombuffer rejects empty buffers
-    raw = torch.frombuffer(bytearray(array.data), dtype=torch.uint8)
-    return raw.view(dtype).reshape(shape)
+    return tensor_from_bytes(where, array.dtype, array.shape, array.data)
 
 
 def tensors_to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -132,6 +132,10 @@ def test_malformed_arrays_are_protocol_errors() -> None:
     bad_dtype = Array(dtype="complex64", shape=(1,), stype=RAW_STYPE, data=b"\x00" * 8)
     with pytest.raises(ProtocolError, match="unknown dtype"):
         array_to_tensor("w", bad_dtype)
+    # Raw bytes get the wire format's checks: a bool must be byte 0 or 1.
+    bad_bool = Array(dtype="bool", shape=(2,), stype=RAW_STYPE, data=b"\x01\x02")
+    with pytest.raises(ProtocolError, match="bool elements must be bytes 0 or 1"):
+        array_to_tensor("w", bad_bool)
     import numpy as np
 
     complex_numpy = Array(np.zeros(2, dtype=np.complex64))
