@@ -34,7 +34,7 @@ from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
-from fedft.privacy.ledger import LEDGER_FILE, append_jsonl
+from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
 
 logger = logging.getLogger(__name__)
@@ -281,9 +281,8 @@ class ClientDaemon:
             started = time.perf_counter()
             cpu = time.process_time()
             update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
-            release = local_dp.last_release(message.round) if local_dp else None
-            if release is not None:  # recorded before sending: a lost upload over-counts only
-                append_jsonl(self.options.state_dir / LEDGER_FILE, release)
+            if local_dp is not None:  # recorded before sending: a lost upload over-counts only
+                local_dp.record_release(self.options.state_dir, message.round)
             update.metrics["client_seconds"] = self._task_seconds(
                 time.perf_counter() - started, time.process_time() - cpu, len(message.data)
             )

@@ -26,7 +26,14 @@ from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.privacy.config import LocalDPConfig
-from fedft.privacy.ledger import GAUSSIAN, LEDGER_FILE, REPLACE_ONE, LedgerEntry, read_jsonl
+from fedft.privacy.ledger import (
+    GAUSSIAN,
+    LEDGER_FILE,
+    REPLACE_ONE,
+    LedgerEntry,
+    append_jsonl,
+    read_jsonl,
+)
 from fedft.privacy.mechanisms import SecureGaussian
 
 # Where a simulation keeps each client's own records, one folder per client id.
@@ -140,6 +147,12 @@ class LocalDPClient(ClientStrategy[Any]):
     def last_release(self, round_number: int) -> LedgerEntry | None:
         """The ledger entry of the last reply, or None if it carried nothing from local data."""
         return release_entry(self.local, round_number) if self.released else None
+
+    def record_release(self, folder: Path, round_number: int) -> None:
+        """Append the last reply's release to ``folder``'s ledger, if it carried an update."""
+        entry = self.last_release(round_number)
+        if entry is not None:
+            append_jsonl(folder / LEDGER_FILE, entry)
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """As the wrapped client half."""

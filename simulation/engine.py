@@ -21,7 +21,7 @@ from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
-from fedft.privacy.ledger import LEDGER_FILE, append_jsonl
+from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import CLIENTS_DIR, LocalDPClient, worst_client
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.privacy.wrapper import DPServer
@@ -152,9 +152,9 @@ class InProcessEngine:
             reply = self.client_half.run(received, client.local_state, client.trainer)
             cpu = time.process_time() - started
             self._client_cpu += cpu
-            release = self.local_dp.last_release(server_round) if self.local_dp else None
-            if release is not None:  # the client's own ledger, as the daemon keeps it
-                append_jsonl(self.spec.out / CLIENTS_DIR / task.client_id / LEDGER_FILE, release)
+            if self.local_dp is not None:  # the client's own ledger, as the daemon keeps it
+                folder = self.spec.out / CLIENTS_DIR / task.client_id
+                self.local_dp.record_release(folder, server_round)
             profile = self.profiles.get(task.client_id)
             # As the edge daemon does: the upload is taken as large as the download.
             seconds = virtual_seconds(cpu, 2 * (down - before), profile) if profile else cpu
