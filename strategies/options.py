@@ -6,15 +6,15 @@ extends :meth:`SamplingOptions.checks` with its own conditions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fedft.core.config import ConfigError, StrategyConfig, option
-from fedft.core.payload import ConfigValue, config_float, config_int
+from fedft.core.payload import ConfigValue, Payload, config_float, config_int
 from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.strategy import ClientInfo
-from fedft.core.trainer import Trainer, TrainStats
+from fedft.core.trainer import Trainer
 
 ClientT = TypeVar("ClientT", bound=ClientInfo)
 
@@ -80,7 +80,7 @@ class LoRATrainingOptions(SamplingOptions):
     def task_config(
         self, *, seed: int, server_round: int, client_id: str
     ) -> dict[str, ConfigValue]:
-        """The local-training part of a task's config; :func:`train_from_task` reads it."""
+        """The local-training part of a task's config; :func:`train_lora` reads it."""
         return {
             "round": server_round,
             "seed": client_seed(seed, server_round, client_id),
@@ -90,11 +90,21 @@ class LoRATrainingOptions(SamplingOptions):
         }
 
 
-def train_from_task(trainer: Trainer, config: Mapping[str, ConfigValue]) -> TrainStats:
-    """Run the local training a task's config describes (as written by ``task_config``)."""
-    return trainer.train(
+def train_lora(trainer: Trainer, task: Payload) -> Payload:
+    """Load the task's adapter, train as its config says (see ``task_config``), reply with it."""
+    trainer.load_lora_state(task.tensors)
+    config = task.config
+    stats = trainer.train(
         steps=config_int(config, "local_steps"),
         batch_size=config_int(config, "batch_size"),
         lr=config_float(config, "lr"),
         seed=config_int(config, "seed"),
+    )
+    return Payload(
+        tensors=trainer.lora_state(),
+        metrics={
+            "num_examples": trainer.num_examples,
+            "train_loss": stats.loss,
+            "steps": stats.steps,
+        },
     )

@@ -6,7 +6,7 @@ from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
-from fedft.strategies.options import train_from_task
+from fedft.strategies.options import train_lora
 
 
 class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
@@ -22,16 +22,7 @@ class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
 
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Train from the task's adapter for the configured steps; reply with the new adapter."""
-        trainer.load_lora_state(task.tensors)
-        stats = train_from_task(trainer, task.config)
-        return Payload(
-            tensors=trainer.lora_state(),
-            metrics={
-                "num_examples": trainer.num_examples,
-                "train_loss": stats.loss,
-                "steps": stats.steps,
-            },
-        )
+        return train_lora(trainer, task)
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Install the global adapter."""

@@ -7,7 +7,7 @@ from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
 from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.options import train_from_task
+from fedft.strategies.options import train_lora
 
 
 class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
@@ -31,17 +31,9 @@ class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
                 alpha=cfg.alpha, dropout=cfg.dropout, target_modules=cfg.target_modules
             )
         )
-        trainer.load_lora_state(task.tensors)
-        stats = train_from_task(trainer, task.config)
-        return Payload(
-            tensors=trainer.lora_state(),
-            metrics={
-                "num_examples": trainer.num_examples,
-                "train_loss": stats.loss,
-                "steps": stats.steps,
-                "lora_depth": layout.depth,
-            },
-        )
+        reply = train_lora(trainer, task)
+        reply.metrics["lora_depth"] = layout.depth
+        return reply
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Install the global adapter (full depth, the global rank)."""
