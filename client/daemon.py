@@ -27,9 +27,10 @@ from fedft.client.identity_store import ClientStore, Identity
 from fedft.client.models import PRESETS, load_model
 from fedft.client.quantization import quantize_bundle
 from fedft.client.trainer import LocalTrainer
-from fedft.core.device import DeviceProfile, tier_profile, virtual_seconds
+from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
+from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
@@ -283,8 +284,8 @@ class ClientDaemon:
             update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
             if local_dp is not None:  # recorded before sending: a lost upload over-counts only
                 local_dp.record_release(self.options.state_dir, message.round)
-            update.metrics["client_seconds"] = self._task_seconds(
-                time.perf_counter() - started, time.process_time() - cpu, len(message.data)
+            self._stamp_seconds(
+                update, time.perf_counter() - started, time.process_time() - cpu, len(message.data)
             )
             data = payload_to_bytes(update)
             self.store.save_local_state(local_state)
@@ -310,12 +311,12 @@ class ClientDaemon:
             )
         return 0
 
-    def _task_seconds(self, wall: float, cpu: float, down_bytes: int) -> float:
-        """How long the task took this device; a simulated device uses the virtual clock."""
+    def _stamp_seconds(self, update: Payload, wall: float, cpu: float, down_bytes: int) -> None:
+        """Put how long the task took this device on its update (simulated: the virtual clock)."""
         if self.options.simulate_device and self.profile is not None:
-            # The upload is about as large as the download for adapter strategies.
-            return virtual_seconds(cpu, 2 * down_bytes, self.profile)
-        return float(wall)
+            stamp_task_seconds(update, cpu, down_bytes, self.profile)
+        else:
+            update.metrics[TASK_SECONDS] = float(wall)
 
     def _submit(self, task: TaskMessage, data: bytes) -> int:
         return self._retrying(

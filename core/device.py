@@ -5,8 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch stays out of `fedft --help`, which reads the tiers
+    from fedft.core.payload import Payload
 
 PREFIX = "device."
+# Reply metrics a client attaches: its time for the task, and (simulated devices) its CPU time.
+TASK_SECONDS = "client_seconds"
+CPU_SECONDS = "client_cpu_seconds"
 
 
 @dataclass(frozen=True)
@@ -105,3 +112,24 @@ def tier_profile(base: DeviceProfile, tier: str) -> DeviceProfile:
 def virtual_seconds(cpu_seconds: float, num_bytes: int, profile: DeviceProfile) -> float:
     """A simulated device's time: this machine's CPU time slowed to the tier, plus transfers."""
     return cpu_seconds * profile.slowdown + profile.transfer_seconds(num_bytes)
+
+
+def stamp_task_seconds(
+    update: Payload, cpu_seconds: float, down_bytes: int, profile: DeviceProfile
+) -> float:
+    """Put a simulated device's time for one task on its reply; return that time.
+
+    The time is ``cpu_seconds`` slowed to the device plus the task's own bytes over its link:
+    the task it downloaded (``down_bytes``) and this very reply going up. Every host stamps its
+    replies here, so engines given the same CPU time report the same seconds.
+    """
+    from fedft.core.serde import payload_to_bytes
+
+    update.metrics[CPU_SECONDS] = float(cpu_seconds)
+    # A float metric has a fixed wire size whatever its value, so the placeholder measures the
+    # reply exactly as it will be sent.
+    update.metrics[TASK_SECONDS] = 0.0
+    up_bytes = len(payload_to_bytes(update))
+    seconds = virtual_seconds(cpu_seconds, down_bytes + up_bytes, profile)
+    update.metrics[TASK_SECONDS] = float(seconds)
+    return seconds

@@ -15,7 +15,7 @@ from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
 from fedft.client.models import ModelBundle, load_model
 from fedft.client.trainer import LocalTrainer
 from fedft.core.config import ConfigError, StrategyConfig
-from fedft.core.device import DeviceProfile, tier_profile, virtual_seconds
+from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
@@ -145,9 +145,9 @@ class InProcessEngine:
         """
         for done, task in enumerate(tasks):
             client = self.clients[task.client_id]
-            before = wire.up + wire.down
+            before, down_before = wire.up + wire.down, wire.down
             received = wire.down_hop(task.payload)
-            down = wire.down
+            down_bytes = wire.down - down_before  # this task's own download
             started = time.process_time()
             reply = self.client_half.run(received, client.local_state, client.trainer)
             cpu = time.process_time() - started
@@ -156,9 +156,11 @@ class InProcessEngine:
                 folder = self.spec.out / CLIENTS_DIR / task.client_id
                 self.local_dp.record_release(folder, server_round)
             profile = self.profiles.get(task.client_id)
-            # As the edge daemon does: the upload is taken as large as the download.
-            seconds = virtual_seconds(cpu, 2 * (down - before), profile) if profile else cpu
-            reply.metrics["client_seconds"] = float(seconds)  # same bytes as the grpc engine
+            if profile is not None:  # the same stamp as the edge daemon's, so engines agree
+                seconds = stamp_task_seconds(reply, cpu, down_bytes, profile)
+            else:
+                seconds = cpu
+                reply.metrics[TASK_SECONDS] = float(seconds)  # same bytes as the grpc engine
             result = Result(task.client_id, wire.up_hop(reply))
             depth, ranks = adapter_layout(dict(task.payload.tensors), dict(task.payload.config))
             records[task.client_id] = {
@@ -166,7 +168,11 @@ class InProcessEngine:
                 "ranks": ranks,
                 "seconds": round(seconds, 4),
                 "bytes": wire.up + wire.down - before,
-                **({"tier": self.tiers[task.client_id]} if profile else {}),
+                **(
+                    {"tier": self.tiers[task.client_id], "cpu_seconds": round(cpu, 6)}
+                    if profile
+                    else {}
+                ),
             }
             yield result
             self.progress("client", done + 1, len(tasks))

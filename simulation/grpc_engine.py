@@ -15,6 +15,7 @@ from typing import IO, Any
 from fedft.client.evaluation import held_out_loss
 from fedft.client.models import load_model
 from fedft.client.trainer import LocalTrainer
+from fedft.core.device import CPU_SECONDS, TASK_SECONDS
 from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
 from fedft.core.serde import payload_from_bytes
@@ -283,12 +284,13 @@ class GrpcEngine:
             else {}
         )
         seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for update in state.updates_for_round(number):
-            value = payload_from_bytes(state.get_blob(update.payload_sha)).metrics.get(
-                "client_seconds"
-            )
-            if value is not None:
-                seconds[update.client_id] = round(float(value), 4)
+            metrics = payload_from_bytes(state.get_blob(update.payload_sha)).metrics
+            if metrics.get(TASK_SECONDS) is not None:
+                seconds[update.client_id] = round(float(metrics[TASK_SECONDS]), 4)
+            if metrics.get(CPU_SECONDS) is not None:
+                cpu[update.client_id] = round(float(metrics[CPU_SECONDS]), 6)
         records: dict[str, dict[str, Any]] = {}
         for task in state.tasks_for_round(number):
             payload = payload_from_bytes(b"".join(state.get_blob(sha) for sha in task.payload_shas))
@@ -301,7 +303,11 @@ class GrpcEngine:
                 "ranks": ranks,
                 "seconds": seconds.get(task.client_id),
                 "bytes": moved,
-                **({"tier": tiers[task.client_id]} if task.client_id in tiers else {}),
+                **(
+                    {"tier": tiers[task.client_id], "cpu_seconds": cpu.get(task.client_id)}
+                    if task.client_id in tiers
+                    else {}
+                ),
             }
         return records
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,19 @@ def _chatterbot() -> tuple[Example, ...]:
 def chatterbot_examples(_chatterbot: tuple[Example, ...]) -> list[Example]:
     """The embedded chatterbot corpus (a fresh list; the examples themselves are frozen)."""
     return list(_chatterbot)
+
+
+@pytest.fixture
+def assert_virtual_clock() -> Callable[[dict[str, dict[str, Any]]], None]:
+    """Check a round's per-client records against the virtual clock of ``--device-mix``."""
+    from fedft.core.device import TIERS
+
+    def check(clients: dict[str, dict[str, Any]]) -> None:
+        # seconds = CPU time x slowdown + the client's own task bytes (down and up) over its link
+        for c in clients.values():
+            tier = TIERS[c["tier"]]
+            expected = c["cpu_seconds"] * tier.slowdown + c["bytes"] * 8 / (tier.link_mbps * 1e6)
+            assert c["seconds"] == pytest.approx(expected, abs=1e-4)
+            assert c["seconds"] > 0
+
+    return check

@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from fedft.client.data import Example, load_dataset
 from fedft.client.models import ModelBundle, load_model
 from fedft.client.trainer import LocalTrainer
+from fedft.core.device import TASK_SECONDS
 from fedft.core.errors import UsageError
 from fedft.core.strategy import ClientStrategy
 from fedft.simulation.data_split import client_ids, split_data
@@ -118,7 +119,7 @@ def make_client_app(spec: SimulationSpec | None = None) -> ClientApp:
         cpu = time.process_time()
         update = runtime.client_half.run(task, local_state, trainer)
         # As the other engines do, so that all three count the same bytes per update.
-        update.metrics["client_seconds"] = float(time.process_time() - cpu)
+        update.metrics[TASK_SECONDS] = float(time.process_time() - cpu)
         store_payload(context.state, local_state, LOCAL_STATE_PREFIX)
         return Message(payload_to_records(update), reply_to=msg)
 

@@ -42,3 +42,22 @@ def test_tiers_slow_the_measured_profile_down() -> None:
     assert tier_profile(BASE, "fast").step_seconds(3) == pytest.approx(BASE.step_seconds(3))
     # Virtual clock: CPU time x slowdown + bytes over the tier's link.
     assert virtual_seconds(2.0, 625_000, slow) == pytest.approx(8.0 + 1.0)
+
+
+def test_stamp_counts_the_task_download_and_the_reply_as_sent() -> None:
+    import torch
+
+    from fedft.core.device import CPU_SECONDS, TASK_SECONDS, stamp_task_seconds
+    from fedft.core.payload import Payload
+    from fedft.core.serde import payload_to_bytes
+
+    slow = tier_profile(BASE, "slow")
+    reply = Payload(tensors={"w": torch.zeros(1000)}, metrics={"train_loss": 1.5})
+    seconds = stamp_task_seconds(reply, 0.25, 40_000, slow)
+    up = len(payload_to_bytes(reply))  # the reply exactly as it will travel, stamp included
+    assert up > 4000
+    assert seconds == 0.25 * 4 + (40_000 + up) * 8 / (5.0 * 1e6)
+    assert reply.metrics[TASK_SECONDS] == seconds
+    assert reply.metrics[CPU_SECONDS] == 0.25
+    # An earlier stamp of another value leaves the size (and so the time) unchanged.
+    assert stamp_task_seconds(reply, 0.25, 40_000, slow) == seconds

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,35 @@ def test_legend_over_grpc_plans_from_the_profiles_clients_measured(tmp_path: Pat
 
     bundle = load_model("tiny")
     PeftModel.from_pretrained(bundle.model, str(tmp_path / "adapter"))
+
+
+def test_engines_agree_on_the_virtual_clock(
+    tmp_path: Path, assert_virtual_clock: Callable[[dict[str, dict[str, Any]]], None]
+) -> None:
+    """Given a client's CPU time, both engines give it the same seconds: same bytes, same rule."""
+    from fedft.simulation.engine import InProcessEngine
+
+    def run(engine: str) -> list[dict[str, dict[str, Any]]]:
+        spec = SimulationSpec(
+            strategy="fedavg_lora",
+            strategy_options={"local_steps": 1, "batch_size": 2},
+            model="tiny",
+            clients=2,
+            rounds=1,
+            seed=0,
+            out=tmp_path / engine,
+            engine=engine,
+            rouge_examples=0,
+            eval_examples=8,
+            device_mix="medium:1,slow:1",
+        )
+        report = (GrpcEngine(spec) if engine == "grpc" else InProcessEngine(spec)).run()
+        return [r.clients for r in report.rounds]
+
+    grpc_rounds, local_rounds = run("grpc"), run("inprocess")
+    for grpc_clients, local_clients in zip(grpc_rounds, local_rounds, strict=True):
+        assert_virtual_clock(grpc_clients)
+        assert_virtual_clock(local_clients)
+        for cid, local in local_clients.items():
+            assert grpc_clients[cid]["bytes"] == local["bytes"]
+            assert grpc_clients[cid]["tier"] == local["tier"]

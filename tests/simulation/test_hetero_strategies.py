@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +93,29 @@ def test_uniform_strategies_report_their_layout_too(tmp_path: Path) -> None:
         assert c["ranks"] == [4, 4, 4, 4]
     slow = [c["seconds"] for c in data["rounds"][0]["clients"].values() if c["tier"] == "slow"]
     assert min(slow) > 0
+
+
+def test_virtual_seconds_count_each_clients_own_bytes(
+    tmp_path: Path, assert_virtual_clock: Callable[[dict[str, dict[str, Any]]], None]
+) -> None:
+    # Before the fix a client's transfer term subtracted every earlier client's upload, so the
+    # slow device (last in id order) came out with negative seconds.
+    report = run_with_progress(
+        spec(
+            tmp_path,
+            "fedavg_lora",
+            strategy_options={"local_steps": 1, "batch_size": 2},
+            device_mix="fast:2,medium:1,slow:1",
+        ),
+        quiet=True,
+    )
+    for record in report.rounds:
+        assert_virtual_clock(record.clients)
+        slow = record.clients["client-3"]
+        assert slow["tier"] == "slow"
+        # Same adapter, same bytes: the slow link alone makes the slow device the straggler.
+        assert slow["bytes"] == record.clients["client-0"]["bytes"]
+        assert slow["seconds"] == max(c["seconds"] for c in record.clients.values())
 
 
 def test_device_mix_must_match_the_clients(tmp_path: Path) -> None:
