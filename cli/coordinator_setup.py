@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedft.client.models import ModelBundle, load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.config import ConfigError, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import ClientStrategy
+from fedft.runtime.models import ModelBundle, load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
 

@@ -21,12 +21,7 @@ from fedft.client.connection import (
     TaskMessage,
     profile_message,
 )
-from fedft.client.data import load_dataset
-from fedft.client.device import LinkMeter, measure_profile
 from fedft.client.identity_store import ClientStore, Identity
-from fedft.client.models import PRESETS, load_model
-from fedft.client.quantization import quantize_bundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
@@ -37,6 +32,11 @@ from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
+from fedft.runtime.data import load_dataset
+from fedft.runtime.device import LinkMeter, measure_profile
+from fedft.runtime.models import PRESETS, load_model
+from fedft.runtime.quantization import quantize_bundle
+from fedft.runtime.trainer import LocalTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ClientDaemon:
 
     def _model_spec(self, run: RunDescription) -> str:
         if self.options.model == "server":
-            from fedft.client.model_sync import fetch_model
+            from fedft.client.model_download import fetch_model
 
             self.report("downloading the base model from the coordinator")
             return self._retrying("model download", lambda: fetch_model(self.connection))

@@ -47,7 +47,7 @@ class Trainer(Protocol):
     """The local training runtime bound to one client's data.
 
     Every host (simulation, edge daemon, Flower client app) provides the same implementation,
-    ``fedft.client.trainer.LocalTrainer``; strategies only see this protocol.
+    ``fedft.runtime.trainer.LocalTrainer``; strategies only see this protocol.
     """
 
     @property

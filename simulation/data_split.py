@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedft.client.data import Example, load_dataset
+from fedft.runtime.data import Example, load_dataset
 from fedft.simulation.partition import partition, train_test_split
 from fedft.simulation.spec import SimulationSpec
 

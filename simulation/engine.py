@@ -9,11 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedft.client.data import Example
-from fedft.client.device import measure_profile
-from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
-from fedft.client.models import ModelBundle, load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.config import ConfigError, StrategyConfig
 from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
 from fedft.core.errors import UsageError
@@ -25,6 +20,11 @@ from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import CLIENTS_DIR, LocalDPClient, worst_client
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.privacy.wrapper import DPServer
+from fedft.runtime.data import Example
+from fedft.runtime.device import measure_profile
+from fedft.runtime.evaluation import generate_answers, held_out_loss, rouge_l
+from fedft.runtime.models import ModelBundle, load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.report import Report, RoundRecord
@@ -255,7 +255,7 @@ class InProcessEngine:
 
 def quantize_for(spec: SimulationSpec, bundle: ModelBundle) -> dict[str, Any]:
     """Quantize the frozen base as ``--quant`` asks; return the memory summary for the report."""
-    from fedft.client.quantization import quantize_bundle
+    from fedft.runtime.quantization import quantize_bundle
 
     summary = quantize_bundle(bundle, spec.quant)
     if spec.quant != "none":

@@ -12,9 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from fedft.client.evaluation import held_out_loss
-from fedft.client.models import load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.device import CPU_SECONDS, TASK_SECONDS
 from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
@@ -25,6 +22,9 @@ from fedft.privacy.config import DPConfig
 from fedft.privacy.ledger import LEDGER_FILE, write_jsonl
 from fedft.privacy.report import write_json, write_png
 from fedft.privacy.wrapper import DPServer
+from fedft.runtime.evaluation import held_out_loss
+from fedft.runtime.models import load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.server.privacy_source import audit_input
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedft.client.data import Example
 from fedft.core.errors import UsageError
+from fedft.runtime.data import Example
 
 PARTITION_HELP = (
     "iid | dirichlet:ALPHA (non-IID over categories; smaller ALPHA = more skew) | category"

@@ -16,7 +16,7 @@ from fedft.privacy.config import (
 from fedft.simulation.partition import parse_partition
 
 ENGINES = ("inprocess", "grpc", "flower")
-# Same values as fedft.client.quantization.QUANT_CHOICES (a test keeps them equal); not imported
+# Same values as fedft.runtime.quantization.QUANT_CHOICES (a test keeps them equal); not imported
 # so that building the CLI parser does not import torch.
 QUANTS = ("none", "nf4", "int8")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from fedft.client.data import Example, load_chatterbot
-from fedft.client.models import TINY_VERSION, ModelBundle, load_model
+from fedft.runtime.data import Example, load_chatterbot
+from fedft.runtime.models import TINY_VERSION, ModelBundle, load_model
 
 
 @contextlib.contextmanager

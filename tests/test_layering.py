@@ -5,6 +5,8 @@ The rules keep the strategy API host-neutral and the wire format swappable:
 (b) strategies import only core, kernels and strategies;
 (c) client and server never import each other;
 (d) outside core/serde.py, only server, client and simulation (the hosts) import fedft.proto;
+(f) runtime (the model runtime and the one assembly point) sits below the hosts: it imports
+    neither client, server, simulation nor cli; core, strategies and kernels never import it;
 (e) only the Flower adapter (fedft.simulation.flower) imports flwr or ray, so fedft works
     without the optional Flower extra.
 """
@@ -21,6 +23,7 @@ FOLDERS = {
     "core": "fedft.core",
     "server": "fedft.server",
     "client": "fedft.client",
+    "runtime": "fedft.runtime",
     "strategies": "fedft.strategies",
     "kernels": "fedft.kernels",
     "privacy": "fedft.privacy",
@@ -94,6 +97,17 @@ RULES: list[tuple[Callable[[str, str], bool], str]] = [
             and not _in_any(i, "fedft.core", "fedft.kernels", "fedft.strategies")
         ),
         "fedft.strategies may import only fedft.core, fedft.kernels and fedft.strategies",
+    ),
+    (
+        lambda m, i: (
+            within(m, "fedft.runtime")
+            and _in_any(i, "fedft.client", "fedft.server", "fedft.simulation", "fedft.cli")
+        ),
+        "fedft.runtime may not import the hosts (client, server, simulation, cli)",
+    ),
+    (
+        lambda m, i: within(m, "fedft.privacy") and within(i, "fedft.runtime"),
+        "fedft.privacy may not import fedft.runtime (the runtime wraps with privacy, not back)",
     ),
     (
         lambda m, i: within(m, "fedft.client") and within(i, "fedft.server"),
@@ -171,6 +185,10 @@ BAD_SOURCES = [
     ("fedft.simulation.engine", "from flwr.app import Message\n", 1, "only fedft.simulation.f"),
     ("fedft.simulation.console", "def f():\n    import ray\n", 2, "may import ray"),
     ("fedft.server.app", "import flwr\n", 1, "(the optional extra)"),
+    ("fedft.runtime.trainer", "from fedft.client import daemon\n", 1, "may not import the hosts"),
+    ("fedft.runtime.assembly", "import fedft.simulation.spec\n", 1, "may not import the hosts"),
+    ("fedft.privacy.local", "from fedft.runtime import trainer\n", 1, "may not import fedft.r"),
+    ("fedft.strategies.x", "from fedft.runtime import trainer\n", 1, "fedft.strategies may"),
     ("fedft.simulation.flowerpot", "import flwr\n", 1, "only fedft.simulation.flower "),
 ]
 

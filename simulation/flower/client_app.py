@@ -21,12 +21,12 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedft.client.data import Example, load_dataset
-from fedft.client.models import ModelBundle, load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.device import TASK_SECONDS
 from fedft.core.errors import UsageError
 from fedft.core.strategy import ClientStrategy
+from fedft.runtime.data import Example, load_dataset
+from fedft.runtime.models import ModelBundle, load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import client_ids, split_data
 from fedft.simulation.engine import build_strategy
 from fedft.simulation.flower.codec import payload_to_records, records_to_payload, store_payload

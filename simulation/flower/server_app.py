@@ -13,10 +13,10 @@ from typing import Any
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedft.client.evaluation import held_out_loss
-from fedft.client.models import load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.strategy import ClientStrategy, ServerStrategy
+from fedft.runtime.evaluation import held_out_loss
+from fedft.runtime.models import load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy, finish_report
 from fedft.simulation.flower.run_config import spec_from_run_config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedft.client.data import load_chatterbot
+from fedft.runtime.data import load_chatterbot
 
 
 def free_port() -> int:

@@ -56,7 +56,7 @@ def test_legend_over_grpc_plans_from_the_profiles_clients_measured(tmp_path: Pat
 
     from peft import PeftModel
 
-    from fedft.client.models import load_model
+    from fedft.runtime.models import load_model
 
     bundle = load_model("tiny")
     PeftModel.from_pretrained(bundle.model, str(tmp_path / "adapter"))

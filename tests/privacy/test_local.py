@@ -9,9 +9,6 @@ import dp_accounting as dpa
 import pytest
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.trainer import Trainer
@@ -19,6 +16,9 @@ from fedft.privacy.config import LocalDPConfig, local_dp_config_from_flags
 from fedft.privacy.ledger import LEDGER_FILE, REPLACE_ONE, append_jsonl
 from fedft.privacy.local import LocalDPClient, privatize, release_entry, worst_client
 from fedft.privacy.mechanisms import SecureGaussian
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.fedavg_lora import FedAvgLoRAClient, FedAvgLoRAConfig
 
 KEY = bytes(range(32))

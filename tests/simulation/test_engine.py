@@ -75,8 +75,8 @@ def test_three_rounds_reduce_eval_loss_and_write_the_report(tmp_path: Path) -> N
     # The exported global adapter is PEFT's format and reproduces the final eval.
     from peft import PeftModel
 
-    from fedft.client.evaluation import held_out_loss
-    from fedft.client.models import load_model
+    from fedft.runtime.evaluation import held_out_loss
+    from fedft.runtime.models import load_model
 
     bundle = load_model("tiny")
     bundle.model = PeftModel.from_pretrained(bundle.model, str(tmp_path / "a" / "adapter"))

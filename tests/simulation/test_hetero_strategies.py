@@ -56,8 +56,8 @@ def test_legend_plans_shallower_lora_for_slow_devices_and_exports_peft(tmp_path:
     # The global adapter is PEFT's format and reproduces the final eval loss.
     from peft import PeftModel
 
-    from fedft.client.evaluation import held_out_loss
-    from fedft.client.models import load_model
+    from fedft.runtime.evaluation import held_out_loss
+    from fedft.runtime.models import load_model
 
     bundle = load_model("tiny")
     bundle.model = PeftModel.from_pretrained(bundle.model, str(tmp_path / "legend" / "adapter"))

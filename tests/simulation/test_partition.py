@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedft.client.data import Example
 from fedft.core.errors import UsageError
+from fedft.runtime.data import Example
 from fedft.simulation.partition import parse_partition, partition, train_test_split
 
 SPECS = ["iid", "category", "dirichlet:0.5", "dirichlet:100"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.payload import Payload
+from fedft.runtime.data import Example
+from fedft.runtime.models import load_model
+from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.fedavg_lora import FedAvgLoRAClient, FedAvgLoRAConfig
 
 EXAMPLES = [Example(f"What is {i} plus {i}?", f"It is {2 * i}.", "math") for i in range(24)]

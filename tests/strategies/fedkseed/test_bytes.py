@@ -8,14 +8,14 @@ from collections.abc import Callable
 
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.chunking import DEFAULT_CHUNK_BYTES, iter_chunks, sha256
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Result
 from fedft.proto.v1 import coordinator_pb2 as pb
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.fedkseed import FedKSeedClient, FedKSeedConfig, FedKSeedServer
 
 BUDGET = 18_000  # bytes per client per round, up + down (the FedKSeed paper's title)

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Result
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.fedkseed import FedKSeedClient, FedKSeedConfig, FedKSeedServer
 from fedft.strategies.seedpool.trainable import flat_trainable
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Result
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.ferret import FerretClient, FerretConfig, FerretServer
 from fedft.strategies.seedpool.model_sync import apply_coefficients_
 from fedft.strategies.seedpool.trainable import flat_trainable

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedft.client.models import ModelBundle
 from fedft.kernels.seed_ops import FlatParams
+from fedft.runtime.models import ModelBundle
 from fedft.strategies.seedpool.trainable import (
     block_ends,
     check_trainable,

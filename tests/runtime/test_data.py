@@ -1,4 +1,4 @@
-"""Tests for fedft.client.data: JSONL shapes, errors naming file:line, the chatterbot corpus."""
+"""Tests for fedft.runtime.data: JSONL shapes, errors naming file:line, the chatterbot corpus."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fedft.client.data import Example, load_chatterbot, load_dataset, load_jsonl
 from fedft.core.errors import UsageError
+from fedft.runtime.data import Example, load_chatterbot, load_dataset, load_jsonl
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

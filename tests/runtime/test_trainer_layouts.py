@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.trainer import LoraSpec
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 
 FULL = LoraSpec(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
 TOP2 = LoraSpec(
@@ -85,7 +85,7 @@ def test_a_non_default_layout_saves_as_a_loadable_peft_folder(
 
 
 def test_stale_layouts_are_dropped_beyond_the_cap(trainer: LocalTrainer) -> None:
-    from fedft.client.trainer import MAX_LAYOUTS
+    from fedft.runtime.trainer import MAX_LAYOUTS
 
     specs = [
         LoraSpec(
@@ -120,7 +120,7 @@ def _peft_view(trainer: LocalTrainer) -> dict[str, torch.Tensor]:
 
 def test_loads_reach_the_live_adapter_through_layout_churn(trainer: LocalTrainer) -> None:
     """The cached adapter tensors follow adapters PEFT re-creates under a reused name."""
-    from fedft.client.trainer import MAX_LAYOUTS
+    from fedft.runtime.trainer import MAX_LAYOUTS
 
     specs = [
         LoraSpec(rank=1 + r % 3, alpha=r, target_modules=("q_proj",), layers=(r % 4,))

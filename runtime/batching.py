@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fedft.client.data import Example
+from fedft.runtime.data import Example
 
 IGNORE_INDEX = -100
 FALLBACK_TEMPLATE = "### Question:\n{prompt}\n### Answer:\n"

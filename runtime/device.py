@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import torch
 
-from fedft.client.batching import collate, token_losses
-from fedft.client.trainer import LocalTrainer
 from fedft.core.device import DeviceProfile
+from fedft.runtime.batching import collate, token_losses
+from fedft.runtime.trainer import LocalTrainer
 
 DEFAULT_LINK_MBPS = 100.0  # until a transfer has been timed
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedft.client.batching import collate, encode
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
-from fedft.client.quantization import QUANT_CHOICES, model_bytes, quantize_bundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.errors import UsageError
 from fedft.core.trainer import LoraSpec
 from fedft.kernels.quant import dequantize
 from fedft.kernels.quant_linear import QuantLinear
+from fedft.runtime.batching import collate, encode
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.quantization import QUANT_CHOICES, model_bytes, quantize_bundle
+from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.spec import QUANTS
 
 SPEC = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"))

@@ -1,4 +1,4 @@
-"""Tests for fedft.client.models: the cached tiny preset, the byte tokenizer, SmolLM2 offline."""
+"""Tests for fedft.runtime.models: the cached tiny preset, the byte tokenizer, SmolLM2 offline."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from fedft.client.evaluation import generate_answers
-from fedft.client.models import (
+from fedft.core.errors import UsageError
+from fedft.runtime.evaluation import generate_answers
+from fedft.runtime.models import (
     TINY_VERSION,
     ModelBundle,
     byte_tokenizer,
@@ -19,7 +20,6 @@ from fedft.client.models import (
     load_model,
     resolve_model,
 )
-from fedft.core.errors import UsageError
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

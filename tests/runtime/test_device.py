@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fedft.client.data import Example
-from fedft.client.device import LinkMeter, available_memory_mb, decoder_layers, measure_profile
-from fedft.client.models import ModelBundle
-from fedft.client.trainer import LocalTrainer
 from fedft.core.device import DeviceProfile
 from fedft.core.trainer import LoraSpec
+from fedft.runtime.data import Example
+from fedft.runtime.device import LinkMeter, available_memory_mb, decoder_layers, measure_profile
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.trainer import LocalTrainer
 
 
 def test_profile_of_the_tiny_model(

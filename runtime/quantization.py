@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from fedft.client.models import ModelBundle
 from fedft.core.errors import UsageError
+from fedft.runtime.models import ModelBundle
 
 QUANT_CHOICES = ("none", "nf4", "int8")
 # The output head stays in full precision, as in QLoRA: it is small next to the stack and its

@@ -20,7 +20,7 @@ from fedft.core.errors import UsageError
 from fedft.core.trainer import LoraSpec
 
 if TYPE_CHECKING:
-    from fedft.client.quantization import QuantSummary
+    from fedft.runtime.quantization import QuantSummary
 
 # Nothing may be fetched from a model hub at run time; without this a missing path costs ~50 s
 # of retries before it fails. Set before transformers/huggingface_hub are first imported.

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fedft.client.connection import Connection, profile_message
-from fedft.client.model_sync import fetch_model
-from fedft.client.models import load_model, resolve_model
+from fedft.client.model_download import fetch_model
 from fedft.core.identity import generate_key, hash_token, new_token
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
+from fedft.runtime.models import load_model, resolve_model
 from fedft.server.app import CoordinatorService
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state

@@ -1,4 +1,4 @@
-"""Tests for fedft.client.batching: prompt formatting, loss masking, truncation and padding."""
+"""Tests for fedft.runtime.batching: prompt formatting, loss masking, truncation and padding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from fedft.client.batching import (
+from fedft.runtime.batching import (
     FALLBACK_TEMPLATE,
     IGNORE_INDEX,
     Encoded,
@@ -17,8 +17,8 @@ from fedft.client.batching import (
     format_prompt,
     token_losses,
 )
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle, byte_tokenizer
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle, byte_tokenizer
 
 
 @pytest.fixture(scope="module")

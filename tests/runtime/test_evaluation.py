@@ -1,4 +1,4 @@
-"""Tests for fedft.client.evaluation: batch-independent held-out loss, generation and Rouge-L."""
+"""Tests for fedft.runtime.evaluation: batch-independent held-out loss, generation and Rouge-L."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedft.client.batching import format_prompt
-from fedft.client.data import Example
-from fedft.client.evaluation import generate_answers, held_out_loss, rouge_l
-from fedft.client.models import ModelBundle
+from fedft.runtime.batching import format_prompt
+from fedft.runtime.data import Example
+from fedft.runtime.evaluation import generate_answers, held_out_loss, rouge_l
+from fedft.runtime.models import ModelBundle
 
 
 @pytest.fixture

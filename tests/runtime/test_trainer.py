@@ -1,4 +1,4 @@
-"""Tests for fedft.client.trainer: LoRA injection, adapter state, deterministic local training."""
+"""Tests for fedft.runtime.trainer: LoRA injection, adapter state, deterministic local training."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedft.client.batching import collate, encode
-from fedft.client.data import Example
-from fedft.client.evaluation import held_out_loss
-from fedft.client.models import ModelBundle, load_model
-from fedft.client.trainer import LocalTrainer
 from fedft.core.trainer import LoraSpec, Trainer
+from fedft.runtime.batching import collate, encode
+from fedft.runtime.data import Example
+from fedft.runtime.evaluation import held_out_loss
+from fedft.runtime.models import ModelBundle, load_model
+from fedft.runtime.trainer import LocalTrainer
 
 SPEC = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj"))
 MAX_LENGTH = 64
@@ -161,7 +161,7 @@ def test_lora_state_is_a_detached_fp32_copy(make_trainer: Callable[[], LocalTrai
 
 
 def test_lora_state_of_a_bf16_model_is_fp32(tiny_cache: Path, examples: list[Example]) -> None:
-    from fedft.client.models import TINY_VERSION
+    from fedft.runtime.models import TINY_VERSION
 
     bundle = load_model(str(tiny_cache / "models" / TINY_VERSION), dtype=torch.bfloat16)
     trainer = LocalTrainer(bundle, examples)
@@ -336,7 +336,7 @@ def test_load_lora_state_matches_peft_loader_in_bf16(
     """Our direct copy into the live adapter leaves what PEFT's own loader leaves."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from fedft.client.models import TINY_VERSION
+    from fedft.runtime.models import TINY_VERSION
 
     def bf16_trainer() -> LocalTrainer:
         bundle = load_model(str(tiny_cache / "models" / TINY_VERSION), dtype=torch.bfloat16)
@@ -362,7 +362,7 @@ def test_multi_tensor_optimizer_path_gives_identical_weights(
     make_trainer: Callable[[], LocalTrainer], monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     """Small trainable sets take the faster multi-tensor path; it must not change the result."""
-    import fedft.client.trainer as trainer_module
+    import fedft.runtime.trainer as trainer_module
 
     def trained() -> dict[str, torch.Tensor]:
         trainer = make_trainer()

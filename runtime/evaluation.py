@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from fedft.client.batching import collate, encode, format_prompt, token_losses
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
+from fedft.runtime.batching import collate, encode, format_prompt, token_losses
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from fedft.client.batching import Encoded, collate, encode, token_losses
-from fedft.client.data import Example
-from fedft.client.models import ModelBundle
 from fedft.core.trainer import LoraSpec, TrainStats
+from fedft.runtime.batching import Encoded, collate, encode, token_losses
+from fedft.runtime.data import Example
+from fedft.runtime.models import ModelBundle
 
 _CLIP_NORM = 1.0
 _FOREACH_MAX_ELEMENTS = 1 << 24
@@ -94,7 +94,7 @@ class LocalTrainer:
         """PEFT's LoraConfig for ``spec``, taught to wrap QuantLinear when the base is quantized."""
         config = _lora_config(spec)
         if self.bundle.quant is not None:
-            from fedft.client.quant_lora import register
+            from fedft.runtime.quant_lora import register
 
             register(config)
         return config
