@@ -9,6 +9,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from fedft.core.device import DEVICE_HELP
+
 if TYPE_CHECKING:
     from fedft.privacy.config import LocalDPConfig
 
@@ -131,6 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat) or int8, "
         "block-wise with one fp32 scale per 64 weights (default: %(default)s)",
     )
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP)
     p.add_argument(
         "--simulate-device",
         default=None,
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedft.client.daemon import ClientDaemon, DaemonOptions
     from fedft.client.tls import channel_credentials
+    from fedft.core.device import check_device_name
     from fedft.core.errors import UsageError
 
     host = args.server.rpartition(":")[0].strip("[]")
@@ -173,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         local_dp=_local_dp(args),
         quant=args.quant,
         simulate_device=args.simulate_device,
+        device=check_device_name(args.device),
     )
     daemon = ClientDaemon(options, report=console.log)
 

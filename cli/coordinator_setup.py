@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fedft.core.config import ConfigError, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
-from fedft.core.strategy import ClientStrategy
-from fedft.runtime.models import ModelBundle, load_model
-from fedft.runtime.trainer import LocalTrainer
+from fedft.runtime.assembly import ClientRuntime, assemble_client
+from fedft.runtime.spec import RunSpec
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
 
@@ -22,9 +20,7 @@ class CoordinatorSetup:
     """A coordinator plus the host-side model it was initialised from."""
 
     coordinator: Coordinator
-    bundle: ModelBundle
-    client_half: ClientStrategy[Any]
-    trainer: LocalTrainer
+    runtime: ClientRuntime
 
 
 def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
@@ -38,7 +34,7 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     spec = get_strategy(args.strategy)
     options = parse_overrides(spec.config_cls, args.opt)
     try:
-        config = spec.make_config(options)
+        spec.make_config(options)  # bad options fail before the state is opened
         settings = CoordinatorSettings(
             rounds=args.rounds,
             round_timeout_s=args.round_timeout,
@@ -53,10 +49,10 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
 
     privacy = dp_config_from_args(args) if hasattr(args, "dp_noise") else None
     state = open_state(args.db)
-    bundle = load_model(args.model)
-    trainer = LocalTrainer(bundle, [])
-    client_half: ClientStrategy[Any] = spec.client_cls(config)
-    client_half.prepare(trainer)
+    # The coordinator only needs the model for the initial global state and exports: CPU.
+    runtime = assemble_client(
+        RunSpec(strategy=args.strategy, options=options, model=args.model, device="cpu")
+    )
     try:
         coordinator = Coordinator(
             state,
@@ -65,12 +61,12 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             seed=args.seed,
             settings=settings,
             model=args.model,
-            initial=client_half.initial_state(trainer),
+            initial=runtime.initial_state(),
             privacy=privacy,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return CoordinatorSetup(coordinator, bundle, client_half, trainer)
+    return CoordinatorSetup(coordinator, runtime)
 
 
 def export_global(setup: CoordinatorSetup, folder: Path) -> None:
@@ -78,5 +74,4 @@ def export_global(setup: CoordinatorSetup, folder: Path) -> None:
     from fedft.core.serde import payload_from_bytes
 
     global_state = payload_from_bytes(setup.coordinator.global_payload())
-    setup.client_half.load_global(global_state, setup.trainer)
-    setup.trainer.save_model(folder)
+    setup.runtime.load_global(global_state).save_model(folder)

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         coordinator,
         address=args.bind,
         cert_dir=cert_dir,
-        model_dir=setup.bundle.path if args.serve_model else None,
+        model_dir=setup.runtime.bundle.path if args.serve_model else None,
         max_workers=args.workers,
         metrics_port=args.metrics_port,
     )

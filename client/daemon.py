@@ -22,20 +22,27 @@ from fedft.client.connection import (
     profile_message,
 )
 from fedft.client.identity_store import ClientStore, Identity
-from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
+from fedft.core.device import (
+    CUDA_PROPERTY,
+    TASK_SECONDS,
+    DeviceProfile,
+    stamp_task_seconds,
+    tier_profile,
+)
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key
 from fedft.core.payload import Payload
-from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
+from fedft.runtime.assembly import assemble_client, place, quantize
 from fedft.runtime.data import load_dataset
 from fedft.runtime.device import LinkMeter, measure_profile
 from fedft.runtime.models import PRESETS, load_model
-from fedft.runtime.quantization import quantize_bundle
+from fedft.runtime.placement import resolve_device
+from fedft.runtime.spec import RunSpec
 from fedft.runtime.trainer import LocalTrainer
 
 logger = logging.getLogger(__name__)
@@ -71,6 +78,7 @@ class DaemonOptions:
     max_retries: int | None = None
     # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
     simulate_device: str | None = None
+    device: str = "auto"  # where training runs (fedft.runtime.placement)
 
 
 class Backoff:
@@ -106,6 +114,7 @@ class ClientDaemon:
         self.profile: DeviceProfile | None = None
         self.link = LinkMeter()
         self._profile_dirty = False
+        self._on_cuda = False
 
     def stop(self) -> None:
         """Ask the daemon to stop after the current step."""
@@ -198,12 +207,14 @@ class ClientDaemon:
             if self.options.simulate_device is None and self.link.samples:
                 profile = dataclasses.replace(profile, link_mbps=self.link.mbps)
             properties = profile.to_properties()
+            properties[CUDA_PROPERTY] = 1.0 if self._on_cuda else 0.0  # which device trains
         self._profile_dirty = False
         return profile_message(len(self.examples), dict(properties))
 
     def measure(self, trainer: LocalTrainer, batch_size: int = 8) -> DeviceProfile:
         """Run the micro-benchmark now (start-up, or on demand) and send it with the next call."""
         measured = measure_profile(trainer, batch_size=batch_size, link_mbps=self.link.mbps)
+        self._on_cuda = trainer.bundle.device.type == "cuda"
         tier = self.options.simulate_device
         self.profile = tier_profile(measured, tier) if tier else measured
         self._profile_dirty = True
@@ -219,31 +230,37 @@ class ClientDaemon:
     def run(self) -> int:
         """Enroll if needed, then work on tasks until the run is finished; returns exit code 0."""
         bundle = None
+        device = resolve_device(self.options.device)  # a missing GPU fails before any work
         if self.options.model and self.options.model != "server":
             # The model is known before we meet the coordinator: profile it first, so the
             # enrollment or first heartbeat already carries the device's capacity.
             bundle = load_model(self.options.model)
-            quantize_bundle(bundle, self.options.quant)
+            quantize(bundle, self.options.quant)
+            place(bundle, device)
             self.measure(LocalTrainer(bundle, self.examples, max_length=self.options.max_length))
         identity = self._identity()
         run = self._run_description()
-        spec = get_strategy(run.strategy)
-        strategy: ClientStrategy[Any] = spec.client_cls(spec.make_config(dict(run.config)))
-        if self.options.local_dp is not None:
-            strategy = LocalDPClient(strategy, self.options.local_dp)
         if bundle is None:
             bundle = load_model(self._model_spec(run))
-            quantize_bundle(bundle, self.options.quant)
-        trainer = LocalTrainer(bundle, self.examples, max_length=self.options.max_length)
+        runtime = assemble_client(
+            RunSpec(
+                strategy=run.strategy,
+                options=dict(run.config),
+                model=bundle.source,
+                quant=self.options.quant,
+                device=self.options.device,
+                max_length=self.options.max_length,
+                local_dp=self.options.local_dp,
+            ),
+            bundle=bundle,
+        )
+        strategy = runtime.client_half
         if self.profile is None:
-            self.measure(trainer)
-        strategy.prepare(trainer)
+            self.measure(LocalTrainer(bundle, self.examples, max_length=self.options.max_length))
+        trainer = runtime.trainer(self.examples)
+        self.report(f"training on {runtime.device_name}")
         summary = bundle.quant
         if summary is not None:
-            if bundle.lora_spec is None:
-                raise UsageError(
-                    f"--quant {summary.scheme} needs a LoRA strategy, not {run.strategy}"
-                )
             before, after = summary.bytes_before / 1e6, summary.bytes_after / 1e6
             self.report(
                 f"{summary.scheme} base: {before:.1f} MB -> {after:.1f} MB of weights "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
@@ -11,9 +12,25 @@ if TYPE_CHECKING:  # torch stays out of `fedft --help`, which reads the tiers
     from fedft.core.payload import Payload
 
 PREFIX = "device."
+DEVICE_HELP = (
+    "where local training runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda "
+    "or cuda:N; model, adapters, optimizer state and batches all live there"
+)
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Reply metrics a client attaches: its time for the task, and (simulated devices) its CPU time.
 TASK_SECONDS = "client_seconds"
 CPU_SECONDS = "client_cpu_seconds"
+# Client property: 1.0 when the device trains on a CUDA GPU, 0.0 on its CPU.
+CUDA_PROPERTY = PREFIX + "cuda"
+
+
+def check_device_name(name: str) -> str:
+    """Validate the spelling of a ``--device`` value without touching torch or CUDA."""
+    from fedft.core.errors import UsageError
+
+    if not _DEVICE_NAME.fullmatch(name):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from fedft.core.errors import UsageError
 
@@ -42,6 +41,9 @@ class SecureGaussian:
         self._draws = 0
 
     def _keystream(self, nbytes: int) -> bytes:
+        # Imported here: a run without DP never needs cryptography (GPU images may lack it).
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
         key = self._fixed if self._fixed is not None else os.urandom(32)
         nonce = self._draws.to_bytes(16, "little")
         self._draws += 1

@@ -71,7 +71,11 @@ def token_losses(
     """Return the summed next-token loss over answer tokens and how many tokens it covers.
 
     Summing (rather than averaging per batch) makes a held-out loss independent of batching.
+    Batches are built on the CPU and moved to the model's device here, in one place.
     """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = batch["labels"][:, 1:]

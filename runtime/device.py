@@ -16,10 +16,10 @@ from fedft.runtime.trainer import LocalTrainer
 DEFAULT_LINK_MBPS = 100.0  # until a transfer has been timed
 
 
-def available_memory_mb() -> float:
-    """Memory free for training: the GPU's free memory on CUDA, else MemAvailable (Linux)."""
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
+def available_memory_mb(device: torch.device | None = None) -> float:
+    """Memory free for training: the GPU's free memory on a CUDA device, else MemAvailable."""
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
         return free / 1e6
     try:
         with open("/proc/meminfo") as handle:
@@ -60,14 +60,16 @@ def _trainable_top(
 
 def _step_seconds(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> float:
     """Fastest of ``repeats`` timed forward+backward passes (CPU time of this process on CPU)."""
-    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
+    device = next(model.parameters()).device
+    on_gpu = device.type == "cuda"
+    clock = time.perf_counter if on_gpu else time.process_time
     best = float("inf")
     for i in range(repeats + 1):
         start = clock()
         loss, tokens = token_losses(model, batch)
         (loss / max(tokens, 1)).backward()  # type: ignore[no-untyped-call]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if on_gpu:
+            torch.cuda.synchronize(device)
         if i > 0:  # the first pass warms caches and allocators
             best = min(best, clock() - start)
     return best
@@ -117,7 +119,7 @@ def measure_profile(
         fwd_s=fwd,
         bwd_layer_s=bwd_layer,
         num_layers=n,
-        memory_mb=available_memory_mb(),
+        memory_mb=available_memory_mb(bundle.device),
         act_layer_mb=act_bytes / 1e6,
         link_mbps=link_mbps,
     )

@@ -53,6 +53,7 @@ def generate_answers(
     answers = []
     for prompt in prompts:
         ids = tok(format_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")
+        ids = {k: v.to(bundle.device) for k, v in ids.items()}
         out = model.generate(
             **ids,
             max_new_tokens=max_new_tokens,

@@ -58,6 +58,8 @@ class ModelBundle:
     # Each adapter's tensors under PEFT's state-dict names, looked up once: walking the model's
     # state dict on every load and read cost half of a small client task.
     lora_tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # Where the model lives and trains (set once by the assembly point; adapters follow it).
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @contextlib.contextmanager

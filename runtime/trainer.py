@@ -114,6 +114,7 @@ class LocalTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.bundle.model = get_peft_model(self.bundle.model, config)
+        self._follow_device()
         self.bundle.lora_tensors.clear()
         self.bundle.lora_spec = spec
         self.bundle.lora_adapters[repr(spec)] = "default"
@@ -139,6 +140,7 @@ class LocalTrainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model.add_adapter(name, self._lora_config(spec))
+            self._follow_device()
             self.bundle.lora_adapters[key] = name
             self.bundle.lora_tensors.clear()  # adding an adapter may re-create modules
         model.set_adapter(name)
@@ -151,6 +153,16 @@ class LocalTrainer:
         for old in stale[: max(0, len(stale) - (MAX_LAYOUTS - 1))]:
             model.delete_adapter(self.bundle.lora_adapters.pop(old))
             self.bundle.lora_tensors.clear()
+
+    def _follow_device(self) -> None:
+        """Move new adapters to the model's device.
+
+        The seeded initialisation above runs on the CPU generator, so every host starts from the
+        same adapter whatever its device; PEFT does not move adapters of custom (quantized)
+        layers by itself.
+        """
+        if self.bundle.device.type != "cpu":
+            self.bundle.model.to(self.bundle.device)
 
     def _next_layout_number(self) -> int:
         taken = set(self.bundle.lora_adapters.values())
@@ -177,9 +189,9 @@ class LocalTrainer:
         return cached
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        """Return a detached fp32 copy of the adapter tensors (PEFT's state-dict names)."""
+        """Return a detached fp32 CPU copy of the adapter tensors (PEFT's state-dict names)."""
         return {
-            name: t.detach().to(torch.float32, copy=True)
+            name: t.detach().to("cpu", torch.float32, copy=True)
             for name, t in self._adapter_tensors().items()
         }
 

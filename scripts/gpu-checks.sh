@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU (issues 4 and 6), in one command; logs and JSON to $OUT.
+# Every check that needs a CUDA GPU (issues 4, 6 and 23), in one command; logs and JSON to $OUT.
 #
-# What it runs, each step logged to its own file whatever the others do:
-#   1. tests/kernels on the GPU, `gpu`-marked tests included (GPU z == CPU-reference z bit for
-#      bit, bf16 dequantization) -> kernel-tests.log
-#   2. benchmarks/kernels.py (Triton vs torch baselines, copy and bf16 GEMM ceilings)
-#      -> kernels.log, kernels.json
-#   3. benchmarks/zo_step.py on the tiny preset and on a random SmolLM2-135M-shaped model
-#      (all weights, then attention only) -> zo_step.log
-#   4. benchmarks/rng_throughput.py (the CPU perturbation path on that machine) -> rng.log
+# Steps (pick some with --only a,b,c; default: all), each logged whatever the others do:
+#   tests     pytest tests/kernels and the gpu-marked training tests (every strategy trains on
+#             CUDA as on the CPU; GPU z == CPU z bit for bit; quantize on CUDA == CPU bits)
+#             -> tests.log
+#   simulate  `fedft simulate --device cuda` on a random SmolLM2-135M-shaped model, nf4 and not;
+#             fails unless report.json names a CUDA device and a peak GPU memory -> simulate.log
+#   grpc      a loopback coordinator and two `fedft client --device cuda` (the grpc engine)
+#             -> grpc.log (needs the carried wheels: cryptography, SQLAlchemy, alembic, ...)
+#   lora      benchmarks/lora_step.py: fedft's LoRA step vs plain PEFT, batch 8 and 64
+#             -> lora.log, lora.json
+#   kernels   benchmarks/kernels.py (Triton vs torch, copy and GEMM ceilings) -> kernels.log/json
+#   zo        benchmarks/zo_step.py, tiny and SmolLM2-shaped (all weights, attention) -> zo_step.log
 #
-# It needs only a CUDA image with torch, triton, transformers, peft, pytest, pyyaml and
+# It needs only a CUDA image with torch, triton, transformers, peft, pytest, pyyaml, grpcio and
 # setuptools: fedft is installed from this checkout, without dependencies, into a temporary
-# folder, together with any wheels under .whl/ (chatterbot-corpus for step 3). To get that wheel where pip can reach an index:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-#       chatterbot-corpus==1.3.3
+# folder, together with any wheels under .whl/. To fetch those (cp312) where pip reaches PyPI:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 --platform any -d .whl cryptography==50.0.2 cffi==2.1.1 \
+#       pycparser==3.12 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 greenlet==3.5.6
 # Usage:
-#   scripts/gpu-checks.sh          # on the GPU machine; results in $OUT or ./gpu-results
-#   scripts/gpu-checks.sh --cpu    # the same plumbing without a GPU, small sizes (smoke test)
+#   scripts/gpu-checks.sh [--only STEPS]   # on the GPU machine; results in $OUT or ./gpu-results
+#   scripts/gpu-checks.sh --cpu            # the same plumbing without a GPU, small sizes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,7 +31,16 @@ out=${OUT:-$root/gpu-results}
 mkdir -p "$out"
 rm -f "$out"/*.log "$out"/*.json "$out"/device.txt
 cpu=0
-[[ ${1:-} == --cpu ]] && cpu=1
+only=tests,simulate,grpc,lora,kernels,zo
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --cpu) cpu=1 ;;
+        --only) only=$2; shift ;;
+        *) echo "gpu-checks.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+wants() { [[ ",$only," == *",$1,"* ]]; }
 py=${PYTHON:-python3}
 
 work=$(mktemp -d)
@@ -33,7 +48,7 @@ trap 'rm -rf "$work"' EXIT
 # fedft itself (no dependencies, no index: the image has them) and any carried wheels.
 "$py" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
     --target "$work/site" . || exit 1
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [[ $cpu == 0 ]] && compgen -G ".whl/*.whl" >/dev/null; then  # cp312 wheels: the GPU image
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" \
         .whl/*.whl || exit 1
 fi
@@ -62,29 +77,79 @@ step() {  # step NAME LOG COMMAND...: run, log, remember a failure, go on
     [[ $rc == 0 ]] || status=1
 }
 
+# A small dialog file with two categories, so no dataset package is needed on the device.
+data="$work/dialogs.jsonl"
+"$py" - "$data" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(64):
+        topic = ("weather", "sports")[i % 2]
+        f.write(json.dumps({"prompt": f"tell me about {topic} {i}", "response":
+                            f"{topic} is a fine subject, number {i}, " * 3,
+                            "category": topic}) + "\n")
+PY
+check_report() {  # check_report OUT_DIR: fail unless a CUDA device trained (device, peak memory)
+    "$py" - "$1/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(json.dumps({"device": r["device"], "final": r["final"], "memory": r.get("memory"),
+                  "rounds": [{k: x[k] for k in ("round", "eval_loss", "seconds")} for x in r["rounds"]]}))
+assert r["device"].startswith("cuda"), r["device"]
+assert r["final"].get("peak_gpu_mb", 0) > 0, r["final"]
+PY
+}
+simulate() {  # simulate OUT_DIR ARGS...: one `fedft simulate` run, then check its report
+    local dir=$1
+    shift
+    "$py" -m fedft.cli simulate --quiet --clients 2 --rounds 1 --seed 0 --rouge-examples 0 \
+        --eval-examples 16 --out "$dir" "$@" && check_report "$dir"
+}
+
 if [[ $cpu == 1 ]]; then
-    step "kernel tests (gpu-marked only)" kernel-tests.log \
+    wants tests && step "kernel tests (gpu-marked only)" tests.log \
         "$py" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
-    step "kernel benchmark" kernels.log \
+    wants simulate && step "simulate, tiny, cpu" simulate.log \
+        "$py" -m fedft.cli simulate --quiet --clients 2 --rounds 1 --rouge-examples 0 \
+        --eval-examples 8 --model tiny --device cpu --dataset "$data" --out "$work/s-cpu"
+    wants lora && step "LoRA step, tiny" lora.log "$py" benchmarks/lora_step.py --model tiny \
+        --device cpu --steps 2 --json "$out/lora.json"
+    wants kernels && step "kernel benchmark" kernels.log \
         "$py" benchmarks/kernels.py --rounds 1 --reps 1 --elements 65536 --gemm 64 64 64 \
         --gemm-ceiling 128 --copy-mib 4 --json "$out/kernels.json"
-    step "ZO step, tiny" zo_step.log "$py" benchmarks/zo_step.py --model tiny --repeats 1
-    step "CPU perturbation rate" rng.log "$py" benchmarks/rng_throughput.py --numel 65536
+    wants zo && step "ZO step, tiny" zo_step.log "$py" benchmarks/zo_step.py --model tiny --repeats 1
     exit $status
 fi
 
-step "kernel tests" kernel-tests.log "$py" -m pytest -q -p no:cacheprovider tests/kernels
-step "kernel benchmark" kernels.log "$py" benchmarks/kernels.py --json "$out/kernels.json"
 shape="$work/smollm2-shape"
-step "ZO step, tiny" zo_step.log "$py" benchmarks/zo_step.py --model tiny
-if "$py" benchmarks/random_checkpoint.py "$shape" >/dev/null; then
+if wants simulate || wants lora || wants zo; then
+    "$py" benchmarks/random_checkpoint.py "$shape" >/dev/null || { echo "no checkpoint"; status=1; }
+fi
+wants tests && step "kernel and training tests" tests.log \
+    "$py" -m pytest -q -p no:cacheprovider tests/kernels tests/runtime/test_placement.py
+if wants simulate; then
+    step "simulate --device cuda, SmolLM2 shape" simulate.log simulate "$work/s-full" \
+        --model "$shape" --dataset "$data" --device cuda --opt local_steps=4 --opt batch_size=4
+    step "simulate --device cuda --quant nf4, SmolLM2 shape" simulate.log simulate "$work/s-nf4" \
+        --model "$shape" --dataset "$data" --device cuda --quant nf4 --opt local_steps=4 \
+        --opt batch_size=4
+    step "simulate --device cuda, fedkseed, tiny" simulate.log simulate "$work/s-zo" \
+        --model tiny --dataset "$data" --device cuda --strategy fedkseed --opt local_steps=20
+fi
+wants grpc && step "grpc engine: coordinator + 2 clients --device cuda, tiny" grpc.log \
+    simulate "$work/g" --engine grpc --model tiny --dataset "$data" --device cuda
+if wants lora; then
+    for batch in 8 64; do
+        step "LoRA step, SmolLM2 shape, batch $batch" lora.log "$py" benchmarks/lora_step.py \
+            --model "$shape" --device cuda --batch-size $batch --json "$out/lora-b$batch.json"
+    done
+fi
+wants kernels && step "kernel benchmark" kernels.log \
+    "$py" benchmarks/kernels.py --json "$out/kernels.json"
+if wants zo; then
+    step "ZO step, tiny" zo_step.log "$py" benchmarks/zo_step.py --model tiny
     for trainable in all self_attn; do
         step "ZO step, SmolLM2-135M shape, $trainable" zo_step.log \
             "$py" benchmarks/zo_step.py --model "$shape" --trainable $trainable
     done
-else
-    echo "could not write the SmolLM2-shaped checkpoint" | tee -a "$out/zo_step.log"
-    status=1
 fi
-step "CPU perturbation rate" rng.log "$py" benchmarks/rng_throughput.py
 exit $status

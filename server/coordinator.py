@@ -16,7 +16,8 @@ from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.privacy.config import DPConfig
-from fedft.privacy.wrapper import DPServer, dp_settings_from_state
+from fedft.privacy.wrapper import dp_settings_from_state
+from fedft.runtime.server_assembly import wrap_server
 from fedft.server import metrics as prom
 from fedft.server.enrollment import ClientDirectory
 from fedft.server.intake import Intake, Rejected
@@ -109,12 +110,12 @@ class Coordinator:
             if kept != privacy:
                 logger.warning("resuming run %s with its stored DP settings", stored.run_id)
             privacy = kept
-        self.server_half: ServerStrategy[Any] = strategy.server_cls(self.config, seed=seed)
-        # Under DP the wrapper samples, clips and noises; each round's ledger entry is stored
-        # with the round's checkpoint.
-        self.dp_server = DPServer(self.server_half, privacy, seed=seed) if privacy else None
-        if self.dp_server is not None:
-            self.server_half = self.dp_server
+        # The assembly point wraps the server half as every engine does (DP today); each
+        # round's ledger entry is stored with the round's checkpoint.
+        self.server_half: ServerStrategy[Any]
+        self.server_half, self.dp_server = wrap_server(
+            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy
+        )
         self.intake = Intake(
             state,
             self._lock,

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from fedft.core.device import DEVICE_HELP
 from fedft.simulation.devices import DEVICE_MIX_HELP
 from fedft.simulation.partition import PARTITION_HELP
 from fedft.simulation.spec import ENGINES, SimulationSpec
@@ -104,6 +105,7 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "quantize the frozen base for LoRA strategies: nf4 (4-bit NormalFloat, QLoRA) or int8, "
         "block-wise with one fp32 scale per 64 weights; the report records the memory saved",
     ),
+    ("--device", str, "auto|cpu|cuda|cuda:N", DEVICE_HELP),
     ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
 )
 
@@ -225,5 +227,8 @@ def run(args: argparse.Namespace) -> int:
     from fedft.simulation.console import run_with_progress
 
     spec = spec_from_args(args)
+    from fedft.runtime.placement import resolve_device
+
+    resolve_device(spec.device)  # --device cuda without a GPU: one line, before any loading
     run_with_progress(spec, quiet=args.quiet)
     return 0

@@ -9,21 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedft.core.config import ConfigError, StrategyConfig
+from fedft.core.config import StrategyConfig
 from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
-from fedft.core.errors import UsageError
+from fedft.core.hosting import REJECTED, accepted_results, rejected_count
 from fedft.core.payload import Payload
-from fedft.core.registry import StrategySpec, get_strategy
+from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.core.strategy import ClientInfo, ClientStrategy, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, ClientStrategy, Failure, Result, ServerStrategy, Task
 from fedft.privacy.ledger import LEDGER_FILE
-from fedft.privacy.local import CLIENTS_DIR, LocalDPClient, worst_client
+from fedft.privacy.local import CLIENTS_DIR, worst_client
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
-from fedft.privacy.wrapper import DPServer
+from fedft.runtime.assembly import assemble_client
 from fedft.runtime.data import Example
 from fedft.runtime.device import measure_profile
-from fedft.runtime.evaluation import generate_answers, held_out_loss, rouge_l
-from fedft.runtime.models import ModelBundle, load_model
+from fedft.runtime.evaluation import generate_answers, rouge_l
+from fedft.runtime.models import ModelBundle
+from fedft.runtime.placement import peak_memory_mb
+from fedft.runtime.server_assembly import assemble_server
+from fedft.runtime.spec import resolve_strategy
 from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
@@ -69,14 +72,7 @@ class _Wire:
 
 def build_strategy(spec: SimulationSpec) -> tuple[StrategySpec, StrategyConfig]:
     """Resolve the strategy name and build its validated config."""
-    import fedft.strategies  # noqa: F401 - registers the built-ins even without entry points
-
-    strategy = get_strategy(spec.strategy)
-    try:
-        config = strategy.make_config(spec.strategy_options)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise UsageError(f"{spec.strategy}: {exc}") from exc
-    return strategy, config
+    return resolve_strategy(spec.strategy, spec.strategy_options)
 
 
 class InProcessEngine:
@@ -85,50 +81,40 @@ class InProcessEngine:
     def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
         self.spec = spec
         self.progress = progress
-        self.strategy, self.config = build_strategy(spec)
+        run = spec.run_spec()
         data = split_data(spec)
         self.eval_set: list[Example] = data.eval_set
         self.rouge_set: list[Example] = data.rouge_set
-        self.bundle: ModelBundle = load_model(spec.model)
-        self.memory = quantize_for(spec, self.bundle)
-        self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
-        local_dp = spec.local_dp_config()
-        self.local_dp = LocalDPClient(self.client_half, local_dp) if local_dp else None
-        if self.local_dp is not None:
-            self.client_half = self.local_dp
-        self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
-            self.config, seed=spec.seed
-        )
-        dp = spec.dp_config()
-        # Under DP the wrapper samples, clips, noises and records; the host only keeps the files.
-        self.dp_server = DPServer(self.server_half, dp, seed=spec.seed) if dp else None
-        if self.dp_server is not None:
-            self.server_half = self.dp_server
-        self.recorder = RunRecorder(spec.out) if dp else None
+        # Model, quantization, device and client-side DP: the one assembly point every host uses.
+        self.runtime = assemble_client(run)
+        self.strategy, self.config = self.runtime.strategy, self.runtime.config
+        self.bundle: ModelBundle = self.runtime.bundle
+        self.memory = self.runtime.memory
+        self.client_half: ClientStrategy[Any] = self.runtime.client_half
+        self.local_dp = self.runtime.local_dp
+        server = assemble_server(run)
+        self.server_half: ServerStrategy[Any] = server.server_half
+        self.dp_server = server.dp
+        self.recorder = RunRecorder(spec.out) if self.dp_server is not None else None
         self.audit_result: dict[str, Any] | None = None
         self.clients = {
-            cid: VirtualClient(cid, LocalTrainer(self.bundle, examples, max_length=spec.max_length))
+            cid: VirtualClient(cid, self.runtime.trainer(examples))
             for cid, examples in data.clients.items()
         }
-        self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
+        self.evaluator = self.runtime.evaluator
         self.tiers: dict[str, str] = {}
         self._client_cpu = 0.0
         self.profiles: dict[str, DeviceProfile] = {}
         if spec.device_mix:
             self.tiers = assign_tiers(spec.device_mix, list(self.clients))
-            # One micro-benchmark of this machine, before adapters exist; tiers scale it.
+            # One micro-benchmark of this machine, before adapters train; tiers scale it.
             first = next(iter(self.clients.values()))
             batch = int(getattr(self.config, "batch_size", 8))
             base = measure_profile(first.trainer, batch_size=batch)
             self.profiles = {cid: tier_profile(base, t) for cid, t in self.tiers.items()}
-        for client in self.clients.values():
-            self.client_half.prepare(client.trainer)
-        self.client_half.prepare(self.evaluator)
-        require_lora(spec, self.bundle)
 
     def _evaluate(self) -> float:
-        self.client_half.load_global(self.server_half.global_state(), self.evaluator)
-        return held_out_loss(self.bundle, self.eval_set, max_length=self.spec.max_length).loss
+        return self.runtime.evaluate(self.server_half.global_state(), self.eval_set)
 
     def _run_tasks(
         self,
@@ -168,6 +154,7 @@ class InProcessEngine:
                 "ranks": ranks,
                 "seconds": round(seconds, 4),
                 "bytes": wire.up + wire.down - before,
+                "device": self.runtime.device_name,
                 **(
                     {"tier": self.tiers[task.client_id], "cpu_seconds": round(cpu, 6)}
                     if profile
@@ -190,12 +177,13 @@ class InProcessEngine:
             engine=spec.engine,
             config=self.config.to_dict(),
             memory=self.memory,
+            device=self.runtime.device_name,
         )
         if self.recorder is not None:
             self.recorder.start()
         for stale in (spec.out / CLIENTS_DIR).glob(f"*/{LEDGER_FILE}"):
             stale.unlink()  # an earlier run's releases are not this run's
-        self.server_half.initialize(self.client_half.initial_state(self.evaluator))
+        self.server_half.initialize(self.runtime.initial_state())
         report.initial = {"eval_loss": self._evaluate()}
         report.write(spec.out)
         infos = [
@@ -213,9 +201,14 @@ class InProcessEngine:
             records: dict[str, dict[str, Any]] = {}
             self._client_cpu = 0.0
             tasks = self.server_half.configure(server_round, infos)
+            failures: list[Failure] = []
+            results = self._run_tasks(server_round, tasks, wire, records)
             metrics = self.server_half.aggregate(
-                server_round, self._run_tasks(server_round, tasks, wire, records), []
+                server_round,
+                accepted_results(self.server_half, server_round, results, failures),
+                failures,
             )
+            metrics = {**metrics, REJECTED: rejected_count(failures)}
             server = max(time.process_time() - start_cpu - self._client_cpu, 0.0)
             if self.recorder is not None and self.dp_server is not None:
                 self.recorder.after_round(self.dp_server)
@@ -253,27 +246,6 @@ class InProcessEngine:
         return final
 
 
-def quantize_for(spec: SimulationSpec, bundle: ModelBundle) -> dict[str, Any]:
-    """Quantize the frozen base as ``--quant`` asks; return the memory summary for the report."""
-    from fedft.runtime.quantization import quantize_bundle
-
-    summary = quantize_bundle(bundle, spec.quant)
-    if spec.quant != "none":
-        logger.info(
-            "quantized %d linear layers to %s: %.2f MB -> %.2f MB of weights",
-            summary.layers, spec.quant, summary.bytes_before / 1e6, summary.bytes_after / 1e6,
-        )  # fmt: skip
-    return summary.to_dict()
-
-
-def require_lora(spec: SimulationSpec, bundle: ModelBundle) -> None:
-    """Refuse ``--quant`` for strategies that tune the (frozen, quantized) base itself."""
-    if spec.quant != "none" and bundle.lora_spec is None:
-        raise UsageError(
-            f"--quant {spec.quant} needs a LoRA strategy; {spec.strategy} tunes the base"
-        )
-
-
 def finish_report(
     report: Report,
     spec: SimulationSpec,
@@ -301,6 +273,9 @@ def finish_report(
         "rouge_l": rouge,
         "bytes_total": report.bytes_total,
     }
+    peak = peak_memory_mb(evaluator.bundle.device)
+    if peak is not None:  # proof that the GPU did the work, and how much memory it took
+        report.final["peak_gpu_mb"] = round(peak, 1)
     if spec.local_dp_config() is not None and clients_dir is not None and clients_dir.is_dir():
         report.final.update(worst_client(sorted(p for p in clients_dir.iterdir() if p.is_dir())))
     if evaluator.bundle.lora_spec is not None:

@@ -16,30 +16,17 @@ from fedft.core.device import CPU_SECONDS, TASK_SECONDS
 from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
 from fedft.core.serde import payload_from_bytes
-from fedft.core.strategy import ClientStrategy, ServerStrategy
-from fedft.privacy.audit import audit
+from fedft.core.strategy import ServerStrategy
 from fedft.privacy.config import DPConfig
-from fedft.privacy.ledger import LEDGER_FILE, write_jsonl
-from fedft.privacy.report import write_json, write_png
-from fedft.privacy.wrapper import DPServer
-from fedft.runtime.evaluation import held_out_loss
-from fedft.runtime.models import load_model
-from fedft.runtime.trainer import LocalTrainer
-from fedft.server.privacy_source import audit_input
+from fedft.runtime.assembly import assemble_client
+from fedft.runtime.server_assembly import assemble_server
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord, TrafficRecord
 from fedft.server.tls import init_certificates
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
-from fedft.simulation.engine import (
-    ProgressFn,
-    _no_progress,
-    build_strategy,
-    finish_report,
-    quantize_for,
-    require_lora,
-)
+from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -69,7 +56,16 @@ class GrpcEngine:
     def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
         self.spec = spec
         self.progress = progress
-        self.strategy, self.config = build_strategy(spec)
+        run = spec.run_spec()
+        # The parent evaluates each round's checkpoint with the same runtime as the clients.
+        self.runtime = assemble_client(run)
+        self.strategy, self.config = self.runtime.strategy, self.runtime.config
+        self.memory = self.runtime.memory
+        # Checkpoints of a DP run carry dp.* entries only the wrapper knows how to load.
+        self.server_half: ServerStrategy[Any] = assemble_server(run).server_half
+        self.dp = run.dp
+        self.audit_result: dict[str, Any] | None = None
+        self.evaluator = self.runtime.evaluator
         self.data = split_data(spec)
         self.workdir = spec.out / "grpc"
         if self.workdir.exists():
@@ -78,20 +74,6 @@ class GrpcEngine:
         (self.workdir / "logs").mkdir()
         self.db_url = f"sqlite:///{self.workdir / 'coordinator.db'}"
         init_certificates(self.workdir / "certs", ["127.0.0.1"])
-        self.bundle = load_model(spec.model)
-        self.memory = quantize_for(spec, self.bundle)
-        self.client_half: ClientStrategy[Any] = self.strategy.client_cls(self.config)
-        self.server_half: ServerStrategy[Any] = self.strategy.server_cls(
-            self.config, seed=spec.seed
-        )
-        self.dp = spec.dp_config()
-        if self.dp is not None:
-            # Checkpoints of a DP run carry dp.* entries only the wrapper knows how to load.
-            self.server_half = DPServer(self.server_half, self.dp, seed=spec.seed)
-        self.audit_result: dict[str, Any] | None = None
-        self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
-        self.client_half.prepare(self.evaluator)
-        require_lora(spec, self.bundle)
         self._processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._handles: list[IO[bytes]] = []
 
@@ -151,7 +133,7 @@ class GrpcEngine:
                 "--token", tokens[cid], "--client-id", cid, "--data", str(path),
                 "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
                 "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
-                "--quant", self.spec.quant,
+                "--quant", self.spec.quant, "--device", self.spec.device,
             ]  # fmt: skip
             local_dp = self.spec.local_dp_config()
             if local_dp is not None:
@@ -184,8 +166,7 @@ class GrpcEngine:
     # --- the run -------------------------------------------------------------------------------
     def _evaluate_checkpoint(self, state: State, round_number: int) -> float:
         self.server_half.load_state_dict(payload_from_bytes(state.get_checkpoint(round_number)))
-        self.client_half.load_global(self.server_half.global_state(), self.evaluator)
-        return held_out_loss(self.bundle, self.data.eval_set, max_length=self.spec.max_length).loss
+        return self.runtime.evaluate(self.server_half.global_state(), self.data.eval_set)
 
     def _wait_for_round(self, state: State, round_number: int) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S + self.spec.rounds * 600
@@ -203,7 +184,7 @@ class GrpcEngine:
         report = Report(
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
-            config=self.config.to_dict(), memory=self.memory,
+            config=self.config.to_dict(), memory=self.memory, device=self.runtime.device_name,
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)
@@ -239,6 +220,12 @@ class GrpcEngine:
 
     def _audit(self, state: State) -> dict[str, Any]:
         """Audit from the coordinator's database, as `fedft audit --db` does; files go to out."""
+        # dp-accounting and scipy load only for a DP run (a GPU image may lack them).
+        from fedft.privacy.audit import audit
+        from fedft.privacy.ledger import LEDGER_FILE, write_jsonl
+        from fedft.privacy.report import write_json, write_png
+        from fedft.server.privacy_source import audit_input
+
         result = audit(audit_input(state, self.db_url), 1e-5)
         write_json(result, self.spec.out)
         write_png(result, self.spec.out)

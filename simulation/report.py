@@ -23,7 +23,8 @@ class RoundRecord:
     participants: int
     seconds: float
     metrics: dict[str, MetricValue] = field(default_factory=dict)
-    # Per client: lora_depth, ranks (bottom to top), seconds, bytes and, if simulated, its tier.
+    # Per client: lora_depth, ranks (bottom to top), seconds, bytes, device and, if simulated,
+    # its tier and CPU seconds.
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -44,6 +45,8 @@ class Report:
     final: dict[str, float | int | None] = field(default_factory=dict)
     # Model weight memory (--quant): scheme, quantized layers, bytes before/after, fraction saved.
     memory: dict[str, Any] = field(default_factory=dict)
+    # Where the clients trained (--device), e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    device: str = "cpu"
 
     @property
     def bytes_total(self) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
 from fedft.privacy.config import (
     DPConfig,
@@ -14,6 +15,9 @@ from fedft.privacy.config import (
     local_dp_config_from_flags,
 )
 from fedft.simulation.partition import parse_partition
+
+if TYPE_CHECKING:
+    from fedft.runtime.spec import RunSpec
 
 ENGINES = ("inprocess", "grpc", "flower")
 # Same values as fedft.runtime.quantization.QUANT_CHOICES (a test keeps them equal); not imported
@@ -52,6 +56,7 @@ class SimulationSpec:
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
     quant: str = "none"
+    device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
     # --engine flower only: Ray resources per virtual client and an optional cluster address.
     cpus_per_client: float = 1.0
@@ -78,20 +83,7 @@ class SimulationSpec:
                 raise UsageError(message)
         self.dp_config()  # validates the DP flags
         self.local_dp_config()
-        if self.engine == "flower":
-            # The Flower adapter hosts the plain plugin halves; these features live in our hosts.
-            unsupported = [
-                (self.dp_noise is not None, "--dp-noise"),
-                (self.local_dp_clip is not None, "--local-dp-clip"),
-                (self.quant != "none", "--quant"),
-                (bool(self.device_mix), "--device-mix"),
-            ]
-            for given, flag in unsupported:
-                if given:
-                    raise UsageError(
-                        f"{flag} is not supported with --engine flower yet; "
-                        "use --engine inprocess or grpc"
-                    )
+        check_device_name(self.device)
         parse_partition(self.partition)
         if self.device_mix:
             from fedft.simulation.devices import parse_device_mix
@@ -119,3 +111,19 @@ class SimulationSpec:
     def local_dp_config(self) -> LocalDPConfig | None:
         """The client-side DP settings, or None."""
         return local_dp_config_from_flags(clip=self.local_dp_clip, noise=self.local_dp_noise)
+
+    def run_spec(self) -> RunSpec:
+        """The host-neutral description the assembly point builds every engine's run from."""
+        from fedft.runtime.spec import RunSpec
+
+        return RunSpec(
+            strategy=self.strategy,
+            options=dict(self.strategy_options),
+            model=self.model,
+            seed=self.seed,
+            quant=self.quant,
+            device=self.device,
+            max_length=self.max_length,
+            dp=self.dp_config(),
+            local_dp=self.local_dp_config(),
+        )

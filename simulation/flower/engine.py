@@ -64,6 +64,11 @@ class FlowerEngine:
         self.server = FlowerServer(spec, progress=progress)
 
     @property
+    def audit_result(self) -> dict[str, Any] | None:
+        """The privacy audit of a DP run (None otherwise), as the other engines expose it."""
+        return self.server.audit_result
+
+    @property
     def progress(self) -> ProgressFn:
         """The progress callback (the console swaps it in after construction)."""
         return self._progress

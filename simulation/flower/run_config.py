@@ -21,12 +21,10 @@ from fedft.simulation.spec import SimulationSpec
 OPTION_PREFIX = "opt."
 ROUNDS_KEY = "num-server-rounds"
 # Spec fields that have no meaning inside a Flower app: Flower is the engine, and Ray's
-# resources come from the federation's own configuration.
-# DP, quantization and device mixes are features of fedft's own hosts, refused with Flower.
+# resources come from the federation's own configuration. Everything else (DP, quantization,
+# device, device mixes) travels, since the apps assemble their runs like every other host.
 _NOT_IN_APP = frozenset(
     {"strategy_options", "rounds", "engine", "cpus_per_client", "gpus_per_client", "ray_address"}
-    | {"dp_noise", "dp_clip", "dp_adaptive", "dp_sampling_rate", "dp_count_stddev", "canaries"}
-    | {"canary_iterates", "local_dp_clip", "local_dp_noise", "quant", "device_mix"}
 )
 
 
@@ -38,9 +36,9 @@ def spec_to_run_config(spec: SimulationSpec) -> dict[str, bool | int | float | s
     """Flatten a spec into the run-config pairs :func:`spec_from_run_config` reads back."""
     config: dict[str, bool | int | float | str] = {ROUNDS_KEY: spec.rounds}
     for field in dataclasses.fields(spec):
-        if field.name in _NOT_IN_APP:
-            continue
         value = getattr(spec, field.name)
+        if field.name in _NOT_IN_APP or value is None:  # a run config has no None: unset it
+            continue
         config[_key(field.name)] = str(value) if isinstance(value, Path) else value
     for name, value in spec.strategy_options.items():
         config[OPTION_PREFIX + name] = _option_text(value)

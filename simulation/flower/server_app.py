@@ -13,12 +13,14 @@ from typing import Any
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedft.core.strategy import ClientStrategy, ServerStrategy
-from fedft.runtime.evaluation import held_out_loss
-from fedft.runtime.models import load_model
-from fedft.runtime.trainer import LocalTrainer
+from fedft.core.strategy import ServerStrategy
+from fedft.privacy.ledger import LEDGER_FILE
+from fedft.privacy.local import CLIENTS_DIR
+from fedft.privacy.run_dir import RunRecorder, audit_run_folder
+from fedft.runtime.assembly import assemble_client
+from fedft.runtime.server_assembly import assemble_server
 from fedft.simulation.data_split import split_data
-from fedft.simulation.engine import ProgressFn, _no_progress, build_strategy, finish_report
+from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
 from fedft.simulation.flower.run_config import spec_from_run_config
 from fedft.simulation.flower.strategy import FedftStrategy
 from fedft.simulation.report import Report, RoundRecord
@@ -39,26 +41,30 @@ class FlowerServer:
         self.spec = spec
         self.progress = progress
         self.timeout_s = timeout_s
-        strategy, self.config = build_strategy(spec)
+        run = spec.run_spec()
         data = split_data(spec)
         self.eval_set, self.rouge_set = data.eval_set, data.rouge_set
-        self.bundle = load_model(spec.model)
-        self.client_half: ClientStrategy[Any] = strategy.client_cls(self.config)
-        self.server_half: ServerStrategy[Any] = strategy.server_cls(self.config, seed=spec.seed)
-        self.evaluator = LocalTrainer(self.bundle, [], max_length=spec.max_length)
-        self.client_half.prepare(self.evaluator)
+        # The same assembly as every other host: model, quantization, device, DP wrapper.
+        self.runtime = assemble_client(run)
+        self.config = self.runtime.config
+        server = assemble_server(run)
+        self.server_half: ServerStrategy[Any] = server.server_half
+        self.dp_server = server.dp
+        self.recorder = RunRecorder(spec.out) if self.dp_server is not None else None
+        self.audit_result: dict[str, Any] | None = None
+        self.evaluator = self.runtime.evaluator
         self.strategy = FedftStrategy(
             self.server_half, min_nodes=spec.clients, node_wait_s=node_wait_s, timeout_s=timeout_s
         )
         self.report = Report(
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="flower",
-            config=self.config.to_dict(),
+            config=self.config.to_dict(), memory=self.runtime.memory,
+            device=self.runtime.device_name,
         )  # fmt: skip
 
     def _evaluate(self) -> float:
-        self.client_half.load_global(self.server_half.global_state(), self.evaluator)
-        return held_out_loss(self.bundle, self.eval_set, max_length=self.spec.max_length).loss
+        return self.runtime.evaluate(self.server_half.global_state(), self.eval_set)
 
     def after_round(self, server_round: int, arrays: object) -> MetricRecord:
         """Flower's ``evaluate_fn``: score the global model, then record and write the round."""
@@ -70,6 +76,8 @@ class FlowerServer:
             # Flower hands back a round's replies all at once, so the client bar jumps to full.
             self.progress("client", traffic.participants, traffic.participants)
             metrics = self.strategy.round_metrics.pop(server_round, {})
+            if self.recorder is not None and self.dp_server is not None:
+                self.recorder.after_round(self.dp_server)
             self.report.rounds.append(
                 RoundRecord(
                     round=server_round,
@@ -87,7 +95,11 @@ class FlowerServer:
 
     def main(self, grid: Grid, context: Context) -> None:
         """The ServerApp's body: initialise the plugin, then let Flower run the rounds."""
-        self.server_half.initialize(self.client_half.initial_state(self.evaluator))
+        for stale in (self.spec.out / CLIENTS_DIR).glob(f"*/{LEDGER_FILE}"):
+            stale.unlink()  # an earlier run's releases are not this run's
+        if self.recorder is not None:
+            self.recorder.start()
+        self.server_half.initialize(self.runtime.initial_state())
         self.strategy.start(
             grid=grid,
             initial_arrays=self.strategy.global_arrays(),
@@ -98,7 +110,17 @@ class FlowerServer:
 
     def finish(self) -> Report:
         """Score the final model (Rouge-L), save the adapter, write the final report."""
-        return finish_report(self.report, self.spec, self.evaluator, self.rouge_set, self.progress)
+        report = finish_report(
+            self.report,
+            self.spec,
+            self.evaluator,
+            self.rouge_set,
+            self.progress,
+            clients_dir=self.spec.out / CLIENTS_DIR,
+        )
+        if self.recorder is not None:
+            self.audit_result = audit_run_folder(self.spec.out)
+        return report
 
 
 def make_server_app(server: FlowerServer | None = None) -> ServerApp:

@@ -14,6 +14,7 @@ who it is (client id and example count) with one ``query`` message.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -25,10 +26,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedft.core.errors import FedftError, ProtocolError
+from fedft.core.hosting import REJECTED, accepted_results, rejected_count
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.serde import payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
-from fedft.simulation.flower.client_app import DESCRIBE_ACTION, DESCRIBE_RECORD, TRAIN_ACTION
+from fedft.simulation.flower.client_app import (
+    DESCRIBE_ACTION,
+    DESCRIBE_RECORD,
+    PROFILE_KEY,
+    TRAIN_ACTION,
+)
 from fedft.simulation.flower.codec import payload_to_records, records_to_payload, tensors_to_record
 
 logger = logging.getLogger(__name__)
@@ -112,11 +119,13 @@ class FedftStrategy(Strategy):
             if not isinstance(client_id, str) or not isinstance(examples, int):
                 logger.warning("node %d described itself wrongly: %s", node, dict(record))
                 continue
+            profile = record.get(PROFILE_KEY)
+            properties = json.loads(profile) if isinstance(profile, str) else {}
             if client_id in self.node_of and self.node_of[client_id] != node:
                 logger.warning("node %d claims client id %s, already taken", node, client_id)
                 continue
             self.node_of[client_id] = node
-            self.clients[client_id] = ClientInfo(client_id, examples)
+            self.clients[client_id] = ClientInfo(client_id, examples, properties)
         for client_id in [c for c, n in self.node_of.items() if n not in nodes]:
             del self.node_of[client_id], self.clients[client_id]  # the node left
         return [self.clients[c] for c in sorted(self.clients)]
@@ -162,10 +171,19 @@ class FedftStrategy(Strategy):
         ]
         results = list(self._results(server_round, by_client, failures))
         metrics = self.server_half.aggregate(server_round, iter(results), failures)
+        metrics = {**metrics, REJECTED: rejected_count(failures)}
         self.round_metrics[server_round] = dict(metrics)
         return self.global_arrays(), MetricRecord(dict(metrics))
 
     def _results(
+        self, server_round: int, replies: dict[str, Message], failures: list[Failure]
+    ) -> Iterator[Result]:
+        """The replies that decode and pass ``check_update`` (the host rule); the rest fail."""
+        return accepted_results(
+            self.server_half, server_round, self._decoded(server_round, replies, failures), failures
+        )
+
+    def _decoded(
         self, server_round: int, replies: dict[str, Message], failures: list[Failure]
     ) -> Iterator[Result]:
         traffic = self.traffic[server_round]
@@ -179,13 +197,8 @@ class FedftStrategy(Strategy):
             except ProtocolError as exc:
                 failures.append(Failure(client_id, f"undecodable update: {exc}"))
                 continue
-            result = Result(client_id, payload)
-            refusal = self.server_half.check_update(server_round, result)
-            if refusal is not None:
-                failures.append(Failure(client_id, f"refused: {refusal}"))
-                continue
             traffic.up += len(payload_to_bytes(payload))
-            yield result
+            yield Result(client_id, payload)
 
     # --- evaluation is central (the host's evaluate_fn); Flower's client-side one is unused ---
     def configure_evaluate(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedft.cli.main import build_parser, main
 
@@ -76,6 +77,7 @@ def bad_jsonl(tmp_path: Path) -> str:
         (["--opt", "bogus=1"], "has no option 'bogus'"),
         (["--opt", "lr=fast"], "cannot read 'fast' as float"),
         (["--opt", "lr=-1"], "lr must be > 0"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_code_2(
@@ -105,3 +107,21 @@ def test_building_the_parser_imports_no_heavy_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["simulate", "client"])
+def test_device_cuda_without_a_gpu_is_one_line(command: str, tmp_path: Path) -> None:
+    args = ["--quiet", "--out", str(tmp_path / "o")] if command == "simulate" else []
+    if command == "client":
+        data = tmp_path / "d.jsonl"
+        data.write_text('{"prompt": "hi", "response": "hello"}\n')
+        args = ["--server", "127.0.0.1:1", "--insecure", "--data", str(data), "--model", "tiny"]
+        args += ["--state-dir", str(tmp_path / "state")]
+    proc = run_cli(command, "--model", "tiny", "--device", "cuda", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        lines[-1] == "fedft: error: --device cuda: this machine has no CUDA GPU that torch can use"
+    )
+    assert "Traceback" not in proc.stderr

@@ -89,3 +89,25 @@ def test_gpu_bf16_dequantize_equals_reference(scheme: str, monkeypatch: pytest.M
     monkeypatch.setenv("FEDFT_KERNELS", "triton")
     got = dequantize(quantize(weight.cuda(), scheme), torch.bfloat16)
     assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_quantize_on_cuda_gives_the_cpu_bits(scheme: str) -> None:
+    """A base quantized on a GPU client holds the same codes and scales as a CPU client's."""
+    weight = torch.randn(4096, 1024, generator=torch.Generator().manual_seed(4))
+    on_cpu = quantize(weight, scheme)
+    on_gpu = quantize(weight.cuda(), scheme)
+    assert torch.equal(on_gpu.codes.cpu(), on_cpu.codes)
+    assert torch.equal(on_gpu.scales.cpu(), on_cpu.scales)
+
+
+def test_int8_scales_are_true_divisions() -> None:
+    # absmax / 127 rounded once (what the CPU computes), not absmax * (1 / 127), which CUDA uses
+    # for a division by a Python scalar and which differs in the last bit for ~4% of blocks.
+    weight = torch.rand(64 * 4096, generator=torch.Generator().manual_seed(5)) * 3
+    scales = quantize(weight, "int8", blocksize=64).scales
+    absmax = weight.view(-1, 64).abs().amax(dim=1)
+    exact = (absmax.double() / 127).float()
+    assert torch.equal(scales, exact)

@@ -15,6 +15,7 @@ import psutil
 import ray
 import torch
 
+from fedft.privacy.mechanisms import SecureGaussian
 from fedft.simulation.engine import InProcessEngine
 from fedft.simulation.flower.engine import FlowerEngine
 from fedft.simulation.report import Report
@@ -22,16 +23,31 @@ from fedft.simulation.spec import SimulationSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CASES = {
-    "fedavg_lora": {},
-    "fedkseed": {"local_steps": 10, "seeds": 512, "lr": 5e-5},
+CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "fedavg_lora": ("fedavg_lora", {}, {}),
+    "fedkseed": ("fedkseed", {"local_steps": 10, "seeds": 512, "lr": 5e-5}, {}),
+    # What the assembly point adds in every host: server-side DP (clip and noise), client-side
+    # clipping, a quantized base and a simulated device population.
+    "host_features": (
+        "fedavg_lora",
+        {},
+        {
+            "dp_noise": 1.0,
+            "dp_clip": 0.05,
+            "local_dp_clip": 0.1,
+            "quant": "nf4",
+            "device_mix": "fast:2,slow:1",
+        },
+    ),
 }
 
 
-def make_spec(out: Path, engine: str, strategy: str) -> SimulationSpec:
+def make_spec(out: Path, engine: str, case: str) -> SimulationSpec:
+    strategy, options, extra = CASES[case]
     return SimulationSpec(
+        **extra,
         strategy=strategy,
-        strategy_options=dict(CASES[strategy]),
+        strategy_options=dict(options),
         model="tiny",
         clients=3,
         rounds=3,
@@ -48,11 +64,15 @@ def no_ray_processes_left() -> bool:
     return not any("ray" in " ".join(c.cmdline()).lower() for c in children if c.is_running())
 
 
-@pytest.mark.parametrize("strategy", sorted(CASES))
-def test_flower_engine_matches_the_in_process_engine(tmp_path: Path, strategy: str) -> None:
-    flower = FlowerEngine(make_spec(tmp_path / "flower", "flower", strategy))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flower_engine_matches_the_in_process_engine(tmp_path: Path, case: str) -> None:
+    flower = FlowerEngine(make_spec(tmp_path / "flower", "flower", case))
+    local = InProcessEngine(make_spec(tmp_path / "local", "inprocess", case))
+    if local.dp_server is not None and flower.server.dp_server is not None:
+        # Real DP noise is unpredictable by design; one fixed key makes both engines draw alike.
+        local.dp_server.noise = SecureGaussian(key=bytes(32))
+        flower.server.dp_server.noise = SecureGaussian(key=bytes(32))
     flower_report = flower.run()
-    local = InProcessEngine(make_spec(tmp_path / "local", "inprocess", strategy))
     local_report = local.run()
 
     # The same global model: every tensor of the plugin's global state, to fp32 tolerance.

@@ -1,0 +1,53 @@
+"""The server half inside its wrappers (DP and canaries today), as every host drives it.
+
+The coordinator and the three simulation engines call :func:`wrap_server` (or
+:func:`assemble_server`), so a wrapper added here (robust aggregation, participation weights,
+secure aggregation) runs in all of them. Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedft.core.config import StrategyConfig
+from fedft.core.registry import StrategySpec
+from fedft.core.strategy import ServerStrategy
+from fedft.runtime.spec import RunSpec, resolve_strategy
+
+if TYPE_CHECKING:
+    from fedft.privacy.config import DPConfig
+    from fedft.privacy.wrapper import DPServer
+
+
+@dataclass
+class ServerRuntime:
+    """The server half a host drives, inside its wrappers, and handles on the wrappers."""
+
+    strategy: StrategySpec
+    config: StrategyConfig
+    server_half: ServerStrategy[Any]
+    dp: DPServer | None = None
+
+
+def wrap_server(
+    server_half: ServerStrategy[Any], *, seed: int, dp: DPConfig | None = None
+) -> tuple[ServerStrategy[Any], DPServer | None]:
+    """Put a server half inside the wrappers the run asks for; the outermost one is driven."""
+    dp_server = None
+    if dp is not None:
+        from fedft.privacy.wrapper import DPServer
+
+        # Under DP the wrapper samples, clips, noises and writes the ledger entry of each round.
+        dp_server = DPServer(server_half, dp, seed=seed)
+        server_half = dp_server
+    return server_half, dp_server
+
+
+def assemble_server(spec: RunSpec) -> ServerRuntime:
+    """Build the run's server half, wrapped as ``spec`` asks."""
+    strategy, config = resolve_strategy(spec.strategy, spec.options)
+    server_half, dp_server = wrap_server(
+        strategy.server_cls(config, seed=spec.seed), seed=spec.seed, dp=spec.dp
+    )
+    return ServerRuntime(strategy, config, server_half, dp_server)

@@ -1,0 +1,45 @@
+"""What a host hands the assembly point: the run's strategy, model, device and wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fedft.core.config import ConfigError, StrategyConfig
+from fedft.core.device import check_device_name
+from fedft.core.errors import UsageError
+from fedft.core.registry import StrategySpec, get_strategy
+
+if TYPE_CHECKING:  # the privacy stack (cryptography, dp-accounting) loads only when DP is asked
+    from fedft.privacy.config import DPConfig, LocalDPConfig
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a host needs to assemble a run, whichever engine or daemon it is."""
+
+    strategy: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "smollm2"
+    seed: int = 0
+    quant: str = "none"
+    device: str = "auto"
+    max_length: int = 128
+    dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
+    local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
+
+
+def resolve_strategy(name: str, options: Mapping[str, Any]) -> tuple[StrategySpec, StrategyConfig]:
+    """Look the strategy up and build its validated config; bad options are a usage error."""
+    import fedft.strategies  # noqa: F401 - registers the built-ins even without entry points
+
+    strategy = get_strategy(name)
+    try:
+        config = strategy.make_config(dict(options))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise UsageError(f"{name}: {exc}") from exc
+    return strategy, config
