@@ -193,6 +193,13 @@ def gdp_epsilon(mu: float, delta: float) -> float:
 
 def _log_delta_many(mu1: Floats, s1: Floats, mu2: Floats, s2: Floats, eps: Floats) -> Floats:
     """Vectorised :func:`_log_delta`: log delta(eps) from N1 to N2, elementwise."""
+    # Degenerate lanes (no roots, a = b = 0) produce NaN and inf on the way; they are masked
+    # out at the end, so their warnings are noise.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _log_delta_lanes(mu1, s1, mu2, s2, eps)
+
+
+def _log_delta_lanes(mu1: Floats, s1: Floats, mu2: Floats, s2: Floats, eps: Floats) -> Floats:
     a = 0.5 * (s2**-2 - s1**-2)
     b = mu1 / s1**2 - mu2 / s2**2
     c = 0.5 * ((mu2 / s2) ** 2 - (mu1 / s1) ** 2) + np.log(s2) - np.log(s1)
