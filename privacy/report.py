@@ -85,7 +85,7 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
             title=f"canaries (d = {emp['dim']})",
         )
         hist.legend()
-    fig.tight_layout(rect=(0, 0, 1, 0.9 if verdict else 1))
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if verdict else 1))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / AUDIT_PNG
     fig.savefig(path, dpi=110)
