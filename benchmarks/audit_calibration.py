@@ -230,6 +230,9 @@ def plot(exact: list[dict[str, Any]], path: Path) -> None:
     right.axhline(0.9, color="grey", ls=":")
     left.set(xscale="log", xlabel="mu", ylabel="median estimate / true epsilon")
     right.set(xscale="log", xlabel="mu", ylabel="95% interval covers truth", ylim=(0, 1.02))
+    for ax in (left, right):
+        ax.set_xticks(MUS, [f"{m:g}" for m in MUS])
+        ax.minorticks_off()
     left.set_title("solid: calibrated headline, dashed: paper", fontsize=9)
     right.legend(fontsize=8)
     fig.tight_layout()
@@ -254,10 +257,15 @@ def main() -> None:
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--plot", type=Path, default=None, help="write the exact-model plot here")
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--from-json", type=Path, default=None, help="tables and plot from --json")
     args = p.parse_args()
-    exact = [] if args.skip_exact else exact_section(args)
-    fault = None if args.skip_exact else fault_section(args)
-    e2e = [] if args.skip_e2e else e2e_section(args)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        exact, fault, e2e = saved["exact"], saved["fault"], saved["e2e"]
+    else:
+        exact = [] if args.skip_exact else exact_section(args)
+        fault = None if args.skip_exact else fault_section(args)
+        e2e = [] if args.skip_e2e else e2e_section(args)
     print_tables(exact, fault, e2e)
     if args.plot and exact:
         plot(exact, args.plot)
