@@ -12,8 +12,9 @@ statistic inherits the bias: its interval misses the truth.
 What we do instead: an equal-variance test with a fallback.
 
 1. Put the cosines in null units, x = sqrt(d) * cos (the null has mean 0 and variance exactly
-   1 for every d). Test the seen variance against 1 (chi-square, two-sided). Only when it
-   differs beyond ``VARIANCE_TEST_LEVEL`` is the equal-variance model given up.
+   1 for every d; below d = 1000 it is a scaled Beta rather than a Gaussian, and the fit is
+   an approximation there). Test the seen variance against 1 (chi-square, two-sided). Only
+   when it differs beyond ``VARIANCE_TEST_LEVEL`` is the equal-variance model given up.
 2. Equal variances (the normal case): the seen cosines are N(mu, 1) vs the null N(0, 1), i.e.
    mu-GDP, whose epsilon is increasing in mu. mu is the seen mean; its t interval (with the
    sample std, so a slightly wrong variance does not make it overconfident) maps through that
