@@ -170,7 +170,8 @@ def _canaries_to_halve(
     lows, highs = mean - halves, mean + halves
     if every_round:
         lows, highs = _undo_interference(lows, n, dim), _undo_interference(highs, n, dim)
-    widths = _gdp(highs, delta) - _gdp(lows, delta)
+    ends = _gdp(np.concatenate([highs, lows]), delta)  # one bisection for both ends
+    widths = ends[: sizes.size] - ends[sizes.size :]
     if not math.isfinite(widths[0]) or widths[0] <= 0:
         return 4 * n
     enough = np.nonzero(widths <= widths[0] / 2)[0]
