@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedft.privacy.audit import AuditInput, audit
-    from fedft.privacy.report import summary_table, write_json, write_png
+    from fedft.privacy.report import print_audit, write_json, write_png
 
     if args.plan:
         return _plan(args)
@@ -123,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
         result = audit(data, args.delta, alpha=args.alpha)
     json_path = write_json(result, out)
     png_path = write_png(result, out)
-    console.print(summary_table(result))
+    print_audit(console, result)
     console.print(f"wrote {json_path} and {png_path}")
     return 0

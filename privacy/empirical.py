@@ -189,3 +189,85 @@ def gdp_epsilon(mu: float, delta: float) -> float:
         return math.log(value) if value > 0 else -math.inf
 
     return _solve(log_delta, delta)
+
+
+def _log_delta_many(mu1: Floats, s1: Floats, mu2: Floats, s2: Floats, eps: Floats) -> Floats:
+    """Vectorised :func:`_log_delta`: log delta(eps) from N1 to N2, elementwise."""
+    # Degenerate lanes (no roots, a = b = 0) produce NaN and inf on the way; they are masked
+    # out at the end, so their warnings are noise.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _log_delta_lanes(mu1, s1, mu2, s2, eps)
+
+
+def _log_delta_lanes(mu1: Floats, s1: Floats, mu2: Floats, s2: Floats, eps: Floats) -> Floats:
+    a = 0.5 * (s2**-2 - s1**-2)
+    b = mu1 / s1**2 - mu2 / s2**2
+    c = 0.5 * ((mu2 / s2) ** 2 - (mu1 / s1) ** 2) + np.log(s2) - np.log(s1)
+    disc = b * b - 4 * a * (c - eps)
+    root = np.sqrt(np.maximum(disc, 0.0))
+    # Stable roots of a y^2 + b y + (c - eps): one of them stays finite as a -> 0, where {L > eps}
+    # becomes a half-line (the other root runs off to +-inf, and its tail mass to 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = -0.5 * (b + np.where(b >= 0, root, -root))
+        r1 = q / a
+        r2 = (c - eps) / q
+    lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
+    log_ndtr = special.log_ndtr
+
+    def mass(mu: Floats, s: Floats) -> Floats:
+        outside = np.logaddexp(log_ndtr((lo - mu) / s), log_ndtr((mu - hi) / s))
+        # Between the roots: take the tail farther from the bulk so the difference keeps digits.
+        a_lo, a_hi = (lo - mu) / s, (hi - mu) / s
+        flip = a_lo + a_hi > 0
+        a_lo, a_hi = np.where(flip, -a_hi, a_lo), np.where(flip, -a_lo, a_hi)
+        upper, lower = log_ndtr(a_hi), log_ndtr(a_lo)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            between = upper + np.log1p(-np.exp(lower - upper))
+        return np.asarray(np.where(a >= 0, outside, between), dtype=np.float64)
+
+    log_p1, log_p2 = mass(mu1, s1), mass(mu2, s2)
+    gap = eps + log_p2 - log_p1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = log_p1 + np.log1p(-np.exp(np.minimum(gap, 0.0)))
+    dead = (disc <= 0) | (gap >= 0) | ~np.isfinite(log_p1) | ((a == 0) & (b == 0))
+    return np.asarray(np.where(dead, -np.inf, value), dtype=np.float64)
+
+
+def epsilon_two_gaussians_many(
+    mu1: npt.ArrayLike, s1: npt.ArrayLike, mu2: npt.ArrayLike, s2: npt.ArrayLike, delta: float
+) -> Floats:
+    """:func:`epsilon_two_gaussians` for arrays of pairs at once (bootstraps, simulations).
+
+    Bisection instead of brentq, so that thousands of pairs cost about a hundred array passes;
+    it agrees with the scalar version to about 1e-9 relative.
+    """
+    delta = check_delta(delta)
+    arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (mu1, s1, mu2, s2)))
+    m1, d1, m2, d2 = (v.ravel() for v in arrays)
+    if not ((d1 > 0) & (d2 > 0)).all():
+        raise ValueError("standard deviations must be > 0")
+    target = math.log(delta)
+
+    def worst(eps: Floats) -> Floats:
+        return np.maximum(
+            _log_delta_many(m1, d1, m2, d2, eps), _log_delta_many(m2, d2, m1, d1, eps)
+        )
+
+    low = np.zeros(m1.size)
+    high = np.ones(m1.size)
+    # Bracket: double the upper end until delta(eps) falls to the target (or eps reaches 2^40).
+    for _ in range(40):
+        above = worst(high) > target
+        if not above.any():
+            break
+        low = np.where(above, high, low)
+        high = np.where(above, high * 2, high)
+    unbounded = worst(high) > target
+    for _ in range(64):
+        mid = 0.5 * (low + high)
+        above = worst(mid) > target
+        low = np.where(above, mid, low)
+        high = np.where(above, high, mid)
+    result = np.where(worst(np.zeros(m1.size)) <= target, 0.0, high)
+    result = np.where(unbounded, np.inf, result)
+    return np.asarray(result.reshape(arrays[0].shape), dtype=np.float64)

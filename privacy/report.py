@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from fedft.privacy.calibrated import ABOVE
 
 AUDIT_JSON = "audit.json"
 AUDIT_PNG = "audit.png"
@@ -54,9 +58,21 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
         ax.axhline(
             emp["epsilon"], color="tab:red", ls=":", label=f"empirical = {emp['epsilon']:.3f}"
         )
+        low, high = emp["ci95"]
+        if math.isfinite(low) and math.isfinite(high):
+            ax.axhspan(low, high, color="tab:red", alpha=0.12, label="its 95% interval")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="round", ylabel=f"epsilon at delta={result['delta']:g}", title="privacy spent")
     ax.legend()
+    verdict = result.get("verdict")
+    if verdict:
+        above = verdict["code"] == ABOVE
+        fig.suptitle(
+            ("WARNING: " if above else "empirical estimate: ") + verdict["text"],
+            color="tab:red" if above else "black",
+            fontsize=9,
+            wrap=True,
+        )
     if emp:
         hist = axes[0][1]
         values = emp["unseen_cosines"] + emp["seen_cosines"]
@@ -69,7 +85,7 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
             title=f"canaries (d = {emp['dim']})",
         )
         hist.legend()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if verdict else 1))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / AUDIT_PNG
     fig.savefig(path, dpi=110)
@@ -104,11 +120,16 @@ def summary_table(result: dict[str, Any]) -> Table:
     emp = result.get("epsilon_empirical")
     if emp:
         low, high = emp["ci95"]
+        paper_low, paper_high = emp["epsilon_paper_two_gaussian_bootstrap_ci95"]
         rows += [
             ("canaries inserted / unseen", f"{emp['canaries_seen']} / {emp['canaries_unseen']}"),
             ("epsilon, empirical (final model)", emp["epsilon"]),
-            ("  95% bootstrap interval", f"[{_fmt(low)}, {_fmt(high)}]"),
-            ("  equal-variance (GDP) fit", emp["epsilon_gdp"]),
+            ("  95% interval", f"[{_fmt(low)}, {_fmt(high)}]"),
+            ("  estimator", emp["estimator"]),
+            ("  verdict", result["verdict"]["text"]),
+            ("  inserted canaries to halve the interval", emp["canaries_to_halve_interval"]),
+            ("  paper's two-Gaussian estimate", emp["epsilon_paper_two_gaussian"]),
+            ("  its percentile bootstrap 95%", f"[{_fmt(paper_low)}, {_fmt(paper_high)}]"),
         ]
         if "lower_bound" in emp:
             conf = emp["lower_bound_confidence"]
@@ -116,5 +137,30 @@ def summary_table(result: dict[str, Any]) -> Table:
         if "all_iterates_epsilon" in emp:
             rows.append(("epsilon, empirical (all iterates)", emp["all_iterates_epsilon"]))
     for name, value in rows:
-        table.add_row(name, _fmt(value))
+        text = _fmt(value)
+        style = "bold red" if name == "  verdict" and result["verdict"]["code"] == ABOVE else None
+        table.add_row(name, text, style=style)
     return table
+
+
+def warning(result: dict[str, Any]) -> str | None:
+    """A loud line for the terminal when the estimate is above the analytical epsilon."""
+    verdict = result.get("verdict")
+    if not verdict or verdict["code"] != ABOVE:
+        return None
+    emp = result["epsilon_empirical"]
+    low, high = emp["ci95"]
+    return (
+        f"WARNING: the empirical epsilon {emp['epsilon']:.3f} (95% interval [{low:.3f}, "
+        f"{high:.3f}]) is ABOVE the analytical epsilon {result['epsilon_pld']:.3f} beyond "
+        "sampling error: the mechanism may not do what the ledger says. Check the noise "
+        "actually added, the clipping and the sampling."
+    )
+
+
+def print_audit(console: Console, result: dict[str, Any]) -> None:
+    """Print the audit table, then the warning if there is one (stderr-style, in red)."""
+    console.print(summary_table(result))
+    loud = warning(result)
+    if loud is not None:
+        console.print(f"[bold red]{escape(loud)}[/bold red]")

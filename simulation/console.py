@@ -58,9 +58,9 @@ def run_with_progress(spec: SimulationSpec, *, quiet: bool = False) -> Report:
         )
     audit = getattr(engine, "audit_result", None)
     if audit is not None:
-        from fedft.privacy.report import summary_table as audit_table
+        from fedft.privacy.report import print_audit
 
-        console.print(audit_table(audit))
+        print_audit(console, audit)
         console.print(f"wrote {spec.out / 'audit.json'} and {spec.out / 'audit.png'}")
     return report
 

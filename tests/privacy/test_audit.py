@@ -14,7 +14,7 @@ from fedft.core.serde import payload_to_bytes
 from fedft.privacy.audit import AuditInput, audit
 from fedft.privacy.canaries import CanaryBank, CanaryPlan, CanaryRecord
 from fedft.privacy.ledger import LEDGER_FILE, LedgerEntry, append_jsonl
-from fedft.privacy.report import summary_table, write_json, write_png
+from fedft.privacy.report import summary_table, warning, write_json, write_png
 from fedft.privacy.run_dir import CANARIES_FILE, load_run
 
 PLAN = CanaryPlan(seed=1, seen=30, unseen=30)
@@ -42,8 +42,9 @@ def test_audit_fields(tmp_path: Path) -> None:
     assert [p["noise_multiplier"] for p in result["per_round"]] == [1.0, 1.0, 1.0]
     emp = result["epsilon_empirical"]
     assert emp["canaries_seen"] == emp["canaries_unseen"] == 30
-    assert emp["ci95"][0] <= emp["epsilon"] <= emp["ci95"][1] or emp["epsilon"] > 0
-    assert {"lower_bound", "epsilon_gdp", "all_iterates_epsilon"} <= set(emp)
+    assert emp["ci95"][0] <= emp["epsilon"] <= emp["ci95"][1]
+    assert {"lower_bound", "epsilon_paper_two_gaussian", "all_iterates_epsilon"} <= set(emp)
+    assert result["verdict"]["code"] in {"consistent", "below", "above"}
     assert summary_table(result).row_count >= 10
     data = json.loads(write_json(result, tmp_path).read_text())
     assert data["epsilon_empirical"]["dim"] == DIM
@@ -78,3 +79,14 @@ def test_run_folder_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["audit", "--run", str(tmp_path), "--delta", "2"]) == 2
     assert main(["audit", "--plan", "--target-epsilon", "3"]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_an_estimate_above_the_ledger_is_a_loud_warning(tmp_path: Path) -> None:
+    # The record's canaries carry far more signal than noise multiplier 50 allows.
+    result = audit(AuditInput(ledger(z=50.0), record(), "test"), 1e-5)
+    assert result["verdict"]["code"] == "above"
+    loud = warning(result)
+    assert loud is not None
+    assert "ABOVE" in loud
+    assert write_png(result, tmp_path).stat().st_size > 10_000
+    assert warning(audit(AuditInput(ledger(), None, "test"), 1e-5)) is None

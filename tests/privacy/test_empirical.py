@@ -12,6 +12,7 @@ from fedft.privacy.empirical import (
     epsilon_lower_bound,
     epsilon_lower_bound_null,
     epsilon_two_gaussians,
+    epsilon_two_gaussians_many,
     gdp_epsilon,
     null_log_cdf,
 )
@@ -71,3 +72,14 @@ def test_lower_bound_grows_with_alpha_and_is_affine_invariant() -> None:
     assert np.all(np.diff(bounds) >= 0)
     moved = epsilon_lower_bound(seen * 2.7 + 3.1, unseen * 2.7 + 3.1, 1e-2, 1e-5)
     assert moved == pytest.approx(epsilon_lower_bound(seen, unseen, 1e-2, 1e-5))
+
+
+def test_vectorised_two_gaussians_agree_with_the_scalar_ones() -> None:
+    rng = np.random.default_rng(SEED)
+    mu1, s1 = rng.uniform(-1, 1, 60), rng.uniform(0.5, 2, 60)
+    mu2, s2 = rng.uniform(-1, 4, 60), rng.uniform(0.5, 2, 60)
+    s1[:10] = s2[:10] = 1.0  # equal variances: the half-line case
+    many = epsilon_two_gaussians_many(mu1, s1, mu2, s2, 1e-5)
+    one = [epsilon_two_gaussians(*args, 1e-5) for args in zip(mu1, s1, mu2, s2, strict=True)]
+    assert many == pytest.approx(one, rel=1e-8, abs=1e-10)
+    assert epsilon_two_gaussians_many(0.0, 1.0, 0.0, 1.0, 1e-5) == 0.0

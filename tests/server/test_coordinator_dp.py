@@ -17,6 +17,7 @@ from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.privacy.accounting import epsilon
 from fedft.privacy.audit import audit
 from fedft.privacy.config import DPConfig
+from fedft.privacy.mechanisms import SecureGaussian
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.privacy_source import audit_input
 from fedft.server.state.base import State
@@ -36,8 +37,14 @@ class Clock:
         return self.now
 
 
-def make(state: State, privacy: DPConfig | None) -> Coordinator:
-    settings = CoordinatorSettings(rounds=2, round_timeout_s=60, min_clients=2, liveness_s=30)
+def make(
+    state: State,
+    privacy: DPConfig | None,
+    *,
+    rounds: int = 2,
+    initial: dict[str, torch.Tensor] = INITIAL,
+) -> Coordinator:
+    settings = CoordinatorSettings(rounds=rounds, round_timeout_s=60, min_clients=2, liveness_s=30)
     return Coordinator(
         state,
         SPEC,
@@ -45,19 +52,24 @@ def make(state: State, privacy: DPConfig | None) -> Coordinator:
         seed=5,
         settings=settings,
         model="synthetic",
-        initial=Payload(tensors=INITIAL),
+        initial=Payload(tensors=initial),
         clock=Clock(),
         privacy=privacy,
     )
 
 
-def run_round(coordinator: Coordinator, clients: list[str], number: int) -> None:
+def run_round(
+    coordinator: Coordinator,
+    clients: list[str],
+    number: int,
+    initial: dict[str, torch.Tensor] = INITIAL,
+) -> None:
     assert coordinator._start_next_round()
     for i, cid in enumerate(clients):
         assignment = coordinator.fetch_task(cid, 0)
         assert assignment is not None
         g = torch.Generator().manual_seed(10 * number + i)
-        tensors = {k: t + 0.1 * torch.randn(t.shape, generator=g) for k, t in INITIAL.items()}
+        tensors = {k: t + 0.1 * torch.randn(t.shape, generator=g) for k, t in initial.items()}
         data = payload_to_bytes(Payload(tensors=tensors, metrics={"num_examples": 4}))
         coordinator.submit(cid, assignment.task.task_id, number, data)
     current = coordinator._open_round()
@@ -102,6 +114,56 @@ def test_ledger_is_stored_and_audited_from_the_database(db: str, tmp_path: Path)
     assert written["rounds"] == 2
     assert written["epsilon_pld"] == pytest.approx(result["epsilon_pld"])
     assert (out / "audit.png").stat().st_size > 0
+
+
+def enroll_two(state: State, coordinator: Coordinator) -> list[str]:
+    clients = []
+    for cid in ("edge-a", "edge-b"):
+        token = f"fedft_token-{cid}"
+        state.add_token(TokenRecord(hash_token(token), coordinator.clock()))
+        key = public_key_bytes(generate_key())
+        clients.append(coordinator.enroll(token, key, cid, num_examples=4).client_id)
+    return clients
+
+
+_HONEST_NORMAL = SecureGaussian.normal
+
+
+def half_noise(self: SecureGaussian, size: int, std: float) -> torch.Tensor:
+    """A broken mechanism: half the noise asked for, which the ledger does not know."""
+    return _HONEST_NORMAL(self, size, std / 2)
+
+
+@pytest.mark.parametrize("broken", [True, False])
+def test_audit_of_the_database_flags_a_mechanism_that_adds_half_the_noise(
+    db: str,
+    tmp_path: Path,
+    broken: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ledger z = 2, noise actually added z = 1: 5 rounds, 1,000 canaries, d = 20,000."""
+    if broken:
+        monkeypatch.setattr(SecureGaussian, "normal", half_noise)
+    initial = {"m.lora_A": torch.zeros(8, 1250), "m.lora_B": torch.zeros(1250, 8)}
+    dp = DPConfig(noise_multiplier=2.0, clip=0.5, canaries=1000, unseen_canaries=100)
+    state = open_state(db)
+    coordinator = make(state, dp, rounds=5, initial=initial)
+    clients = enroll_two(state, coordinator)
+    for number in range(1, 6):
+        run_round(coordinator, clients, number, initial)
+    assert {e.noise_multiplier for e in state.ledger()} == {2.0}
+    state.close()
+    out = tmp_path / "audit"
+    assert main(["audit", "--db", db, "--out", str(out)]) == 0  # exit code unchanged
+    written = json.loads((out / "audit.json").read_text())
+    printed = capsys.readouterr().out
+    if broken:
+        assert written["verdict"]["code"] == "above"
+        assert "WARNING" in printed
+    else:
+        assert written["verdict"]["code"] != "above"
+        assert "WARNING" not in printed
 
 
 def test_a_run_without_dp_has_an_empty_ledger(db: str, capsys: pytest.CaptureFixture[str]) -> None:
