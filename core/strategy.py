@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic
+from typing import Generic
 
 import torch
 
@@ -54,8 +54,6 @@ class ServerStrategy(ABC, Generic[ConfigT]):
     ``initialize`` once (or ``load_state_dict`` when resuming), then per round ``configure`` and
     ``aggregate``. ``state_dict`` must capture everything needed to resume after a crash.
     """
-
-    name: ClassVar[str] = ""
 
     def __init__(self, config: ConfigT, *, seed: int) -> None:
         self.config = config
@@ -130,8 +128,6 @@ class LinearUpdates(ABC):
 
 class ClientStrategy(ABC, Generic[ConfigT]):
     """Client half: turns a task into an update using the host's trainer runtime."""
-
-    name: ClassVar[str] = ""
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
