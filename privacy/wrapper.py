@@ -58,7 +58,7 @@ class DPServer(ServerStrategy[Any]):
             )
         super().__init__(inner.config, seed=seed)
         self.inner = inner
-        self.linear: LinearUpdates = inner
+        self.linear: LinearUpdates[Any] = inner
         self.dp = dp
         self.noise = noise or SecureGaussian()
         self.clipper = AdaptiveClip(dp.clip, dp.target_quantile, dp.clip_lr)

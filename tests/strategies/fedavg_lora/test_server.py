@@ -155,11 +155,11 @@ def old_aggregate(
 ) -> dict[str, torch.Tensor]:
     """The formula fedavg_lora's own aggregate used before it took LinearUpdates' default."""
     out = {}
-    for name in start:
-        buffer = torch.zeros(start[name].numel(), dtype=torch.float64)
+    for name, tensor in start.items():
+        buffer = torch.zeros(tensor.numel(), dtype=torch.float64)
         for update, n in zip(updates, counts, strict=True):
             buffer.add_(update[name].reshape(-1).to(torch.float64), alpha=float(n))
-        out[name] = (buffer / sum(counts)).reshape(start[name].shape).to(torch.float32)
+        out[name] = (buffer / sum(counts)).reshape(tensor.shape).to(torch.float32)
     return out
 
 
@@ -175,7 +175,9 @@ def test_default_aggregate_is_bit_identical_to_the_old_formula(seed: int) -> Non
         {n: t + torch.randn(t.shape, generator=g) * 10.0 ** float(-i) for n, t in start.items()}
         for i in range(len(counts))
     ]
-    server.aggregate(1, [result(f"c{i}", u, n) for i, (u, n) in enumerate(zip(updates, counts, strict=True))], [])
+    server.aggregate(
+        1, [result(f"c{i}", u, n) for i, (u, n) in enumerate(zip(updates, counts, strict=True))], []
+    )
     expected = old_aggregate(start, updates, counts)
     for name, tensor in server.global_state().tensors.items():
         assert torch.equal(tensor.view(torch.int32), expected[name].view(torch.int32)), name
