@@ -32,9 +32,8 @@ from fedft.core.rng import (
     perturbation,
     validate_seed,
 )
+from fedft.kernels.dispatch import KernelUnavailableError, rng_requested
 
-ENV_BACKEND = "FEDFT_RNG_BACKEND"
-BACKENDS = ("auto", "torch", "compiled")
 _LOG = logging.getLogger(__name__)
 _COUNTER_LIMIT = 1 << 64
 _KIND_CODES = {"irwin_hall": 0, "rademacher": 1}
@@ -256,8 +255,8 @@ extern "C" void fedft_rng_fill(uint64_t seed, uint64_t offset, float* out, int64
 )
 
 
-class BackendUnavailableError(RuntimeError):
-    """The compiled backend was requested but cannot be built or loaded here."""
+class _BuildError(RuntimeError):
+    """The compiler failed on the kernel's source (the message is one line)."""
 
 
 @dataclass(frozen=True)
@@ -318,8 +317,14 @@ def _build(cmd: list[str], target: Path) -> None:
             check=False,
         )
         if proc.returncode != 0:
-            raise BackendUnavailableError(
-                f"compiling the rng kernel with {cmd[0]} failed:\n{proc.stderr[-2000:]}"
+            # The reason must fit one line (it may end up in a UsageError); the log has it all.
+            _LOG.debug("compiler output:\n%s", proc.stderr)
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            errors = [line for line in lines if "error" in line.lower()]
+            detail = (errors[:1] or lines[-1:] or [""])[0]
+            raise _BuildError(
+                f"compiling the rng kernel with {cmd[0]} failed (exit {proc.returncode})"
+                + (f": {detail}" if detail else "")
             )
         os.replace(lib, target)
     _prune_stale(target)
@@ -345,7 +350,7 @@ def _load_kernel() -> _Kernel | str:
         if not path.is_file():
             _build(cmd, path)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError, BackendUnavailableError) as exc:
+    except (OSError, subprocess.SubprocessError, _BuildError) as exc:
         return f"the compiled rng backend is unavailable: {exc}"
     fill = lib.fedft_rng_fill
     # ctypes releases the GIL for the duration of the call, so other Python threads keep running.
@@ -373,22 +378,15 @@ def _kernel_or_reason() -> _Kernel | str:
         return _kernel
 
 
-def _requested() -> str:
-    value = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"{ENV_BACKEND}={value!r} is not one of {', '.join(BACKENDS)}")
-    return value
-
-
 def _selected() -> _Kernel | None:
-    """Return the kernel to use, or None for the torch reference; honours FEDFT_RNG_BACKEND."""
-    requested = _requested()
+    """Return the kernel to use, or None for the torch reference; honours ``FEDFT_KERNELS``."""
+    requested, variable = rng_requested()
     if requested == "torch":
         return None
     kernel = _kernel_or_reason()
     if isinstance(kernel, str):
         if requested == "compiled":
-            raise BackendUnavailableError(f"{ENV_BACKEND}=compiled, but {kernel}")
+            raise KernelUnavailableError(f"{variable}=compiled, but {kernel}")
         return None
     return kernel
 
