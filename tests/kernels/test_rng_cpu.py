@@ -289,3 +289,10 @@ def test_non_int_arguments_are_type_errors(seed: object, offset: object) -> None
         perturbation(seed, offset, 4, out=torch.empty(4))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         fill_perturbation(seed, offset, torch.empty(4))  # type: ignore[arg-type]
+
+
+def test_the_cpp_source_ships_beside_the_module_with_the_contract_constants() -> None:
+    source = rng_cpu._source()
+    assert "fedft_rng_fill" in source
+    assert "@" not in source  # every placeholder was filled
+    assert f"W0 = {rng_cpu.PHILOX_W0}u" in source
