@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedft.core.payload import MetricValue, Payload
-from fedft.core.strategy import ClientInfo, LinearUpdates, Result, Task
+from fedft.core import ClientInfo, LinearUpdates, MetricValue, Payload, Result, Task
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 
 
