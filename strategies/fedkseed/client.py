@@ -12,7 +12,7 @@ from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams, direction, perturb_
 from fedft.strategies.fedkseed.config import FedKSeedConfig
 from fedft.strategies.seedpool.client_base import SeedClient
-from fedft.strategies.seedpool.model_sync import (
+from fedft.strategies.seedpool.replay import (
     Geometry,
     apply_coefficients_,
     set_held,

@@ -12,7 +12,7 @@ from fedft.core.payload import Payload
 from fedft.core.rng import perturbation
 from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG
 from fedft.kernels.seed_ops import FlatParams
-from fedft.strategies.seedpool.model_sync import (
+from fedft.strategies.seedpool.replay import (
     Geometry,
     apply_coefficients_,
     geometry_of,
