@@ -12,6 +12,7 @@ from fedft.core.payload import Payload
 from fedft.core.rng import perturbation
 from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG
 from fedft.kernels.seed_ops import FlatParams
+from fedft.strategies.seedpool.pool import pool_seeds
 from fedft.strategies.seedpool.replay import (
     Geometry,
     apply_coefficients_,
@@ -21,7 +22,6 @@ from fedft.strategies.seedpool.replay import (
     receive,
     set_held,
 )
-from fedft.strategies.seedpool.pool import pool_seeds
 from fedft.strategies.seedpool.wire import encode_delta
 
 SEEDS = pool_seeds(42, 4)
