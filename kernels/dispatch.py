@@ -55,6 +55,10 @@ def rng_requested() -> tuple[str, str]:
     legacy = os.environ.get(ENV_LEGACY_RNG, "").strip().lower()
     if not legacy:
         return "auto", ENV_KERNELS
+    if legacy not in LEGACY_RNG_CHOICES:
+        raise KernelUnavailableError(
+            f"{ENV_LEGACY_RNG}={legacy!r} is not one of {', '.join(LEGACY_RNG_CHOICES)}"
+        )
     # FutureWarning, not DeprecationWarning: the variable is set by users, who would not see
     # the latter. The warnings module shows it once per calling line.
     warnings.warn(
@@ -62,10 +66,6 @@ def rng_requested() -> tuple[str, str]:
         FutureWarning,
         stacklevel=3,
     )
-    if legacy not in LEGACY_RNG_CHOICES:
-        raise KernelUnavailableError(
-            f"{ENV_LEGACY_RNG}={legacy!r} is not one of {', '.join(LEGACY_RNG_CHOICES)}"
-        )
     return legacy, ENV_LEGACY_RNG
 
 
