@@ -1,7 +1,7 @@
 """Throughput of the seeded perturbation generator on CPU, with torch.randn as the yardstick.
 
 Times the pure-torch reference (core.rng.perturbation) and the fast path
-(kernels.rng_cpu.fill_perturbation, backend chosen by FEDFT_RNG_BACKEND) in one run.
+(kernels.rng_cpu.fill_perturbation, backend chosen by FEDFT_KERNELS) in one run.
 """
 
 from __future__ import annotations

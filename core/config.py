@@ -7,7 +7,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from fedft.core.errors import UsageError
 from fedft.core.payload import ConfigValue
@@ -66,8 +66,6 @@ class StrategyConfig:
     Subclasses are frozen dataclasses whose fields are declared with :func:`option` and whose
     ``__post_init__`` raises :class:`ConfigError` for values out of range.
     """
-
-    type_tag: ClassVar[str] = "base"
 
     @classmethod
     def fields_help(cls) -> dict[str, tuple[str, Any]]:

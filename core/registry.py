@@ -82,8 +82,6 @@ def register_strategy(
         if same:
             return existing
         raise RegistryError(f"strategy {name!r} is already registered by {existing.server_cls!r}")
-    server_cls.name = name
-    client_cls.name = name
     _registry[name] = spec
     return spec
 

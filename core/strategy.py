@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic
+from typing import Generic
 
 import torch
 
 from fedft.core.config import ConfigT
 from fedft.core.payload import ConfigValue, MetricValue, Payload
 from fedft.core.trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,13 @@ class ServerStrategy(ABC, Generic[ConfigT]):
     Hosts (the in-process simulator, the gRPC coordinator, the Flower adapter) call, in order:
     ``initialize`` once (or ``load_state_dict`` when resuming), then per round ``configure`` and
     ``aggregate``. ``state_dict`` must capture everything needed to resume after a crash.
-    """
 
-    name: ClassVar[str] = ""
+    The host rule, the same in every host: each result goes through :meth:`check_update` before
+    anything else happens to it, and only accepted results reach :meth:`aggregate`. A refused
+    result is handed to ``aggregate`` as a :class:`Failure` (its client id and the refusal) in
+    ``failures``, just like a client that never answered, so every host counts a bad update the
+    same way.
+    """
 
     def __init__(self, config: ConfigT, *, seed: int) -> None:
         self.config = config
@@ -75,6 +83,8 @@ class ServerStrategy(ABC, Generic[ConfigT]):
     ) -> dict[str, MetricValue]:
         """Fold the round's results into the global state; returns round metrics.
 
+        ``results`` holds only updates :meth:`check_update` accepted (the host rule above);
+        ``failures`` holds the sampled clients that gave none, refused updates included.
         ``results`` may be a one-pass iterable (the coordinator streams them from its state
         store), so implementations must not need to hold all of them at once.
         """
@@ -82,8 +92,10 @@ class ServerStrategy(ABC, Generic[ConfigT]):
     def check_update(self, server_round: int, result: Result) -> str | None:
         """Say why an update cannot be aggregated (wrong names, shapes, dtypes...), or None.
 
-        Hosts call this before they accept and store an update, so a bad update is refused at
-        the door rather than discarded at aggregation time. The default accepts everything.
+        Hosts call this on every result before they accept and store it, so a bad update is
+        refused at the door rather than discarded at aggregation time; a refused one becomes a
+        :class:`Failure` with this reason. It must not change the strategy's state. The default
+        accepts everything.
         """
         return None
 
@@ -100,15 +112,19 @@ class ServerStrategy(ABC, Generic[ConfigT]):
         """Restore the server half from :meth:`state_dict` output."""
 
 
-class LinearUpdates(ABC):
-    """Optional hook for a server half whose round is "global += mean of per-client vectors".
+class LinearUpdates(ServerStrategy[ConfigT]):
+    """A server half whose round is "global += the weighted mean of per-client vectors".
 
-    Wrappers that must see each client's update as one vector (the DP wrapper clips and noises
-    it, the privacy audit inserts canaries into it) use these methods *instead of*
-    ``aggregate``, so hosts and wrappers stay free of strategy-specific code. The vector lives
-    in the strategy's trainable space (LoRA: the adapter delta; FedKSeed: one scalar per seed;
-    Ferret: one coefficient per (seed, block)) and is, up to a fixed positive factor the strategy
-    documents (e.g. a learning rate), the change the client's update asks of the global model.
+    Such a strategy writes its aggregation once, as three methods: :meth:`update_vector` (one
+    client's update as a flat vector), :meth:`update_weight` (its weight in the mean) and
+    :meth:`apply_update` (add a mean vector to the global model). The default :meth:`aggregate`
+    is the weighted mean of the vectors handed to ``apply_update``. Wrappers that must see each
+    client's vector (the DP wrapper clips and noises it, the privacy audit inserts canaries into
+    it) call the same three methods instead of ``aggregate``, so hosts and wrappers stay free of
+    strategy-specific code. The vector lives in the strategy's trainable space (LoRA: the adapter
+    delta; FedKSeed: one scalar per seed; Ferret: one coefficient per (seed, block)) and is, up
+    to a fixed positive factor the strategy documents (e.g. a learning rate), the change the
+    client's update asks of the global model.
     """
 
     @abstractmethod
@@ -127,11 +143,72 @@ class LinearUpdates(ABC):
     def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
         """Add ``mean`` (a vector of ``update_size``) to the global model; return round metrics."""
 
+    def update_weight(self, result: Result) -> float:
+        """Return the result's weight in the mean: its ``num_examples`` metric by default."""
+        return float(result.payload.metrics["num_examples"])
+
+    def observe(
+        self,
+        server_round: int,
+        result: Result,
+        vector: torch.Tensor | None,
+        tally: dict[str, MetricValue],
+    ) -> None:
+        """Note one accepted result in :meth:`aggregate` (never under DP); default: nothing.
+
+        ``vector`` is what :meth:`update_vector` returned for it. A strategy counts what its
+        round metrics report here (``tally`` starts as :meth:`round_tally`) and may learn from
+        the individual update, which a DP wrapper must not let it do.
+        """
+
+    def round_tally(self) -> dict[str, MetricValue]:
+        """Return the per-round counters :meth:`observe` fills, all at zero (default: none)."""
+        return {}
+
+    def aggregate(
+        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Apply the weighted mean of the results' update vectors; return round metrics.
+
+        Results that :meth:`check_update` refuses are logged and counted as ``rejected`` (hosts
+        already keep them out; the check stays as a guard for hosts that do not). Results whose
+        vector is None count neither as accepted nor in the mean. Metrics: ``accepted``,
+        ``rejected``, the strategy's tally, ``failures``, the weighted ``train_loss`` when some
+        update was accepted, then whatever :meth:`apply_update` reports.
+        """
+        total = torch.zeros(self.update_size(), dtype=torch.float64)
+        tally = self.round_tally()
+        accepted = rejected = 0
+        weight_sum = loss_sum = 0.0
+        for result in results:
+            problem = self.check_update(server_round, result)
+            if problem is not None:
+                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
+                rejected += 1
+                continue
+            vector = self.update_vector(server_round, result)
+            self.observe(server_round, result, vector, tally)
+            if vector is None:
+                continue
+            weight = self.update_weight(result)
+            total.add_(vector.to(torch.float64), alpha=weight)
+            weight_sum += weight
+            loss_sum += weight * float(result.payload.metrics.get("train_loss", math.nan))
+            accepted += 1
+        metrics: dict[str, MetricValue] = {
+            "accepted": accepted,
+            "rejected": rejected,
+            **tally,
+            "failures": len(failures),
+        }
+        if accepted:
+            metrics["train_loss"] = loss_sum / weight_sum
+            metrics.update(self.apply_update(server_round, total / weight_sum))
+        return metrics
+
 
 class ClientStrategy(ABC, Generic[ConfigT]):
     """Client half: turns a task into an update using the host's trainer runtime."""
-
-    name: ClassVar[str] = ""
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

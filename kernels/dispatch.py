@@ -1,10 +1,17 @@
-"""Choose between an op's pure-torch reference and its Triton kernel (``FEDFT_KERNELS``).
+"""The one kernel backend switch, ``FEDFT_KERNELS``: pure torch, Triton or the compiled CPU fill.
 
-``auto`` (the default) runs Triton only on CUDA tensors when Triton imports, and falls back to
-the torch path silently otherwise; CPU tensors keep today's CPU paths. ``torch`` always runs the
-reference. ``triton`` runs the kernel and raises :class:`KernelUnavailableError` when it cannot:
-on a CPU tensor that needs the Triton interpreter (``TRITON_INTERPRET=1``, set before Triton is
-first imported). Triton is imported lazily, so a CPU-only edge device never needs it.
+``auto`` (the default) picks the fastest path that can run and falls back silently: Triton for
+ops on CUDA tensors when Triton imports, the compiled C++ Philox fill (:mod:`fedft.kernels.
+rng_cpu`) for perturbations generated on the CPU when a compiler is there, the torch reference
+otherwise; CPU tensors never take Triton's interpreter. ``torch`` runs the pure-torch references
+everywhere (the specification). ``triton`` requires the Triton kernels and ``compiled`` the
+compiled CPU fill; each leaves the other side on ``auto``, and each raises
+:class:`KernelUnavailableError` when its backend cannot run here (no Triton, a CPU tensor without
+``TRITON_INTERPRET=1`` set before Triton's first import, no C++ compiler). Every backend gives the
+same bits. Triton is imported lazily, so a CPU-only edge device never needs it.
+
+``FEDFT_RNG_BACKEND`` (``auto``, ``torch`` or ``compiled``) is the deprecated switch of the CPU
+fill alone: it is still read, with a warning, when ``FEDFT_KERNELS`` is not set.
 """
 
 from __future__ import annotations
@@ -12,26 +19,54 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 
 import torch
 
 from fedft.core.errors import UsageError
 
 ENV_KERNELS = "FEDFT_KERNELS"
+ENV_LEGACY_RNG = "FEDFT_RNG_BACKEND"
 ENV_INTERPRET = "TRITON_INTERPRET"
-CHOICES = ("auto", "torch", "triton")
+CHOICES = ("auto", "torch", "triton", "compiled")
+LEGACY_RNG_CHOICES = ("auto", "torch", "compiled")
 
 
 class KernelUnavailableError(UsageError):
-    """``FEDFT_KERNELS=triton`` was requested but the Triton kernel cannot run here."""
+    """The kernel backend named in the environment is unknown or cannot run here (one line)."""
 
 
 def requested() -> str:
     """Return the backend named by ``FEDFT_KERNELS`` (``auto`` when unset)."""
     value = os.environ.get(ENV_KERNELS, "auto").strip().lower() or "auto"
     if value not in CHOICES:
-        raise UsageError(f"{ENV_KERNELS}={value!r} is not one of {', '.join(CHOICES)}")
+        raise KernelUnavailableError(f"{ENV_KERNELS}={value!r} is not one of {', '.join(CHOICES)}")
     return value
+
+
+def rng_requested() -> tuple[str, str]:
+    """Return the CPU fill's backend (``auto``, ``torch`` or ``compiled``) and the variable set.
+
+    ``FEDFT_KERNELS`` decides when set; otherwise the deprecated ``FEDFT_RNG_BACKEND`` does.
+    """
+    if os.environ.get(ENV_KERNELS, "").strip():
+        choice = requested()
+        return (choice if choice in LEGACY_RNG_CHOICES else "auto"), ENV_KERNELS
+    legacy = os.environ.get(ENV_LEGACY_RNG, "").strip().lower()
+    if not legacy:
+        return "auto", ENV_KERNELS
+    if legacy not in LEGACY_RNG_CHOICES:
+        raise KernelUnavailableError(
+            f"{ENV_LEGACY_RNG}={legacy!r} is not one of {', '.join(LEGACY_RNG_CHOICES)}"
+        )
+    # FutureWarning, not DeprecationWarning: the variable is set by users, who would not see
+    # the latter. The warnings module shows it once per calling line.
+    warnings.warn(
+        f"{ENV_LEGACY_RNG} is deprecated; set {ENV_KERNELS}={legacy} instead",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return legacy, ENV_LEGACY_RNG
 
 
 def interpreting() -> bool:
@@ -70,7 +105,7 @@ def use_triton(op: str, *tensors: torch.Tensor) -> bool:
     if choice == "torch":
         return False
     device = tensors[0].device if tensors else torch.device("cpu")
-    if choice == "auto":
+    if choice in ("auto", "compiled"):
         # CPU tensors keep the CPU paths even under the interpreter: it is for tests, not speed.
         return device.type == "cuda" and triton_missing() is None
     reason = _why_not(device)

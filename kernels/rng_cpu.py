@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import operator
@@ -16,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -32,9 +34,8 @@ from fedft.core.rng import (
     perturbation,
     validate_seed,
 )
+from fedft.kernels.dispatch import KernelUnavailableError, rng_requested
 
-ENV_BACKEND = "FEDFT_RNG_BACKEND"
-BACKENDS = ("auto", "torch", "compiled")
 _LOG = logging.getLogger(__name__)
 _COUNTER_LIMIT = 1 << 64
 _KIND_CODES = {"irwin_hall": 0, "rademacher": 1}
@@ -46,218 +47,29 @@ _COMPILE_TIMEOUT_S = 300
 # float operations, whose rounding would differ from the reference (today there is one multiply).
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
 
-# The constants come from core.rng so that the two implementations cannot drift apart.
-_SOURCE = (
-    """
-// Philox4x32-10 perturbations, bit-identical to fedft.core.rng.perturbation (see its docstring).
-#include <cstdint>
-#include <system_error>
-#include <thread>
-#include <vector>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define FEDFT_X86 1
-#endif
-
-namespace {
-constexpr uint32_t M0 = @M0@u, M1 = @M1@u, W0 = @W0@u, W1 = @W1@u;
-constexpr float SCALE = @SCALE@f;  // exactly representable: float32 of the reference's scale
-constexpr int32_t SHIFT = @SHIFT@;
-constexpr int BLOCK = 32;  // offsets per block: four AVX2 vectors in flight hide multiply latency
-constexpr int64_t MIN_PER_THREAD = 1 << 16;  // below this a thread costs more than it saves
-
-using Fill = void (*)(uint64_t, uint64_t, float*, int64_t);
-
-// z of one element from its four words; shared by both paths so the mapping exists only once.
-template <int KIND>
-inline float emit(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
-  if (KIND == 1) return (w0 & 1u) ? -1.0f : 1.0f;
-  const int32_t s = (int32_t)((w0 & 0xFFFFu) + (w0 >> 16) + (w1 & 0xFFFFu) + (w1 >> 16) +
-                              (w2 & 0xFFFFu) + (w2 >> 16) + (w3 & 0xFFFFu) + (w3 >> 16));
-  return (float)(2 * s - SHIFT) * SCALE;  // |v| < 2**24: the conversion is exact
-}
-
-// Plain C++ written so that the compiler auto-vectorises the lane loops on any architecture.
-template <int KIND>
-void fill_portable(uint64_t seed, uint64_t first, float* __restrict out, int64_t n) {
-  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  uint32_t c0[BLOCK], c1[BLOCK], c2[BLOCK], c3[BLOCK];
-  float z[BLOCK];
-  for (int64_t base = 0; base < n; base += BLOCK) {
-    const uint64_t start = first + (uint64_t)base;
-    // Per-lane 64-bit counters: a block may straddle a 2**32 boundary, where the high word steps.
-    for (int j = 0; j < BLOCK; ++j) {
-      const uint64_t ctr = start + (uint64_t)j;
-      c0[j] = (uint32_t)ctr;
-      c1[j] = (uint32_t)(ctr >> 32);
-      c2[j] = 0;
-      c3[j] = 0;
-    }
-    uint32_t a = k0, b = k1;
-    for (int r = 0; r < 10; ++r) {
-      for (int j = 0; j < BLOCK; ++j) {
-        const uint64_t p0 = (uint64_t)M0 * c0[j], p1 = (uint64_t)M1 * c2[j];
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[j] ^ a;
-        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[j] ^ b;
-        c1[j] = (uint32_t)p1;
-        c3[j] = (uint32_t)p0;
-        c0[j] = n0;
-        c2[j] = n2;
-      }
-      a += W0;
-      b += W1;
-    }
-    for (int j = 0; j < BLOCK; ++j) z[j] = emit<KIND>(c0[j], c1[j], c2[j], c3[j]);
-    const int m = (n - base < BLOCK) ? (int)(n - base) : BLOCK;
-    for (int j = 0; j < m; ++j) out[base + j] = z[j];
-  }
-}
-
-#ifdef FEDFT_X86
-// 32x32->64 multiply of eight lanes: mul_epu32 only reads the even lanes, so the odd lanes are
-// shifted down and multiplied separately, then the halves are blended back into lane order.
-__attribute__((target("avx2"))) inline void mulhilo(__m256i x, __m256i m, __m256i& hi,
-                                                     __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(x, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
-
-template <int KIND>
-__attribute__((target("avx2"))) void fill_avx2(uint64_t seed, uint64_t first,
-                                               float* __restrict out, int64_t n) {
-  constexpr int V = BLOCK / 8;
-  const __m256i m0 = _mm256_set1_epi32((int)M0), m1 = _mm256_set1_epi32((int)M1);
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i low16 = _mm256_set1_epi32(0xFFFF);
-  alignas(32) uint32_t lo[BLOCK], hi[BLOCK];
-  alignas(32) float z[BLOCK];
-  for (int64_t base = 0; base < n; base += BLOCK) {
-    const uint64_t start = first + (uint64_t)base;
-    const uint32_t start_lo = (uint32_t)start;
-    __m256i c0[V], c1[V], c2[V], c3[V];
-    if (start_lo <= 0xFFFFFFFFu - (BLOCK - 1)) {
-      // Common case: the high word is the same for the whole block.
-      for (int v = 0; v < V; ++v) {
-        c0[v] = _mm256_add_epi32(_mm256_set1_epi32((int)(start_lo + 8u * v)), iota);
-        c1[v] = _mm256_set1_epi32((int)(uint32_t)(start >> 32));
-      }
-    } else {
-      // The block straddles a 2**32 boundary: build the counters lane by lane.
-      for (int j = 0; j < BLOCK; ++j) {
-        const uint64_t ctr = start + (uint64_t)j;
-        lo[j] = (uint32_t)ctr;
-        hi[j] = (uint32_t)(ctr >> 32);
-      }
-      for (int v = 0; v < V; ++v) {
-        c0[v] = _mm256_load_si256((const __m256i*)(lo + 8 * v));
-        c1[v] = _mm256_load_si256((const __m256i*)(hi + 8 * v));
-      }
-    }
-    for (int v = 0; v < V; ++v) c2[v] = c3[v] = _mm256_setzero_si256();
-    uint32_t a = (uint32_t)seed, b = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-      const __m256i ka = _mm256_set1_epi32((int)a), kb = _mm256_set1_epi32((int)b);
-      for (int v = 0; v < V; ++v) {
-        __m256i h0, l0, h1, l1;
-        mulhilo(c2[v], m1, h1, l1);
-        const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1[v]), ka);
-        // Rademacher reads only w0, which the last round gets from the M1 product alone.
-        if (KIND == 1 && r == 9) {
-          c0[v] = n0;
-          continue;
-        }
-        mulhilo(c0[v], m0, h0, l0);
-        c2[v] = _mm256_xor_si256(_mm256_xor_si256(h0, c3[v]), kb);
-        c0[v] = n0;
-        c1[v] = l1;
-        c3[v] = l0;
-      }
-      a += W0;
-      b += W1;
-    }
-    for (int v = 0; v < V; ++v) {
-      __m256 r;
-      if (KIND == 1) {
-        // Bit 0 of w0 becomes the sign bit of 1.0f: +1.0 for 0, -1.0 for 1.
-        const __m256i sign = _mm256_slli_epi32(c0[v], 31);
-        r = _mm256_castsi256_ps(_mm256_or_si256(sign, _mm256_set1_epi32(0x3F800000)));
-      } else {
-        __m256i s = _mm256_add_epi32(_mm256_and_si256(c0[v], low16), _mm256_srli_epi32(c0[v], 16));
-        s = _mm256_add_epi32(s, _mm256_and_si256(c1[v], low16));
-        s = _mm256_add_epi32(s, _mm256_srli_epi32(c1[v], 16));
-        s = _mm256_add_epi32(s, _mm256_and_si256(c2[v], low16));
-        s = _mm256_add_epi32(s, _mm256_srli_epi32(c2[v], 16));
-        s = _mm256_add_epi32(s, _mm256_and_si256(c3[v], low16));
-        s = _mm256_add_epi32(s, _mm256_srli_epi32(c3[v], 16));
-        s = _mm256_sub_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(SHIFT));
-        r = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(SCALE));
-      }
-      if (n - base >= BLOCK) {
-        _mm256_storeu_ps(out + base + 8 * v, r);
-      } else {
-        _mm256_store_ps(z + 8 * v, r);
-      }
-    }
-    if (n - base < BLOCK) {
-      for (int j = 0; j < (int)(n - base); ++j) out[base + j] = z[j];
-    }
-  }
-}
-#endif
-
-bool has_avx2() {
-#ifdef FEDFT_X86
-  __builtin_cpu_init();  // idempotent; makes the check safe however early the library is loaded
-  return __builtin_cpu_supports("avx2");
-#else
-  return false;
-#endif
-}
-
-Fill pick(int kind, bool portable) {
-#ifdef FEDFT_X86
-  if (!portable && has_avx2()) return kind == 1 ? fill_avx2<1> : fill_avx2<0>;
-#endif
-  return kind == 1 ? fill_portable<1> : fill_portable<0>;
-}
-}  // namespace
-
-// 1 when the AVX2 path runs on this CPU, 0 for the portable path.
-extern "C" int fedft_rng_isa() { return has_avx2() ? 1 : 0; }
-
-// Fills out[0..n) for offsets offset..offset+n-1, splitting the range into contiguous slices.
-extern "C" void fedft_rng_fill(uint64_t seed, uint64_t offset, float* out, int64_t n, int kind,
-                               int threads, int portable) {
-  const Fill fill = pick(kind, portable != 0);
-  const int64_t most = n / MIN_PER_THREAD;
-  const int64_t count = threads < 1 ? 1 : (threads < most ? threads : (most < 1 ? 1 : most));
-  // Slices are whole blocks, so only the last one ends in a partial block.
-  const int64_t per = ((n + count - 1) / count + BLOCK - 1) / BLOCK * BLOCK;
-  std::vector<std::thread> pool;
-  for (int64_t start = per; start < n; start += per) {
-    const int64_t len = (n - start < per) ? n - start : per;
-    try {
-      pool.emplace_back(fill, seed, offset + (uint64_t)start, out + start, len);
-    } catch (const std::system_error&) {
-      fill(seed, offset + (uint64_t)start, out + start, len);  // no thread to be had: do it here
-    }
-  }
-  fill(seed, offset, out, n < per ? n : per);
-  for (std::thread& t : pool) t.join();
-}
-""".replace("@M0@", str(PHILOX_M0))
-    .replace("@M1@", str(PHILOX_M1))
-    .replace("@W0@", str(PHILOX_W0))
-    .replace("@W1@", str(PHILOX_W1))
-    .replace("@SCALE@", IRWIN_HALL_SCALE.hex())
-    .replace("@SHIFT@", str(IRWIN_HALL_SHIFT))
-)
+# The C++ source ships next to this module; its @NAME@ placeholders take core.rng's constants,
+# so that the two implementations cannot drift apart.
+_SOURCE_FILE = "rng_cpu.cpp"
 
 
-class BackendUnavailableError(RuntimeError):
-    """The compiled backend was requested but cannot be built or loaded here."""
+@functools.cache
+def _source() -> str:
+    """Return the kernel's C++ source with the contract's constants filled in (read once)."""
+    text = resources.files(__package__ or "fedft.kernels").joinpath(_SOURCE_FILE).read_text("utf-8")
+    for name, value in (
+        ("M0", str(PHILOX_M0)),
+        ("M1", str(PHILOX_M1)),
+        ("W0", str(PHILOX_W0)),
+        ("W1", str(PHILOX_W1)),
+        ("SCALE", IRWIN_HALL_SCALE.hex()),
+        ("SHIFT", str(IRWIN_HALL_SHIFT)),
+    ):
+        text = text.replace(f"@{name}@", value)
+    return text
+
+
+class _BuildError(RuntimeError):
+    """The compiler failed on the kernel's source (the message is one line)."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +109,7 @@ def _library_path(cmd: list[str]) -> Path:
     # for its version, which would cost a subprocess in every process to ask.
     stat = os.stat(os.path.realpath(cmd[0]))
     key = "\0".join(
-        [_SOURCE, *_FLAGS, *cmd, str(stat.st_size), str(stat.st_mtime_ns), platform.machine()]
+        [_source(), *_FLAGS, *cmd, str(stat.st_size), str(stat.st_mtime_ns), platform.machine()]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return _cache_dir() / f"rng_cpu-{sys.platform}-{digest}.so"
@@ -309,7 +121,7 @@ def _build(cmd: list[str], target: Path) -> None:
     # written library, and the last rename wins with identical bytes.
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         src, lib = Path(tmp) / "rng_cpu.cpp", Path(tmp) / "rng_cpu.so"
-        src.write_text(_SOURCE, encoding="utf-8")
+        src.write_text(_source(), encoding="utf-8")
         proc = subprocess.run(
             [*cmd, *_FLAGS, str(src), "-o", str(lib)],
             capture_output=True,
@@ -318,8 +130,14 @@ def _build(cmd: list[str], target: Path) -> None:
             check=False,
         )
         if proc.returncode != 0:
-            raise BackendUnavailableError(
-                f"compiling the rng kernel with {cmd[0]} failed:\n{proc.stderr[-2000:]}"
+            # The reason must fit one line (it may end up in a UsageError); the log has it all.
+            _LOG.debug("compiler output:\n%s", proc.stderr)
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            errors = [line for line in lines if "error" in line.lower()]
+            detail = (errors[:1] or lines[-1:] or [""])[0]
+            raise _BuildError(
+                f"compiling the rng kernel with {cmd[0]} failed (exit {proc.returncode})"
+                + (f": {detail}" if detail else "")
             )
         os.replace(lib, target)
     _prune_stale(target)
@@ -345,7 +163,7 @@ def _load_kernel() -> _Kernel | str:
         if not path.is_file():
             _build(cmd, path)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError, BackendUnavailableError) as exc:
+    except (OSError, subprocess.SubprocessError, _BuildError) as exc:
         return f"the compiled rng backend is unavailable: {exc}"
     fill = lib.fedft_rng_fill
     # ctypes releases the GIL for the duration of the call, so other Python threads keep running.
@@ -373,22 +191,15 @@ def _kernel_or_reason() -> _Kernel | str:
         return _kernel
 
 
-def _requested() -> str:
-    value = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"{ENV_BACKEND}={value!r} is not one of {', '.join(BACKENDS)}")
-    return value
-
-
 def _selected() -> _Kernel | None:
-    """Return the kernel to use, or None for the torch reference; honours FEDFT_RNG_BACKEND."""
-    requested = _requested()
+    """Return the kernel to use, or None for the torch reference; honours ``FEDFT_KERNELS``."""
+    requested, variable = rng_requested()
     if requested == "torch":
         return None
     kernel = _kernel_or_reason()
     if isinstance(kernel, str):
         if requested == "compiled":
-            raise BackendUnavailableError(f"{ENV_BACKEND}=compiled, but {kernel}")
+            raise KernelUnavailableError(f"{variable}=compiled, but {kernel}")
         return None
     return kernel
 

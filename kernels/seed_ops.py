@@ -1,8 +1,11 @@
 """Seed-addressed vector ops on a model's parameters: perturb, replay many seeds, project.
 
-Pure-torch references of the seed kernels. A :class:`FlatParams` lays the selected parameters
-out in the RNG contract's global order (sorted by name, see :mod:`fedft.core.rng`); every op walks
-that stream in bounded pieces, so no full-size perturbation is ever materialized.
+A :class:`FlatParams` lays the selected parameters out in the RNG contract's global order
+(sorted by name, see :mod:`fedft.core.rng`). Each op dispatches like every kernel op
+(``FEDFT_KERNELS``, :mod:`fedft.kernels.dispatch`): the Triton kernels of
+:mod:`fedft.kernels.seeded` and :mod:`fedft.kernels.projection` when they run, else a torch loop
+over the stream in bounded pieces, with z from :func:`fedft.kernels.rng_cpu.fill_perturbation`
+(compiled C++ or the torch reference); no full-size perturbation is ever materialized.
 
 Arithmetic follows the contract: each scaled perturbation is rounded (``z * c``) before it is
 added, seeds are summed in the order given, and a piece of the parameters is written once per

@@ -48,15 +48,17 @@ class DPServer(ServerStrategy[Any]):
         *,
         seed: int,
         noise: SecureGaussian | None = None,
+        name: str = "",
     ):
+        # ``name`` is the registered strategy name, for the error a user sees; hosts pass it.
         if not isinstance(inner, LinearUpdates):
             raise UsageError(
-                f"strategy {inner.name or type(inner).__name__} does not expose its update "
+                f"strategy {name or type(inner).__name__} does not expose its update "
                 "vectors (fedft.core.strategy.LinearUpdates), so DP cannot wrap it"
             )
         super().__init__(inner.config, seed=seed)
         self.inner = inner
-        self.linear: LinearUpdates = inner
+        self.linear: LinearUpdates[Any] = inner
         self.dp = dp
         self.noise = noise or SecureGaussian()
         self.clipper = AdaptiveClip(dp.clip, dp.target_quantile, dp.clip_lr)

@@ -217,6 +217,6 @@ class FedftStrategy(Strategy):
         """Log which plugin this strategy hosts."""
         logger.info(
             "fedft strategy %s hosted in Flower (waits for %d nodes)",
-            self.server_half.name,
+            type(self.server_half).__name__,
             self.min_nodes,
         )

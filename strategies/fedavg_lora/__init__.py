@@ -1,6 +1,6 @@
 """FedAvg over LoRA adapters (FedIT baseline): example-weighted mean of each adapter tensor."""
 
-from fedft.core.registry import register_strategy
+from fedft.core import register_strategy
 from fedft.strategies.fedavg_lora.client import FedAvgLoRAClient
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 from fedft.strategies.fedavg_lora.server import FedAvgLoRAServer

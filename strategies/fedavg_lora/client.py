@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from fedft.core.payload import Payload
-from fedft.core.strategy import ClientStrategy
-from fedft.core.trainer import Trainer
+from fedft.core import ClientStrategy, Payload, Trainer
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
 from fedft.strategies.options import train_lora
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedft.core.config import option
-from fedft.core.trainer import LoraSpec
+from fedft.core import LoraSpec, option
 from fedft.strategies.options import ALL_LINEAR, LoRATrainingOptions
 
 __all__ = ["ALL_LINEAR", "FedAvgLoRAConfig"]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from fedft.core.payload import MetricValue, Payload
-from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
+from fedft.core import ClientInfo, LinearUpdates, MetricValue, Payload, Result, Task
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
-
-logger = logging.getLogger(__name__)
 
 
 def adapter_mismatch(
@@ -31,41 +26,14 @@ def adapter_mismatch(
     return None
 
 
-class PackedAccumulator:
-    """Running weighted sum of same-shaped tensor dicts in one flat float64 buffer.
-
-    Memory is one model-sized buffer whatever the number of clients; float64 keeps the mean
-    exact to well below fp32 resolution regardless of the order results arrive in.
-    """
-
-    def __init__(self, template: dict[str, torch.Tensor]):
-        self.shapes = {name: tuple(t.shape) for name, t in template.items()}
-        self.slices: dict[str, slice] = {}
-        start = 0
-        for name, t in template.items():
-            self.slices[name] = slice(start, start + t.numel())
-            start += t.numel()
-        self.buffer = torch.zeros(start, dtype=torch.float64)
-        self.total_weight = 0.0
-
-    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
-        """Add ``weight * tensors`` to the running sum."""
-        for name, t in tensors.items():
-            self.buffer[self.slices[name]].add_(t.reshape(-1).to(torch.float64), alpha=weight)
-        self.total_weight += weight
-
-    def mean(self) -> dict[str, torch.Tensor]:
-        """Return the weighted mean as fp32 tensors."""
-        avg = self.buffer / self.total_weight
-        return {n: avg[s].reshape(self.shapes[n]).to(torch.float32) for n, s in self.slices.items()}
-
-
-class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig], LinearUpdates):
+class FedAvgLoRAServer(LinearUpdates[FedAvgLoRAConfig]):
     """FedAvg over LoRA adapters, weighted by each client's number of examples.
 
     McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data"
     (arXiv:1602.05629), applied to adapters as in FedIT (arXiv:2305.05644). Averaging A and B
     separately is not averaging B·A; the heterogeneous-rank strategies aggregate exactly.
+    The round is :class:`LinearUpdates`' default: the global adapter plus the example-weighted
+    mean of the clients' adapter deltas, summed in float64.
     """
 
     def __init__(self, config: FedAvgLoRAConfig, *, seed: int) -> None:
@@ -95,35 +63,6 @@ class FedAvgLoRAServer(ServerStrategy[FedAvgLoRAConfig], LinearUpdates):
             )
             for c in chosen
         ]
-
-    def aggregate(
-        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
-    ) -> dict[str, MetricValue]:
-        """Replace the global adapter by the example-weighted mean of the valid results."""
-        acc = PackedAccumulator(self.adapter)
-        accepted = rejected = 0
-        loss_sum = 0.0
-        for result in results:
-            weight = result.payload.metrics.get("num_examples", 0)
-            problem = self.check_update(server_round, result)
-            if problem is not None:
-                logger.warning(
-                    "round %d: rejected update of %s: %s", server_round, result.client_id, problem
-                )
-                rejected += 1
-                continue
-            acc.add(result.payload.tensors, float(weight))
-            loss_sum += float(weight) * float(result.payload.metrics.get("train_loss", math.nan))
-            accepted += 1
-        metrics: dict[str, MetricValue] = {
-            "accepted": accepted,
-            "rejected": rejected,
-            "failures": len(failures),
-        }
-        if accepted:
-            self.adapter = acc.mean()
-            metrics["train_loss"] = loss_sum / acc.total_weight
-        return metrics
 
     def check_update(self, server_round: int, result: Result) -> str | None:
         """Refuse updates whose adapter does not match the global one, or that carry no weight."""

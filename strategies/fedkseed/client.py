@@ -12,12 +12,12 @@ from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams, direction, perturb_
 from fedft.strategies.fedkseed.config import FedKSeedConfig
 from fedft.strategies.seedpool.client_base import SeedClient
-from fedft.strategies.seedpool.model_sync import (
+from fedft.strategies.seedpool.pool import step_indices
+from fedft.strategies.seedpool.replay import (
     Geometry,
     apply_coefficients_,
     set_held,
 )
-from fedft.strategies.seedpool.pool import step_indices
 
 # Keep each step's z in memory when the trainable set is at most this many elements (64 MiB):
 # it saves two of the three regenerations per step; larger sets regenerate to stay lean.

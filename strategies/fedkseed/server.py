@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-
 import torch
 
 from fedft.core.payload import MetricValue
 from fedft.core.sampling import client_seed
-from fedft.core.strategy import Failure, LinearUpdates, Result
+from fedft.core.strategy import Result
 from fedft.strategies.fedkseed.config import FedKSeedConfig
 from fedft.strategies.seedpool.pool import step_indices
 from fedft.strategies.seedpool.server_base import SeedServer
@@ -36,11 +33,12 @@ def check_steps(
     return None
 
 
-class FedKSeedServer(SeedServer[FedKSeedConfig], LinearUpdates):
+class FedKSeedServer(SeedServer[FedKSeedConfig]):
     """FedKSeed's server: sums clients' scalar gradients per seed, weighted by examples.
 
     The global model is ``w0 - lr * sum_k G_k z_k``, i.e. exactly the example-weighted average of
-    the clients' local models; it is stored as coefficients ``C_k = -lr * G_k``.
+    the clients' local models; it is stored as coefficients ``C_k = -lr * G_k``. The round is
+    :class:`~fedft.core.strategy.LinearUpdates`' default aggregate over :meth:`update_vector`.
     """
 
     # FedKSeed's uniform step seeds are re-derived here from the task seed; Pro's are sent.
@@ -61,40 +59,6 @@ class FedKSeedServer(SeedServer[FedKSeedConfig], LinearUpdates):
             return result.payload.tensors["i"].to(torch.int64)
         seed = client_seed(self.seed, server_round, result.client_id)
         return step_indices(seed, self.config.local_steps, self.config.seeds)
-
-    def aggregate(
-        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
-    ) -> dict[str, MetricValue]:
-        """Add the example-weighted sum of every client's per-seed gradients to the model."""
-        store = self._store()
-        summed = torch.zeros(store.shape[0], dtype=torch.float64)
-        total_weight = loss_sum = 0.0
-        accepted = steps = 0
-        tally: dict[str, MetricValue] = {}
-        for result in self.usable(server_round, results, tally):
-            metrics = result.payload.metrics
-            weight = float(metrics["num_examples"])
-            index = self._indices(server_round, result)
-            grads = result.payload.tensors["g"].to(torch.float64)
-            summed.index_add_(0, index, grads * weight)
-            self.observe(index, grads)
-            total_weight += weight
-            loss_sum += weight * float(metrics.get("train_loss", math.nan))
-            steps += int((grads != 0).sum())
-            accepted += 1
-        out: dict[str, MetricValue] = {
-            "accepted": accepted,
-            **tally,
-            "failures": len(failures),
-            "steps": steps,
-        }
-        if accepted:
-            added = torch.zeros(store.shape, dtype=torch.float64)
-            added[:, 0] = summed * (-self.config.lr / total_weight)
-            store.commit(added, server_round)
-            out["train_loss"] = loss_sum / total_weight
-            out["seeds_touched"] = int((summed != 0).sum())
-        return out
 
     def update_size(self) -> int:
         """K: one scalar per pool seed."""
@@ -122,5 +86,18 @@ class FedKSeedServer(SeedServer[FedKSeedConfig], LinearUpdates):
         store.commit(added, server_round)
         return {"seeds_touched": int((mean != 0).sum())}
 
-    def observe(self, index: torch.Tensor, grads: torch.Tensor) -> None:
-        """Hook for subclasses that learn from individual steps (FedKSeed-Pro)."""
+    def round_tally(self) -> dict[str, MetricValue]:
+        """Resync requests, and the local steps that moved the model (g != 0)."""
+        return {**super().round_tally(), "steps": 0}
+
+    def observe(
+        self,
+        server_round: int,
+        result: Result,
+        vector: torch.Tensor | None,
+        tally: dict[str, MetricValue],
+    ) -> None:
+        """Count the update's non-zero steps (skipped steps carry g = 0)."""
+        super().observe(server_round, result, vector, tally)
+        if vector is not None:
+            tally["steps"] = int(tally["steps"]) + int((result.payload.tensors["g"] != 0).sum())

@@ -7,7 +7,7 @@ import torch
 from fedft.core.payload import Payload, config_int
 from fedft.strategies.fedkseed.client import FedKSeedClient
 from fedft.strategies.fedkseed_pro.scores import probabilities
-from fedft.strategies.seedpool.model_sync import Geometry
+from fedft.strategies.seedpool.replay import Geometry
 from fedft.strategies.seedpool.wire import index_dtype
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fedft.core.payload import Payload
+from fedft.core.payload import MetricValue, Payload
+from fedft.core.strategy import Result
 from fedft.strategies.fedkseed.server import FedKSeedServer
 from fedft.strategies.fedkseed_pro.config import FedKSeedProConfig
 from fedft.strategies.fedkseed_pro.scores import importance_levels
@@ -21,8 +22,22 @@ class FedKSeedProServer(FedKSeedServer):
 
     sends_indices = True
 
-    def observe(self, index: torch.Tensor, grads: torch.Tensor) -> None:
-        """Add each step's clipped |g| to its seed's history (skipped steps carry g = 0)."""
+    def observe(
+        self,
+        server_round: int,
+        result: Result,
+        vector: torch.Tensor | None,
+        tally: dict[str, MetricValue],
+    ) -> None:
+        """Add each step's clipped |g| to its seed's history (skipped steps carry g = 0).
+
+        Only the plain aggregate calls this: under DP, importance may not learn from one client.
+        """
+        super().observe(server_round, result, vector, tally)
+        if vector is None:
+            return
+        index = result.payload.tensors["i"].to(torch.int64)
+        grads = result.payload.tensors["g"].to(torch.float64)
         taken = grads != 0
         index, grads = index[taken], grads[taken]
         self.abs_sum.index_add_(0, index, grads.clamp(-self.clip, self.clip).abs())

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-
 import torch
 
 from fedft.core.payload import MetricValue
-from fedft.core.strategy import Failure, LinearUpdates, Result
+from fedft.core.strategy import Result
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.seedpool.server_base import SeedServer
 
@@ -36,39 +33,20 @@ def check_projection(result: Result, shape: tuple[int, int]) -> str | None:  # n
     return None
 
 
-class FerretServer(SeedServer[FerretConfig], LinearUpdates):
-    """Ferret's server: the global model is w0 + sum C[k, l] z_k|block_l, updated each round."""
+class FerretServer(SeedServer[FerretConfig]):
+    """Ferret's server: the global model is w0 + sum C[k, l] z_k|block_l, updated each round.
+
+    The round is :class:`~fedft.core.strategy.LinearUpdates`' default aggregate: the weighted
+    mean of the clients' negated projections, times ``server_lr``, added to ``C``.
+    """
 
     def check_tensors(self, result: Result) -> str | None:
         """Refuse malformed (seed, block, coefficient) triples."""
         return check_projection(result, self._store().shape)
 
-    def aggregate(
-        self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
-    ) -> dict[str, MetricValue]:
-        """Subtract the weighted mean of the clients' reconstructed updates, times server_lr."""
-        store = self._store()
-        rows, cols = store.shape
-        summed = torch.zeros(rows * cols, dtype=torch.float64)
-        total_weight = loss_sum = 0.0
-        accepted = 0
-        tally: dict[str, MetricValue] = {}
-        for result in self.usable(server_round, results, tally):
-            metrics = result.payload.metrics
-            weight = 1.0 if self.config.equal_weight else float(metrics["num_examples"])
-            t = result.payload.tensors
-            flat = t["i"].to(torch.int64) * cols + t["b"].to(torch.int64)
-            summed.index_add_(0, flat, t["c"].to(torch.float64) * weight)
-            total_weight += weight
-            loss_sum += weight * float(metrics.get("train_loss", math.nan))
-            accepted += 1
-        out: dict[str, MetricValue] = {"accepted": accepted, **tally, "failures": len(failures)}
-        if accepted:
-            added = summed.reshape(rows, cols) * (-self.config.server_lr / total_weight)
-            store.commit(added, server_round)
-            out["train_loss"] = loss_sum / total_weight
-            out["bases"] = int((summed != 0).sum())
-        return out
+    def update_weight(self, result: Result) -> float:
+        """Every client counts the same with ``equal_weight``, else by its example count."""
+        return 1.0 if self.config.equal_weight else super().update_weight(result)
 
     def update_size(self) -> int:
         """K x L: one coefficient per (seed, block)."""

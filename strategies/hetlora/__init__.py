@@ -1,4 +1,9 @@
-"""HetLoRA baseline: per-device rank, zero-padding and norm-weighted aggregation."""
+"""HetLoRA baseline: per-device rank, zero-padding and norm-weighted aggregation.
+
+``hetlora`` is the registered strategy (Cho et al., HetLoRA). It is built on
+``fedft.strategies.hetero_lora``, the shared, unregistered base of the heterogeneous-LoRA
+strategies (``legend`` uses it too); the two names are otherwise unrelated.
+"""
 
 from fedft.core.registry import register_strategy
 from fedft.strategies.hetlora.client import HetLoRAClient

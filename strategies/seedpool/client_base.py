@@ -11,8 +11,8 @@ from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams
 from fedft.strategies.seedpool.config import SeedPoolConfig
-from fedft.strategies.seedpool.model_sync import Geometry, geometry_of, move_model, receive
 from fedft.strategies.seedpool.pool import pool_seeds
+from fedft.strategies.seedpool.replay import Geometry, geometry_of, move_model, receive
 from fedft.strategies.seedpool.trainable import flat_trainable
 
 SeedConfigT = TypeVar("SeedConfigT", bound=SeedPoolConfig)

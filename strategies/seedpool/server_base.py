@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
 
 from fedft.core.payload import ConfigValue, MetricValue, Payload
 from fedft.core.sampling import client_seed
-from fedft.core.strategy import ClientInfo, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, LinearUpdates, Result, Task
 from fedft.strategies.seedpool.coefficients import CoefficientStore
 from fedft.strategies.seedpool.config import SeedPoolConfig
 from fedft.strategies.seedpool.wire import encode_delta
 
 SeedConfigT = TypeVar("SeedConfigT", bound=SeedPoolConfig)
-logger = logging.getLogger(__name__)
 
 
-class SeedServer(ServerStrategy[SeedConfigT]):
+class SeedServer(LinearUpdates[SeedConfigT]):
     """Keeps the global model as coefficients and sends each client only what it is missing.
 
-    Subclasses say what a well-formed update is (:meth:`check_tensors`) and how a round's
-    updates become new coefficients (``aggregate``, calling :meth:`commit`).
+    Subclasses say what a well-formed update is (:meth:`check_tensors`) and, as
+    :class:`LinearUpdates`, how one update becomes a vector and how a mean vector becomes new
+    coefficients; the round itself is ``LinearUpdates``' default ``aggregate``.
     """
 
     def __init__(self, config: SeedConfigT, *, seed: int) -> None:
@@ -86,27 +85,20 @@ class SeedServer(ServerStrategy[SeedConfigT]):
         """Return why the update's tensors are malformed, or None (subclasses override)."""
         return None
 
-    def usable(
-        self, server_round: int, results: Iterable[Result], tally: dict[str, MetricValue]
-    ) -> Iterator[Result]:
-        """Yield the results to aggregate, recording every client's version on the way.
+    def round_tally(self) -> dict[str, MetricValue]:
+        """Every round reports its resync requests (empty updates with version 0)."""
+        return {"resyncs": 0}
 
-        Refused updates are logged and counted in ``tally["rejected"]``; resync requests (an
-        empty update with version 0) in ``tally["resyncs"]``.
-        """
-        tally.setdefault("rejected", 0)
-        tally.setdefault("resyncs", 0)
-        for result in results:
-            problem = self.check_update(server_round, result)
-            if problem is not None:
-                logger.warning("round %d: rejected %s: %s", server_round, result.client_id, problem)
-                tally["rejected"] += 1
-                continue
-            self._store().record_sync(result.client_id, int(result.payload.metrics["version"]))
-            if not result.payload.tensors:
-                tally["resyncs"] += 1
-                continue
-            yield result
+    def observe(
+        self,
+        server_round: int,
+        result: Result,
+        vector: torch.Tensor | None,
+        tally: dict[str, MetricValue],
+    ) -> None:
+        """Count resync requests: ``update_vector`` returns None for them."""
+        if vector is None:
+            tally["resyncs"] = int(tally["resyncs"]) + 1
 
     def global_state(self) -> Payload:
         """Return the full coefficients (what a fresh evaluator replays from w0)."""

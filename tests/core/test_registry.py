@@ -130,8 +130,10 @@ def test_register_and_get(isolated_registry: dict[str, Any]) -> None:
     assert "toy" in available_strategies()
     assert available_strategies() == sorted(available_strategies())
     assert spec.summary == "Toy server half for registry tests."
-    assert ToyServer.name == "toy"
-    assert ToyClient.name == "toy"
+    # The name lives in the spec only: the registry leaves the plugin's classes untouched.
+    assert spec.name == "toy"
+    assert "name" not in vars(ToyServer)
+    assert "name" not in vars(ToyClient)
     config = spec.make_config({"steps": 4})
     assert config == ToyConfig(steps=4)
     assert spec.make_config() == ToyConfig()
@@ -231,7 +233,7 @@ def test_fedavg_lora_is_registered() -> None:
     assert spec.config_cls is FedAvgLoRAConfig
     assert spec.server_cls is FedAvgLoRAServer
     assert spec.client_cls is FedAvgLoRAClient
-    assert FedAvgLoRAServer.name == "fedavg_lora"
+    assert spec.name == "fedavg_lora"
     assert spec.summary
     assert "fedavg_lora" in available_strategies()
 

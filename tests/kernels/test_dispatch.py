@@ -60,3 +60,15 @@ def test_meta_tensors_are_refused_under_an_explicit_request(
     monkeypatch.setenv("FEDFT_KERNELS", "triton")
     with pytest.raises(KernelUnavailableError, match="meta"):
         use_triton("seeded.fill", torch.zeros(4, device="meta"))
+
+
+def test_one_switch_also_picks_the_cpu_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDFT_RNG_BACKEND", raising=False)
+    monkeypatch.delenv("FEDFT_KERNELS", raising=False)
+    assert dispatch.rng_requested() == ("auto", "FEDFT_KERNELS")
+    for choice, fill in [("torch", "torch"), ("compiled", "compiled"), ("triton", "auto")]:
+        monkeypatch.setenv("FEDFT_KERNELS", choice)
+        assert dispatch.rng_requested() == (fill, "FEDFT_KERNELS")
+    # ``compiled`` concerns the CPU fill only: tensors stay on the torch path, as under auto.
+    monkeypatch.setenv("FEDFT_KERNELS", "compiled")
+    assert use_triton("seeded.fill", torch.zeros(4)) is False

@@ -12,14 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedft.core.errors import UsageError
 from fedft.core.rng import KINDS, derive_seed, perturbation
 from fedft.kernels import rng_cpu
-from fedft.kernels.rng_cpu import (
-    ENV_BACKEND,
-    BackendUnavailableError,
-    backend_name,
-    fill_perturbation,
-)
+from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG, KernelUnavailableError
+from fedft.kernels.rng_cpu import backend_name, fill_perturbation
 
 SEEDS = [0, 12345, derive_seed(7, 3, 1), 2**63, 2**64 - 1]
 # 2**32 - 5 makes every size above 5 cross the counter's first high-word step.
@@ -32,9 +29,10 @@ HAS_COMPILER = rng_cpu._compiler() is not None
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # A developer's FEDFT_RNG_BACKEND must not change what these tests exercise; one thread as in
+    # A developer's FEDFT_KERNELS must not change what these tests exercise; one thread as in
     # tests/core/test_rng.py, because torch's OpenMP barriers stall on oversubscribed CI cores.
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    for name in (ENV_KERNELS, ENV_LEGACY_RNG):
+        monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -156,7 +154,7 @@ def test_autograd_sees_the_write() -> None:
 
 
 def test_explicit_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_BACKEND, "torch")
+    monkeypatch.setenv(ENV_KERNELS, "torch")
     assert backend_name() == "torch"
     for kind in KINDS:
         out = torch.empty(1000)
@@ -165,9 +163,9 @@ def test_explicit_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_explicit_compiled_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_BACKEND, " Compiled ")
+    monkeypatch.setenv(ENV_KERNELS, " Compiled ")
     if not HAS_COMPILER:
-        with pytest.raises(BackendUnavailableError, match="no C\\+\\+ compiler"):
+        with pytest.raises(KernelUnavailableError, match="no C\\+\\+ compiler"):
             backend_name()
         return
     assert backend_name().startswith("compiled-")
@@ -182,17 +180,38 @@ def test_unavailable_kernel_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch
     out = torch.empty(1000)
     fill_perturbation(3, 2**32 - 5, out, "rademacher")
     assert_same_bits(out, perturbation(3, 2**32 - 5, 1000, "rademacher"))
-    monkeypatch.setenv(ENV_BACKEND, "compiled")
-    with pytest.raises(BackendUnavailableError, match=r"FEDFT_RNG_BACKEND=compiled.*\(test\)"):
+    monkeypatch.setenv(ENV_KERNELS, "compiled")
+    with pytest.raises(KernelUnavailableError, match=r"FEDFT_KERNELS=compiled.*\(test\)"):
         fill_perturbation(3, 0, out)
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(KernelUnavailableError):
         backend_name()
+    # Asking for Triton leaves the CPU fill on auto: it falls back as before.
+    monkeypatch.setenv(ENV_KERNELS, "triton")
+    assert backend_name() == "torch"
 
 
 def test_invalid_backend_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_BACKEND, "triton")
-    with pytest.raises(ValueError, match="FEDFT_RNG_BACKEND='triton' is not one of"):
+    monkeypatch.setenv(ENV_KERNELS, "cuda")
+    with pytest.raises(UsageError, match="FEDFT_KERNELS='cuda' is not one of"):
         fill_perturbation(0, 0, torch.empty(4))
+
+
+def test_the_deprecated_variable_still_works_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rng_cpu, "_kernel", "no C++ compiler found (test)")
+    monkeypatch.setenv(ENV_LEGACY_RNG, "compiled")
+    with (
+        pytest.warns(FutureWarning, match="FEDFT_RNG_BACKEND is deprecated"),
+        pytest.raises(KernelUnavailableError, match=r"FEDFT_RNG_BACKEND=compiled.*\(test\)"),
+    ):
+        fill_perturbation(3, 0, torch.empty(4))
+    monkeypatch.setenv(ENV_LEGACY_RNG, "triton")
+    with pytest.raises(UsageError, match="FEDFT_RNG_BACKEND='triton' is not one of"):
+        fill_perturbation(0, 0, torch.empty(4))
+    # The new switch wins, silently.
+    monkeypatch.setenv(ENV_KERNELS, "auto")
+    assert backend_name() == "torch"
 
 
 def test_missing_or_broken_compiler_is_reported(
@@ -207,6 +226,7 @@ def test_missing_or_broken_compiler_is_reported(
     reason = rng_cpu._load_kernel()
     assert isinstance(reason, str)
     assert "failed" in reason
+    assert "\n" not in reason  # it may become a one-line UsageError
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 
@@ -266,3 +286,10 @@ def test_non_int_arguments_are_type_errors(seed: object, offset: object) -> None
         perturbation(seed, offset, 4, out=torch.empty(4))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         fill_perturbation(seed, offset, torch.empty(4))  # type: ignore[arg-type]
+
+
+def test_the_cpp_source_ships_beside_the_module_with_the_contract_constants() -> None:
+    source = rng_cpu._source()
+    assert "fedft_rng_fill" in source
+    assert "@" not in source  # every placeholder was filled
+    assert f"W0 = {rng_cpu.PHILOX_W0}u" in source

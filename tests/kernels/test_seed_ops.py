@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedft.core.rng import KINDS, derive_seed, perturbation
-from fedft.kernels.rng_cpu import ENV_BACKEND
+from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG
 from fedft.kernels.seed_ops import FlatParams, apply_seeds_, direction, perturb_, project
 
 SEEDS = [0, 12345, derive_seed(3, 1, 4), 2**64 - 1]
@@ -28,7 +28,8 @@ TOTAL = 8 + 3 + 7 + 15 + 1
 @pytest.fixture(autouse=True)
 def _single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Same as tests/kernels/test_rng_cpu.py: default backend choice, one thread on shared cores.
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    for name in (ENV_KERNELS, ENV_LEGACY_RNG):
+        monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

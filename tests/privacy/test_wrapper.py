@@ -199,6 +199,9 @@ class _Opaque(ServerStrategy[Any]):
 def test_a_strategy_without_update_vectors_is_refused() -> None:
     with pytest.raises(UsageError, match="does not expose"):
         DPServer(_Opaque(FedAvgLoRAConfig(), seed=0), dp(), seed=0)
+    # The host passes the registered name, which the user knows better than a class name.
+    with pytest.raises(UsageError, match="strategy opaque does not expose"):
+        DPServer(_Opaque(FedAvgLoRAConfig(), seed=0), dp(), seed=0, name="opaque")
 
 
 def test_adaptive_noise_split_is_checked_before_anyone_trains() -> None:

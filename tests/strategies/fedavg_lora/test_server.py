@@ -148,3 +148,36 @@ def test_configure_before_initialize_is_an_error() -> None:
     server = FedAvgLoRAServer(FedAvgLoRAConfig(), seed=0)
     with pytest.raises(RuntimeError, match="initialize"):
         server.configure(1, [ClientInfo("a")])
+
+
+def old_aggregate(
+    start: dict[str, torch.Tensor], updates: list[dict[str, torch.Tensor]], counts: list[int]
+) -> dict[str, torch.Tensor]:
+    """The formula fedavg_lora's own aggregate used before it took LinearUpdates' default."""
+    out = {}
+    for name, tensor in start.items():
+        buffer = torch.zeros(tensor.numel(), dtype=torch.float64)
+        for update, n in zip(updates, counts, strict=True):
+            buffer.add_(update[name].reshape(-1).to(torch.float64), alpha=float(n))
+        out[name] = (buffer / sum(counts)).reshape(tensor.shape).to(torch.float32)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_default_aggregate_is_bit_identical_to_the_old_formula(seed: int) -> None:
+    """LinearUpdates' default (global + mean of deltas) lands on the same fp32 adapter."""
+    g = torch.Generator().manual_seed(seed)
+    server = make_server()
+    start = {n: t.clone() for n, t in server.global_state().tensors.items()}
+    counts = [int(c) for c in torch.randint(1, 500, (7,), generator=g)]
+    # Clients drift from the global adapter by different amounts, as after local training.
+    updates = [
+        {n: t + torch.randn(t.shape, generator=g) * 10.0 ** float(-i) for n, t in start.items()}
+        for i in range(len(counts))
+    ]
+    server.aggregate(
+        1, [result(f"c{i}", u, n) for i, (u, n) in enumerate(zip(updates, counts, strict=True))], []
+    )
+    expected = old_aggregate(start, updates, counts)
+    for name, tensor in server.global_state().tensors.items():
+        assert torch.equal(tensor.view(torch.int32), expected[name].view(torch.int32)), name

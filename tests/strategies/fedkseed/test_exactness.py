@@ -102,7 +102,7 @@ def test_client_that_skipped_three_rounds_catches_up_from_deltas(
     assert (task.config["base"], task.config["target"]) == (1, 5)
     # Sync only (no local steps): what the client does before it trains.
     params, geometry = fed.client.geometry(late)
-    from fedft.strategies.seedpool.model_sync import move_model, receive
+    from fedft.strategies.seedpool.replay import move_model, receive
 
     version, target = receive(hop(task), fed.states["late"], geometry)
     move_model(late.model, params, geometry, target)

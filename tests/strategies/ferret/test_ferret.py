@@ -14,7 +14,7 @@ from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
 from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.ferret import FerretClient, FerretConfig, FerretServer
-from fedft.strategies.seedpool.model_sync import apply_coefficients_
+from fedft.strategies.seedpool.replay import apply_coefficients_
 from fedft.strategies.seedpool.trainable import flat_trainable
 
 CONFIG = FerretConfig(seeds=16, local_steps=2, batch_size=2, lr=1e-3, server_lr=1.0)

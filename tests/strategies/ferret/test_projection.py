@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedft.core.rng import KINDS, perturbation
-from fedft.kernels.rng_cpu import ENV_BACKEND, fill_perturbation
+from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG
+from fedft.kernels.rng_cpu import fill_perturbation
 from fedft.strategies.ferret.projection import (
     MIN_BASES,
     Projection,
@@ -20,7 +21,8 @@ from fedft.strategies.seedpool.pool import pool_seeds
 
 @pytest.fixture(autouse=True)
 def _single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    for name in (ENV_KERNELS, ENV_LEGACY_RNG):
+        monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -10,9 +10,10 @@ import torch
 
 from fedft.core.payload import Payload
 from fedft.core.rng import perturbation
-from fedft.kernels.rng_cpu import ENV_BACKEND
+from fedft.kernels.dispatch import ENV_KERNELS, ENV_LEGACY_RNG
 from fedft.kernels.seed_ops import FlatParams
-from fedft.strategies.seedpool.model_sync import (
+from fedft.strategies.seedpool.pool import pool_seeds
+from fedft.strategies.seedpool.replay import (
     Geometry,
     apply_coefficients_,
     geometry_of,
@@ -21,7 +22,6 @@ from fedft.strategies.seedpool.model_sync import (
     receive,
     set_held,
 )
-from fedft.strategies.seedpool.pool import pool_seeds
 from fedft.strategies.seedpool.wire import encode_delta
 
 SEEDS = pool_seeds(42, 4)
@@ -29,7 +29,8 @@ SEEDS = pool_seeds(42, 4)
 
 @pytest.fixture(autouse=True)
 def _single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    for name in (ENV_KERNELS, ENV_LEGACY_RNG):
+        monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

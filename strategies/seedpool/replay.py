@@ -1,7 +1,8 @@
-"""Client side of the seed-based strategies: held versions, and moving the model between them.
+"""Seed-coefficient replay on the client: held versions, and moving the model between them.
 
-A client keeps, in its persisted local state, the coefficients of the versions the server may
-still send it a delta from. The model itself is tagged with the coefficients it currently holds
+Not to be confused with ``fedft.client.model_sync``, which downloads weights. A client keeps,
+in its persisted local state, the coefficients of the versions the server may still send it a
+delta from. The model itself is tagged with the coefficients it currently holds
 (several virtual clients may share one model in simulation), and is moved to a new version by
 replaying only the difference, one pass per block.
 """
