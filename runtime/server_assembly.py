@@ -31,15 +31,18 @@ class ServerRuntime:
 
 
 def wrap_server(
-    server_half: ServerStrategy[Any], *, seed: int, dp: DPConfig | None = None
+    server_half: ServerStrategy[Any], *, seed: int, dp: DPConfig | None = None, name: str = ""
 ) -> tuple[ServerStrategy[Any], DPServer | None]:
-    """Put a server half inside the wrappers the run asks for; the outermost one is driven."""
+    """Put a server half inside the wrappers the run asks for; the outermost one is driven.
+
+    ``name`` is the registered strategy name, which a wrapper's refusal shows the user.
+    """
     dp_server = None
     if dp is not None:
         from fedft.privacy.wrapper import DPServer
 
         # Under DP the wrapper samples, clips, noises and writes the ledger entry of each round.
-        dp_server = DPServer(server_half, dp, seed=seed)
+        dp_server = DPServer(server_half, dp, seed=seed, name=name)
         server_half = dp_server
     return server_half, dp_server
 
@@ -48,6 +51,6 @@ def assemble_server(spec: RunSpec) -> ServerRuntime:
     """Build the run's server half, wrapped as ``spec`` asks."""
     strategy, config = resolve_strategy(spec.strategy, spec.options)
     server_half, dp_server = wrap_server(
-        strategy.server_cls(config, seed=spec.seed), seed=spec.seed, dp=spec.dp
+        strategy.server_cls(config, seed=spec.seed), seed=spec.seed, dp=spec.dp, name=strategy.name
     )
     return ServerRuntime(strategy, config, server_half, dp_server)

@@ -114,7 +114,7 @@ class Coordinator:
         # round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
         self.server_half, self.dp_server = wrap_server(
-            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy
+            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy, name=strategy.name
         )
         self.intake = Intake(
             state,
