@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from fedft.core.device import CPU_SECONDS, TASK_SECONDS
+from fedft.core.device import CPU_SECONDS, CUDA_PROPERTY, TASK_SECONDS
 from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
 from fedft.core.serde import payload_from_bytes
@@ -270,6 +270,12 @@ class GrpcEngine:
             if self.spec.device_mix
             else {}
         )
+        # Each daemon says in its profile whether it trains on a CUDA GPU.
+        devices = {
+            c.client_id: "cuda" if c.properties[CUDA_PROPERTY] else "cpu"
+            for c in state.list_clients()
+            if CUDA_PROPERTY in c.properties
+        }
         seconds: dict[str, float] = {}
         cpu: dict[str, float] = {}
         for update in state.updates_for_round(number):
@@ -290,6 +296,7 @@ class GrpcEngine:
                 "ranks": ranks,
                 "seconds": seconds.get(task.client_id),
                 "bytes": moved,
+                **({"device": devices[task.client_id]} if task.client_id in devices else {}),
                 **(
                     {"tier": tiers[task.client_id], "cpu_seconds": cpu.get(task.client_id)}
                     if task.client_id in tiers

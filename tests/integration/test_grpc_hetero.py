@@ -81,12 +81,16 @@ def test_engines_agree_on_the_virtual_clock(
             rouge_examples=0,
             eval_examples=8,
             device_mix="medium:1,slow:1",
+            device="cpu",
         )
         report = (GrpcEngine(spec) if engine == "grpc" else InProcessEngine(spec)).run()
         return [r.clients for r in report.rounds]
 
     grpc_rounds, local_rounds = run("grpc"), run("inprocess")
     for grpc_clients, local_clients in zip(grpc_rounds, local_rounds, strict=True):
+        # Each daemon's profile says where it trained; here, the CPU like the in-process run.
+        assert {c["device"] for c in grpc_clients.values()} == {"cpu"}
+        assert {c["device"] for c in local_clients.values()} == {"cpu"}
         assert_virtual_clock(grpc_clients)
         assert_virtual_clock(local_clients)
         for cid, local in local_clients.items():
