@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fedft.core.hosting import REJECTED, refusal, rejected_count
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
@@ -344,8 +345,12 @@ class Coordinator:
         try:
             updates = self.state.updates_for_round(current.round)
             answered = {u.task_id for u in updates}
+            refused = self.intake.refusals(current.round)
+            # The host rule: a refused update is a failure that says so, counted as rejected.
             failures = [
-                Failure(t.client_id, "no update before the deadline")
+                refusal(t.client_id, refused[t.task_id])
+                if t.task_id in refused
+                else Failure(t.client_id, "no update before the deadline")
                 for t in self.state.tasks_for_round(current.round)
                 if t.task_id not in answered
             ]
@@ -358,6 +363,7 @@ class Coordinator:
                 **metrics,
                 "updates": len(updates),
                 "missing": len(failures),
+                REJECTED: rejected_count(failures),
             }
             self.state.close_round(
                 current.round, self.clock(), dict(summary), checkpoint, self._ledger_entries()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedft.core.errors import ProtocolError
 from fedft.core.serde import payload_from_bytes
@@ -58,6 +58,13 @@ class RoundIndex:
     answered: set[str]
     deadline: float
     open: bool
+    # Tasks whose update check_update refused, and why (the host rule; kept in memory only:
+    # after a restart such a task waits for the deadline like a silent one).
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def done(self) -> bool:
+        """Whether every task has a stored update or a refused one."""
+        return len(self.answered | self.refused.keys()) >= self.count
 
 
 def _stale(number: int) -> Rejected:
@@ -168,6 +175,7 @@ class Intake:
                 raise _stale(task.round)
             problem = self._check(task.round, Result(client_id, payload))
             if problem is not None:
+                self._refused(task, problem)
                 raise reject("invalid", "invalid", problem)
             # From here the round cannot close before this update is stored or refused.
             self._pending[task.round] = self._pending.get(task.round, 0) + 1
@@ -209,14 +217,24 @@ class Intake:
             if stored:
                 index = self.round_index(task.round)
                 index.answered.add(task.task_id)
-                complete = len(index.answered) >= index.count
+                complete = index.done()
             if complete or (not left and task.round in self.closing):
                 self._changed.notify_all()  # the round is complete, or close_begins waits
 
+    def _refused(self, task: TaskRecord, why: str) -> None:
+        """Note a refused update (lock held): the round need not wait for that task any more."""
+        index = self.round_index(task.round)
+        index.refused[task.task_id] = why
+        if index.done():
+            self._changed.notify_all()
+
+    def refusals(self, number: int) -> dict[str, str]:
+        """The tasks of round ``number`` whose update was refused, and why."""
+        return dict(self.round_index(number).refused)
+
     def complete(self, number: int) -> bool:
-        """Whether every task of round ``number`` has a stored update."""
-        index = self.round_index(number)
-        return len(index.answered) >= index.count
+        """Whether every task of round ``number`` has a stored update or a refused one."""
+        return self.round_index(number).done()
 
     def close_begins(self, number: int) -> None:
         """Refuse new updates to round ``number`` and wait until its admitted ones are stored."""

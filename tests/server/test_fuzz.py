@@ -68,6 +68,7 @@ class Fuzzed:
     address: str
     ca: Path
     codes: dict[str, list[grpc.StatusCode]]
+    silent: Connection
 
     def signed(self, method: str) -> list[tuple[str, str]]:
         assert self.conn.key is not None
@@ -93,7 +94,11 @@ class Fuzzed:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
-    """A coordinator with round 1 open and one task, for ``edge-fuzz``, that stays unanswered."""
+    """A coordinator with round 1 open and one task, for ``edge-fuzz``, that stays unanswered.
+
+    A second, silent client holds the round's other task: a refused update completes its own
+    task (the host rule), so without it the first refusal would let the round close.
+    """
     certs = tmp_path_factory.mktemp("certs")
     init_certificates(certs, ["127.0.0.1"])
     model_dir = tmp_path_factory.mktemp("model")
@@ -105,7 +110,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         {},
         seed=5,
         settings=CoordinatorSettings(
-            rounds=1, round_timeout_s=600, min_clients=1, max_update_bytes=1 << 20
+            rounds=1, round_timeout_s=600, min_clients=2, max_update_bytes=1 << 20
         ),
         model="synthetic",
         initial=Payload(tensors=adapter()),
@@ -119,6 +124,10 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     token = new_token()
     state.add_token(TokenRecord(hash_token(token), time.time()))
     conn.enroll(token, generate_key(), CLIENT, profile_message(10, {}))
+    silent = Connection(address, credentials=channel_credentials(certs / "ca.pem"), timeout_s=10)
+    other = new_token()
+    state.add_token(TokenRecord(hash_token(other), time.time()))
+    silent.enroll(other, generate_key(), "silent", profile_message(10, {}))
     task = conn.fetch_task(5.0)
     assert isinstance(task, TaskMessage)
     channel = grpc.secure_channel(
@@ -126,9 +135,10 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         channel_credentials(certs / "ca.pem"),
         options=[("grpc.max_send_message_length", 8 << 20)],
     )
-    yield Fuzzed(service, state, conn, channel, task, address, certs / "ca.pem", {})
+    yield Fuzzed(service, state, conn, channel, task, address, certs / "ca.pem", {}, silent)
     channel.close()
     conn.close()
+    silent.close()
     service.stop(grace=0.5)
 
 
@@ -308,10 +318,10 @@ def test_oversized_messages(fuzzed: Fuzzed) -> None:
 
 def test_server_still_works_after_fuzzing(fuzzed: Fuzzed) -> None:
     state = fuzzed.state
-    (task,) = state.tasks_for_round(1)
+    (task,) = [t for t in state.tasks_for_round(1) if t.client_id == CLIENT]
     assert state.updates_for_round(1) == []
     assert [r.status for r in state.list_rounds()] == ["open"]
-    assert [c.client_id for c in state.list_clients()] == [CLIENT]
+    assert [c.client_id for c in state.list_clients()] == [CLIENT, "silent"]
 
     # A new client can still enroll and heartbeat.
     token = new_token()
@@ -331,11 +341,15 @@ def test_server_still_works_after_fuzzing(fuzzed: Fuzzed) -> None:
         tensors = {n: t * 2 for n, t in adapter().items()}
         data = payload_to_bytes(Payload(tensors=tensors, metrics={"num_examples": 10}))
         assert conn.submit(fetched.task_id, 1, data) == len(data)
+        # The silent client's task holds the round open; it answers with the same update.
+        theirs = fuzzed.silent.fetch_task(5.0)
+        assert isinstance(theirs, TaskMessage)
+        assert fuzzed.silent.submit(theirs.task_id, 1, data) == len(data)
         assert fuzzed.service.wait(5.0)
         done = state.get_round(1)
         assert done is not None
-        assert (done.status, done.metrics["updates"], done.metrics["missing"]) == (ROUND_DONE, 1, 0)
-        (accepted,) = state.updates_for_round(1)
+        assert (done.status, done.metrics["updates"], done.metrics["missing"]) == (ROUND_DONE, 2, 0)
+        (accepted,) = [u for u in state.updates_for_round(1) if u.client_id == CLIENT]
         assert (accepted.task_id, accepted.client_id) == (task.task_id, CLIENT)
         assert state.get_blob(accepted.payload_sha) == data
         result = payload_from_bytes(conn.download("global")).tensors
@@ -348,7 +362,7 @@ def test_server_still_works_after_fuzzing(fuzzed: Fuzzed) -> None:
     assert all(
         u.task_id in task_ids for r in state.list_rounds() for u in state.updates_for_round(r.round)
     )
-    assert [c.client_id for c in state.list_clients()] == ["edge-after", CLIENT]
+    assert [c.client_id for c in state.list_clients()] == ["edge-after", CLIENT, "silent"]
     assert all(c.num_examples >= 0 for c in state.list_clients())
     # The fuzzing reached past the first checks: each RPC fuzzed at length got varied answers.
     for method, codes in fuzzed.codes.items():
