@@ -23,6 +23,7 @@ from fedft.runtime.assembly import assemble_client
 from fedft.runtime.data import Example
 from fedft.runtime.device import measure_profile
 from fedft.runtime.evaluation import generate_answers, rouge_l
+from fedft.runtime.export import export_model
 from fedft.runtime.models import ModelBundle
 from fedft.runtime.placement import peak_memory_mb
 from fedft.runtime.server_assembly import assemble_server
@@ -30,6 +31,7 @@ from fedft.runtime.spec import resolve_strategy
 from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
+from fedft.simulation.provenance import model_facts, provenance
 from fedft.simulation.report import Report, RoundRecord
 from fedft.simulation.spec import SimulationSpec
 
@@ -278,7 +280,8 @@ def finish_report(
         report.final["peak_gpu_mb"] = round(peak, 1)
     if spec.local_dp_config() is not None and clients_dir is not None and clients_dir.is_dir():
         report.final.update(worst_client(sorted(p for p in clients_dir.iterdir() if p.is_dir())))
-    if evaluator.bundle.lora_spec is not None:
-        evaluator.save_adapter(spec.out / "adapter")
+    report.provenance = provenance(spec, evaluator.bundle.path)
+    folder = spec.out / ("adapter" if evaluator.bundle.lora_spec is not None else "model")
+    export_model(evaluator, folder, spec.model, model_facts(report, spec))
     report.write(spec.out)
     return report

@@ -47,6 +47,8 @@ class Report:
     memory: dict[str, Any] = field(default_factory=dict)
     # Where the clients trained (--device), e.g. "cpu" or "cuda:0 (NVIDIA H200)".
     device: str = "cpu"
+    # What reproduces the run: command, fedft version and commit, libraries, flags, hashes.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:
