@@ -13,7 +13,8 @@ from fedft.server.intake import Rejected
 from fedft.server.state.base import ClientExists, State, TokenError
 from fedft.server.state.records import ClientRecord
 
-CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# fullmatch, not match with "$": "$" also matches before a final newline (defect 6).
+CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 PUBLIC_KEY_BYTES = 32
 
 
@@ -66,7 +67,7 @@ class ClientDirectory:
         if len(public_key) != PUBLIC_KEY_BYTES:
             raise Rejected("invalid", f"public key must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes")
         client_id = requested_id or f"client-{secrets.token_hex(4)}"
-        if not CLIENT_ID.match(client_id):
+        if not CLIENT_ID.fullmatch(client_id):
             raise Rejected("invalid", f"client id {client_id!r} must match {CLIENT_ID.pattern}")
         if num_examples < 0:
             raise Rejected("invalid", "num_examples must be >= 0")

@@ -11,7 +11,14 @@ import grpc
 
 from fedft.core.chunking import Reassembler, iter_chunks, sha256
 from fedft.core.errors import ProtocolError
-from fedft.core.identity import AuthError, NonceCache, claimed_client_id, verify_request
+from fedft.core.identity import (
+    AuthError,
+    NonceCache,
+    claimed_client_id,
+    generate_key,
+    public_key_bytes,
+    verify_request,
+)
 from fedft.core.serde import config_to_proto, metrics_from_proto, metrics_to_proto
 from fedft.core.status import RunStatus
 from fedft.proto.v1 import coordinator_pb2 as pb
@@ -38,6 +45,16 @@ STATUS = {
 }
 
 R = TypeVar("R")
+# Nobody holds its private key: it stands in for the key of an unknown client id.
+_DECOY_KEY = public_key_bytes(generate_key())
+# Reasons safe to tell a caller; everything about keys and ids reads "bad signature".
+_PUBLIC_REASONS = ("missing header", "malformed header", "timestamp outside", "replayed nonce")
+
+
+def public_reason(exc: AuthError) -> str:
+    """What a refused caller is told: the header or clock problem, else only "bad signature"."""
+    text = str(exc)
+    return text if text.startswith(_PUBLIC_REASONS) else "bad signature"
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -68,13 +85,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             client_id = claimed_client_id(metadata)
             key = self.coordinator.public_key(client_id)
             if key is None:
-                raise AuthError("unknown client", "enroll first")
+                # Verified against a throwaway key, so an unknown id costs the same time and
+                # gets the same answer as a bad signature: no probing for enrolled ids.
+                key = _DECOY_KEY
             verify_request(
                 key, SERVICE + method, metadata, skew=self.skew_s, nonce_cache=self.nonces
             )
         except AuthError as exc:
             prom.REJECTED.labels(reason="auth").inc()
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, public_reason(exc))
         return client_id
 
     def _guard(self, context: grpc.ServicerContext, method: str, call: Callable[[], R]) -> R:
