@@ -40,7 +40,10 @@ TIMEOUT = 10.0
 def adapter(seed: int = 0) -> dict[str, torch.Tensor]:
     """A small fp32 LoRA adapter, the global model of every attacked run."""
     g = torch.Generator().manual_seed(seed)
-    return {"m.lora_A": torch.randn(4, 16, generator=g), "m.lora_B": torch.randn(16, 4, generator=g)}
+    return {
+        "m.lora_A": torch.randn(4, 16, generator=g),
+        "m.lora_B": torch.randn(16, 4, generator=g),
+    }
 
 
 def update_bytes(tensors: dict[str, torch.Tensor], num_examples: int = 10) -> bytes:
@@ -56,7 +59,7 @@ def sign(
     timestamp_ms: int | None = None,
     nonce: str | None = None,
 ) -> list[tuple[str, str]]:
-    """Sign a call by the documented format, with whatever timestamp and nonce the attacker picks."""
+    """Sign a call by the documented format, with any timestamp and nonce the attacker picks."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     nonce_hex = secrets.token_hex(16) if nonce is None else nonce
     text = "\n".join(("fedft-sig-v1", PREFIX + method, client_id, str(ts), nonce_hex))
