@@ -10,9 +10,10 @@ from pathlib import Path
 import grpc
 
 from fedft.core.errors import UsageError
-from fedft.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from fedft.server.admission import AdmissionSettings
 from fedft.server.artifacts import ModelArtifacts
 from fedft.server.coordinator import Coordinator
+from fedft.server.handlers import Admission
 from fedft.server.metrics import serve_metrics
 from fedft.server.servicer import CoordinatorServicer
 from fedft.server.tls import is_loopback, server_credentials
@@ -51,7 +52,10 @@ class CoordinatorService:
         model_dir: Path | None = None,
         max_workers: int = 128,
         metrics_port: int | None = None,
+        admission: AdmissionSettings | None = None,
     ):
+        if max_workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {max_workers}")
         host, _ = split_address(address)
         if cert_dir is None and not is_loopback(host):
             raise UsageError(
@@ -63,13 +67,21 @@ class CoordinatorService:
         self.cert_dir = cert_dir
         self.metrics_port = metrics_port
         artifacts = ModelArtifacts(model_dir) if model_dir is not None else None
+        limits = admission or AdmissionSettings()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedft-rpc"),
             options=GRPC_OPTIONS,
+            # Calls past the pool's size are refused at once (RESOURCE_EXHAUSTED), not queued
+            # behind threads that may be waiting on slow peers.
+            maximum_concurrent_rpcs=max_workers,
         )
-        pb_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(coordinator, artifacts=artifacts), self.server
+        self.admission = Admission(
+            CoordinatorServicer(
+                coordinator, artifacts=artifacts, max_buffered_bytes=limits.max_buffered_bytes
+            ),
+            limits,
         )
+        self.admission.register(self.server)
         self._rounds = threading.Thread(target=self._drive, name="fedft-rounds", daemon=True)
         self._error: BaseException | None = None
         self.port = 0
@@ -107,4 +119,5 @@ class CoordinatorService:
         """Stop the round loop and the server, letting in-flight calls finish for ``grace`` s."""
         self.coordinator.stop()
         self.server.stop(grace).wait()
+        self.admission.stop()
         self._rounds.join(grace)
