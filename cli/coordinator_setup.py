@@ -46,6 +46,8 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             liveness_s=args.liveness,
             heartbeat_interval_s=args.heartbeat,
             max_update_bytes=int(args.max_update_mb * (1 << 20)),
+            max_num_examples=getattr(args, "max_examples", 1_000_000),
+            max_update_norm=getattr(args, "max_update_norm", None),
         )
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from exc

@@ -128,6 +128,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="largest update accepted, in MB (default: %(default)s)",
     )
     p.add_argument(
+        "--max-examples",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="most examples one update may claim as its weight; never above what the client's "
+        "device reported (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-update-norm",
+        type=float,
+        default=None,
+        metavar="B",
+        help="refuse updates whose change to the global model has an L2 norm above B",
+    )
+    p.add_argument(
         "--serve-model",
         action="store_true",
         help="let clients download the base model files (`fedft client --model server`)",

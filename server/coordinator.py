@@ -19,6 +19,7 @@ from fedft.privacy.config import DPConfig
 from fedft.privacy.wrapper import DPServer, dp_settings_from_state
 from fedft.server import metrics as prom
 from fedft.server.enrollment import ClientDirectory
+from fedft.server.influence import InfluenceBounds
 from fedft.server.intake import Intake, Rejected
 from fedft.server.settings import CoordinatorSettings
 from fedft.server.state.base import State
@@ -120,7 +121,7 @@ class Coordinator:
             self._lock,
             self._changed,
             clock,
-            self.server_half.check_update,
+            InfluenceBounds(state, self.settings, lambda: self.server_half).check,
         )
         self.run = self._resume(stored) if stored else self._create(seed, model, initial)
 
