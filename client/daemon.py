@@ -51,6 +51,14 @@ RETRYABLE = {
 T = TypeVar("T")
 
 
+def retry_hint(error: grpc.RpcError) -> float:
+    """Seconds the coordinator asked us to wait before retrying (0 when it did not say)."""
+    from fedft.client.connection import RETRY_HEADER
+
+    value = dict(error.trailing_metadata() or ()).get(RETRY_HEADER)
+    return int(value) / 1000.0 if isinstance(value, str) and value.isdigit() else 0.0
+
+
 @dataclass(frozen=True)
 class DaemonOptions:
     """Everything ``fedft client`` needs."""
@@ -120,9 +128,15 @@ class ClientDaemon:
             except grpc.RpcError as exc:
                 code = exc.code()
                 limit = self.options.max_retries
+                resynced = code == grpc.StatusCode.UNAUTHENTICATED and self.connection.resync(exc)
+                if resynced and backoff.attempt < 3:
+                    # Our stamp was refused (clock off, or the coordinator restarted): the
+                    # connection adopted the server's clock; a new signature goes through.
+                    backoff.next_delay()
+                    continue
                 if code not in RETRYABLE or (limit is not None and backoff.attempt >= limit):
                     raise
-                delay = backoff.next_delay()
+                delay = max(backoff.next_delay(), retry_hint(exc))
                 self.report(
                     f"{what}: coordinator unreachable ({code.name}); retrying in {delay:.1f} s"
                 )

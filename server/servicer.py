@@ -48,6 +48,7 @@ STATUS = {
 }
 
 R = TypeVar("R")
+TIME_HEADER = "fedft-server-time-ms"
 # Nobody holds its private key: it stands in for the key of an unknown client id.
 _DECOY_KEY = public_key_bytes(generate_key())
 # Reasons safe to tell a caller; everything about keys and ids reads "bad signature".
@@ -77,13 +78,21 @@ class CoordinatorServicer:
         coordinator: Coordinator,
         *,
         artifacts: ModelArtifacts | None = None,
-        skew_s: float = 300.0,
+        skew_s: float = 30.0,
+        ahead_s: float = 5.0,
         max_buffered_bytes: int = 2 << 30,
     ):
         self.coordinator = coordinator
         self.artifacts = artifacts
         self.skew_s = skew_s
-        self.nonces = NonceCache(window=skew_s)
+        self.ahead_s = ahead_s
+        # Per-client windows; the floor is after every timestamp an earlier process of this
+        # coordinator can have accepted (it never took one more than ``ahead_s`` ahead), so a
+        # restart forgets nothing that could be replayed. Clients resync once, see TIME_HEADER.
+        # A fresh state has no client whose calls could be replayed: no floor then.
+        resumed = bool(coordinator.state.list_clients())
+        floor = time.time() + ahead_s if resumed else float("-inf")
+        self.nonces = NonceCache(window=skew_s, floor=floor)
         self.uploads = Uploads(max_buffered_bytes)
 
     # --- helpers -----------------------------------------------------------------------------
@@ -98,10 +107,19 @@ class CoordinatorServicer:
                 # gets the same answer as a bad signature: no probing for enrolled ids.
                 key = _DECOY_KEY
             verify_request(
-                key, SERVICE + method, metadata, skew=self.skew_s, nonce_cache=self.nonces
+                key,
+                SERVICE + method,
+                metadata,
+                skew=self.skew_s,
+                ahead=self.ahead_s,
+                nonce_cache=self.nonces,
             )
         except AuthError as exc:
             prom.REJECTED.labels(reason="auth").inc()
+            # The server's clock, so an honest client whose stamp fell outside resyncs and retries.
+            # (or the replay floor, after a restart: the earliest stamp it accepts again).
+            now_ms = int(max(time.time(), self.nonces.floor) * 1000)
+            context.set_trailing_metadata(((TIME_HEADER, str(now_ms)),))
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, public_reason(exc))
         return client_id
 
