@@ -29,6 +29,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Without this a second coordinator on the same port starts and steals connections.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -54,6 +56,8 @@ class CoordinatorService:
         metrics_port: int | None = None,
         admission: AdmissionSettings | None = None,
     ):
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be 0-65535, got {metrics_port}")
         if max_workers < 1:
             raise UsageError(f"--workers must be at least 1, got {max_workers}")
         host, _ = split_address(address)
@@ -95,16 +99,26 @@ class CoordinatorService:
 
     def start(self) -> int:
         """Bind, start serving and start the round loop; returns the bound port."""
-        if self.cert_dir is not None:
-            port = self.server.add_secure_port(self.address, server_credentials(self.cert_dir))
-        else:
-            port = self.server.add_insecure_port(self.address)
+        try:
+            if self.cert_dir is not None:
+                credentials = server_credentials(self.cert_dir)
+                port = self.server.add_secure_port(self.address, credentials)
+            else:
+                port = self.server.add_insecure_port(self.address)
+        except RuntimeError:  # grpc raises when the address cannot be bound
+            port = 0
         if port == 0:
             raise UsageError(f"cannot bind {self.address} (in use, or not an address of this host)")
         self.port = int(port)
         self.server.start()
         if self.metrics_port is not None:
-            serve_metrics(self.metrics_port)
+            try:
+                serve_metrics(self.metrics_port)
+            except (OSError, OverflowError) as exc:
+                self.server.stop(0)
+                raise UsageError(
+                    f"cannot serve metrics on port {self.metrics_port}: {exc}"
+                ) from None
         self._rounds.start()
         return self.port
 
