@@ -192,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise UsageError("--rounds must be >= 1")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
     # Refuse a bad transport before spending seconds on loading the model.
     host, _ = split_address(args.bind)
     if args.insecure and not is_loopback(host):

@@ -47,6 +47,17 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
     ax = axes[0][0]
     curve = result["epsilon_curve"]
     ax.plot([p["round"] for p in curve], [p["epsilon_rdp"] for p in curve], "o-", label="RDP")
+    # matplotlib silently skips infinite values: mark those rounds instead (defect 13).
+    infinite = [p["round"] for p in curve if not _finite(p["epsilon_rdp"])]
+    if infinite:
+        finite = [p["epsilon_rdp"] for p in curve if _finite(p["epsilon_rdp"])]
+        top = max(finite) if finite else 1.0
+        ax.plot(
+            infinite,
+            [top] * len(infinite),
+            "rx",
+            label=f"epsilon infinite ({len(infinite)} rounds, drawn at the top)",
+        )
     pld = result["epsilon_pld"]
     if isinstance(pld, float) and math.isfinite(pld):
         ax.axhline(pld, color="tab:green", ls="--", label=f"PLD (final) = {pld:.3f}")
@@ -75,6 +86,10 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _fmt(value: Any) -> str:
