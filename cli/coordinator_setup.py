@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from fedft.core.config import ConfigError, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import ClientStrategy
+from fedft.privacy.config import SECRET
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
 
@@ -54,6 +56,9 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     from fedft.cli.dp_flags import dp_config_from_args
 
     privacy = dp_config_from_args(args) if hasattr(args, "dp_noise") else None
+    if privacy is not None:
+        # A deployment's sample must be secret for amplification by sampling to hold.
+        privacy = dataclasses.replace(privacy, sampling=SECRET)
     state = open_state(args.db)
     bundle = load_model(args.model)
     trainer = LocalTrainer(bundle, [])

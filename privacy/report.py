@@ -100,6 +100,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# Only secret sampling earns amplification: a seeded sample is known to whoever knows the seed.
+SAMPLING_NOTES = {
+    "secret": "secret (CSPRNG)",
+    "seeded": "seeded: reproducible, not secret; epsilon assumes nobody knows the seed",
+}
+
+
 def summary_table(result: dict[str, Any]) -> Table:
     """The audit at a glance."""
     table = Table(title=f"privacy audit of {result['source']}")
@@ -113,6 +120,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("noise multiplier (last round)", last["noise_multiplier"]),
         ("clip norm (last round)", last["clip_norm"]),
         ("sampling rate (last round)", last["sampling_rate"]),
+        ("client sampling", SAMPLING_NOTES.get(result.get("sampling", ""), "unknown")),
         ("epsilon, PLD (reported)", result["epsilon_pld"]),
         ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
     ]
