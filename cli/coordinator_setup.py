@@ -15,6 +15,7 @@ from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import SECRET
+from fedft.privacy.robust import RobustConfig
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
 
@@ -59,6 +60,9 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     if privacy is not None:
         # A deployment's sample must be secret for amplification by sampling to hold.
         privacy = dataclasses.replace(privacy, sampling=SECRET)
+    robust = robust_config(args)
+    if robust is not None and privacy is not None:
+        raise UsageError("--robust and --dp-noise do not combine: DP already clips every update")
     state = open_state(args.db)
     bundle = load_model(args.model)
     trainer = LocalTrainer(bundle, [])
@@ -74,10 +78,19 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             model=args.model,
             initial=client_half.initial_state(trainer),
             privacy=privacy,
+            robust=robust,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return CoordinatorSetup(coordinator, bundle, client_half, trainer)
+
+
+def robust_config(args: argparse.Namespace) -> RobustConfig | None:
+    """The robust aggregation the --robust flags ask for, or None."""
+    rule = getattr(args, "robust", None)
+    if rule is None:
+        return None
+    return RobustConfig(rule, bound=args.robust_bound, trim=args.robust_trim)
 
 
 def export_global(setup: CoordinatorSetup, folder: Path) -> None:

@@ -177,6 +177,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
+    robust = p.add_argument_group(
+        "robust aggregation",
+        "replace the strategy's weighted mean by a rule one malicious client cannot steer far "
+        "(strategies that expose update vectors; not together with --dp-noise)",
+    )
+    robust.add_argument(
+        "--robust",
+        choices=("norm", "trimmed", "median"),
+        default=None,
+        help="norm: clip each update to --robust-bound and average; trimmed: coordinate-wise "
+        "trimmed mean; median: coordinate-wise median",
+    )
+    robust.add_argument(
+        "--robust-bound",
+        type=float,
+        default=None,
+        metavar="B",
+        help="L2 bound every update is clipped to first (required by norm)",
+    )
+    robust.add_argument(
+        "--robust-trim",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="trimmed: share of values dropped at each end per coordinate (default: %(default)s)",
+    )
     from fedft.cli.dp_flags import add_dp_flags
 
     add_dp_flags(p)

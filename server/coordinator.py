@@ -16,6 +16,7 @@ from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.privacy.config import DPConfig
+from fedft.privacy.robust import RobustConfig, RobustServer
 from fedft.privacy.wrapper import DPServer, dp_settings_from_state
 from fedft.server import metrics as prom
 from fedft.server.enrollment import ClientDirectory
@@ -72,6 +73,7 @@ class Coordinator:
         initial: Payload,
         clock: Callable[[], float] = time.time,
         privacy: DPConfig | None = None,
+        robust: RobustConfig | None = None,
     ):
         self.state = state
         self.strategy = strategy
@@ -116,6 +118,8 @@ class Coordinator:
         self.dp_server = DPServer(self.server_half, privacy, seed=seed) if privacy else None
         if self.dp_server is not None:
             self.server_half = self.dp_server
+        elif robust is not None:  # DP clips every update already; the CLI refuses both
+            self.server_half = RobustServer(self.server_half, robust, seed=seed)
         self.intake = Intake(
             state,
             self._lock,

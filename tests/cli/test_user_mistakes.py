@@ -61,6 +61,11 @@ CASES: list[tuple[str, list[str], str]] = [
         ["serve", "--db", "sqlite:///TMP/s.db", "--bind", "127.0.0.1:0", "--certs", "TMP/none"],
         "server.pem",
     ),
+    (
+        "serve",
+        ["serve", "--db", "sqlite:///TMP/s.db", "--insecure", "--robust", "norm"],
+        "--robust-bound",
+    ),
     ("client", ["client", "--server", "127.0.0.1:1", "--data", "x"], "--ca"),
     ("status", ["status", "--db", "sqlite:///TMP/typo.db"], "no database"),
     ("db", ["db", "upgrade", "--db", "sqlite:///TMP/no/such/x.db"], "does not exist"),
