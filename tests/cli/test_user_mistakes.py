@@ -63,7 +63,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     (
         "serve",
-        ["serve", "--db", "sqlite:///TMP/s.db", "--insecure", "--robust", "norm"],
+        [
+            "serve",
+            "--db",
+            "sqlite:///TMP/s.db",
+            "--insecure",
+            "--bind",
+            "[::1]:0",
+            "--robust",
+            "norm",
+        ],
         "--robust-bound",
     ),
     ("client", ["client", "--server", "127.0.0.1:1", "--data", "x"], "--ca"),
