@@ -28,7 +28,10 @@ class Cancellable(Protocol):
 class AdmissionSettings:
     """Limits on calls; the defaults suit a coordinator on a small machine facing the internet."""
 
-    # Calls before authentication (Enroll, and the moment a signed call is being checked).
+    # Calls in the server at once, running or queued for a worker thread; past it gRPC
+    # answers RESOURCE_EXHAUSTED at once. Large enough for a burst of honest clients to queue.
+    max_calls: int = 4096
+    # Enroll calls at once: the only call a stranger can make, and one that waits for a body.
     max_unauthenticated: int = 32
     # Seconds a call may wait for its first (or next) request message before it is cut.
     idle_s: float = 10.0
@@ -41,7 +44,7 @@ class AdmissionSettings:
     max_buffered_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
-        if self.max_unauthenticated < 1 or self.client_burst < 1 or self.max_buffered_bytes < 1:
+        if self.max_calls < 1 or self.max_unauthenticated < 1 or self.client_burst < 1 or self.max_buffered_bytes < 1:
             raise ValueError("admission limits must be positive")
         if self.idle_s <= 0 or self.max_call_s <= 0 or self.client_rate <= 0:
             raise ValueError("admission times and rates must be positive")

@@ -75,9 +75,9 @@ class CoordinatorService:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedft-rpc"),
             options=GRPC_OPTIONS,
-            # Calls past the pool's size are refused at once (RESOURCE_EXHAUSTED), not queued
-            # behind threads that may be waiting on slow peers.
-            maximum_concurrent_rpcs=max_workers,
+            # Calls past the cap are refused at once (RESOURCE_EXHAUSTED) instead of queueing
+            # without bound; below it a burst queues for the pool's threads.
+            maximum_concurrent_rpcs=limits.max_calls,
         )
         self.admission = Admission(
             CoordinatorServicer(
