@@ -44,7 +44,12 @@ class AdmissionSettings:
     max_buffered_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
-        if self.max_calls < 1 or self.max_unauthenticated < 1 or self.client_burst < 1 or self.max_buffered_bytes < 1:
+        if (
+            self.max_calls < 1
+            or self.max_unauthenticated < 1
+            or self.client_burst < 1
+            or self.max_buffered_bytes < 1
+        ):
             raise ValueError("admission limits must be positive")
         if self.idle_s <= 0 or self.max_call_s <= 0 or self.client_rate <= 0:
             raise ValueError("admission times and rates must be positive")
@@ -84,8 +89,12 @@ class Watchdog:
         deadline = Deadline(call, idle_s, now + max_s)
         deadline.touch(now)
         with self._cv:
+            # Wake the thread only if this deadline comes before everything it waits for:
+            # with one idle time for all calls that is rare, and a wake-up per call is costly.
+            earliest = not self._heap or deadline.at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
-            self._cv.notify()
+            if earliest:
+                self._cv.notify()
         return deadline
 
     def touch(self, deadline: Deadline) -> None:

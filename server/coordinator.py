@@ -125,7 +125,9 @@ class Coordinator:
             self._lock,
             self._changed,
             clock,
-            InfluenceBounds(state, self.settings, lambda: self.server_half).check,
+            InfluenceBounds(
+                self.clients.reported_examples, self.settings, lambda: self.server_half
+            ).check,
         )
         self.run = self._resume(stored) if stored else self._create(seed, model, initial)
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from fedft.core.strategy import LinearUpdates, Result, ServerStrategy
 from fedft.server.settings import CoordinatorSettings
-from fedft.server.state.base import State
 
 
 class InfluenceBounds:
@@ -21,21 +20,19 @@ class InfluenceBounds:
 
     def __init__(
         self,
-        state: State,
+        reported: Callable[[str], int],
         settings: CoordinatorSettings,
         strategy: Callable[[], ServerStrategy[Any]],
     ) -> None:
-        self.state = state
+        self.reported = reported  # a client's reported example count (0: none)
         self.settings = settings
         self._strategy = strategy  # read at each call: the DP wrapper may replace the half
 
     def examples_cap(self, client_id: str) -> int:
         """The most examples ``client_id`` may claim."""
         cap = self.settings.max_num_examples
-        client = self.state.get_client(client_id)
-        if client is not None and client.num_examples > 0:
-            cap = min(cap, client.num_examples)
-        return cap
+        reported = self.reported(client_id)
+        return min(cap, reported) if reported > 0 else cap
 
     def check(self, server_round: int, result: Result) -> str | None:
         """Return why ``result`` is refused, or None; the strategy's own check runs last."""

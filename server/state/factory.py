@@ -35,7 +35,7 @@ def open_state(url: str, *, create: bool = True) -> State:
         and not Path(database).is_file()
     ):
         # SQLite would create an empty file for a mistyped path (defect 11).
-        raise UsageError(f"no database at {database} (check --db)")
+        raise UsageError(f"no database at {database} (check --db; `fedft db upgrade` creates one)")
     engine = make_engine(parsed)
     try:
         check_connection(engine)
