@@ -191,15 +191,13 @@ def make_target(
     **settings: Any,
 ) -> Target:
     """Start a fedavg_lora coordinator over ``state`` on a free loopback port."""
-    config = CoordinatorSettings(
-        rounds=rounds,
-        round_timeout_s=60.0,
-        min_clients=min_clients,
-        liveness_s=60.0,
-        heartbeat_interval_s=2.0,
-        max_update_bytes=16 << 20,
-        **settings,
-    )
+    values: dict[str, Any] = {
+        "round_timeout_s": 60.0,
+        "liveness_s": 60.0,
+        "heartbeat_interval_s": 2.0,
+        "max_update_bytes": 16 << 20,
+    }
+    config = CoordinatorSettings(rounds=rounds, min_clients=min_clients, **{**values, **settings})
     coordinator = Coordinator(
         state,
         get_strategy("fedavg_lora"),
