@@ -230,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no server.pem in {args.certs}: run `fedft certs init --out {args.certs}`"
         )
+    if not args.insecure:
+        from fedft.server.tls import server_credentials
+
+        server_credentials(args.certs)  # a broken pair fails here, before the model loads
     setup = coordinator_setup(args)
     coordinator = setup.coordinator
     cert_dir = None if args.insecure else args.certs

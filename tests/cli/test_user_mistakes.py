@@ -75,6 +75,9 @@ CASES: list[tuple[str, list[str], str]] = [
         ],
         "--robust-bound",
     ),
+    ("serve", ["serve", "--db", "sqlite:///TMP/s.db", "--certs", "TMP/junk"], "not a PEM"),
+    ("certs", ["certs", "init", "--out", "/proc/fedft-certs"], "cannot create"),
+    ("audit", ["audit", "--db", "sqlite:///TMP/typo.db"], "no database"),
     ("client", ["client", "--server", "127.0.0.1:1", "--data", "x"], "--ca"),
     ("status", ["status", "--db", "sqlite:///TMP/typo.db"], "no database"),
     ("db", ["db", "upgrade", "--db", "sqlite:///TMP/no/such/x.db"], "does not exist"),
@@ -112,8 +115,14 @@ def test_a_mistake_ends_in_one_line_and_exit_2(
                 key, value = spec.split("=")
                 arg = run_folder(tmp_path, **{key: "1.0" if value == "str" else None})
         args.append(arg.replace("TMP", str(tmp_path)))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "server.pem").write_text("junk")
+    (junk / "server.key").write_text("junk")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("fedft: error:"), err
     assert message in err[0], err
+    assert not (tmp_path / "typo.db").exists()  # no mistake leaves a database behind
+    assert not (tmp_path / "s.db").exists()
