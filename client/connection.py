@@ -124,10 +124,13 @@ class Connection:
         A coordinator refuses a stamp outside its window (our clock is off) or at/before its
         replay floor (it just restarted) and says its own time; we stamp from that time on.
         """
-        details = str(error.details() or "")
-        if not details.startswith(("timestamp outside", "replayed nonce")):
+        details_of = getattr(error, "details", None)
+        trailers_of = getattr(error, "trailing_metadata", None)
+        if details_of is None or trailers_of is None:
+            return False  # not the answer of a call
+        if not str(details_of() or "").startswith(("timestamp outside", "replayed nonce")):
             return False
-        trailers = dict(error.trailing_metadata() or ())
+        trailers = dict(trailers_of() or ())
         server_ms = trailers.get(TIME_HEADER)
         if not isinstance(server_ms, str) or not server_ms.isdigit():
             return False

@@ -55,7 +55,8 @@ def retry_hint(error: grpc.RpcError) -> float:
     """Seconds the coordinator asked us to wait before retrying (0 when it did not say)."""
     from fedft.client.connection import RETRY_HEADER
 
-    value = dict(error.trailing_metadata() or ()).get(RETRY_HEADER)
+    trailers = getattr(error, "trailing_metadata", None)  # absent on some RpcErrors
+    value = dict((trailers() if trailers else None) or ()).get(RETRY_HEADER)
     return int(value) / 1000.0 if isinstance(value, str) and value.isdigit() else 0.0
 
 
@@ -122,6 +123,7 @@ class ClientDaemon:
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, backing off on transient failures; other errors propagate."""
         backoff = Backoff(self.options.max_backoff_s)
+        resyncs = 0  # counted apart from the backoff: an outage before a restart uses that up
         while True:
             try:
                 return call()
@@ -129,10 +131,10 @@ class ClientDaemon:
                 code = exc.code()
                 limit = self.options.max_retries
                 resynced = code == grpc.StatusCode.UNAUTHENTICATED and self.connection.resync(exc)
-                if resynced and backoff.attempt < 3:
+                if resynced and resyncs < 3:
                     # Our stamp was refused (clock off, or the coordinator restarted): the
                     # connection adopted the server's clock; a new signature goes through.
-                    backoff.next_delay()
+                    resyncs += 1
                     continue
                 if code not in RETRYABLE or (limit is not None and backoff.attempt >= limit):
                     raise

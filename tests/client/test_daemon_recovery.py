@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -86,3 +87,25 @@ def test_the_daemon_waits_as_long_as_the_rate_limit_asks(daemon_for: object) -> 
     waits = [float(m) for m in re.findall(r"retrying in ([0-9.]+) s", " ".join(messages))]
     assert waits, messages
     assert max(waits) >= 0.5  # the server's hint (about 1 s), not the 0.05 s backoff cap
+
+
+def test_a_resync_still_happens_after_a_long_outage(daemon_for: object) -> None:
+    """Retries spent on an outage (a coordinator restarting) must not use up the resync."""
+    import grpc
+
+    daemon, _ = daemon_for(AdmissionSettings())  # type: ignore[operator]
+    daemon.connection.clock_offset_s = -120.0
+    outage = iter(range(5))
+
+    class Unavailable(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+    def call() -> object:
+        if next(outage, None) is not None:
+            raise Unavailable()
+        return daemon.connection.heartbeat()
+
+    daemon.options = dataclasses.replace(daemon.options, max_retries=None)
+    daemon._retrying("heartbeat", call)
+    assert abs(daemon.connection.clock_offset_s) < 10
