@@ -37,6 +37,9 @@ class AdmissionSettings:
     idle_s: float = 10.0
     # Seconds any call may last at most, however busy (a long poll plus a large transfer).
     max_call_s: float = 600.0
+    # Calls one enrolled client may have in the server at once: without it, a client within
+    # its rate could still hold many threads with silent streams until their deadlines.
+    max_calls_per_client: int = 8
     # Token bucket per client: sustained calls per second and burst size.
     client_rate: float = 20.0
     client_burst: float = 40.0
@@ -149,6 +152,33 @@ class Slots:
     def used(self) -> int:
         """How much is reserved now."""
         return self._used
+
+
+class PerClientSlots:
+    """A :class:`Slots`-like cap on calls in flight, counted per client id."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client_id: str) -> bool:
+        """Count one more call of ``client_id``; False when it has ``limit`` already."""
+        with self._lock:
+            used = self._used.get(client_id, 0)
+            if used >= self._limit:
+                return False
+            self._used[client_id] = used + 1
+            return True
+
+    def give(self, client_id: str) -> None:
+        """A call of ``client_id`` ended."""
+        with self._lock:
+            left = self._used[client_id] - 1
+            if left:
+                self._used[client_id] = left
+            else:
+                del self._used[client_id]
 
 
 @dataclass

@@ -17,7 +17,14 @@ from google.protobuf.message import DecodeError, Message
 
 from fedft.core.errors import ProtocolError
 from fedft.proto.v1 import coordinator_pb2 as pb
-from fedft.server.admission import AdmissionSettings, Deadline, RateLimiter, Slots, Watchdog
+from fedft.server.admission import (
+    AdmissionSettings,
+    Deadline,
+    PerClientSlots,
+    RateLimiter,
+    Slots,
+    Watchdog,
+)
 from fedft.server.servicer import CoordinatorServicer
 
 SERVICE_NAME = "fedft.proto.v1.Coordinator"
@@ -61,6 +68,7 @@ class Admission:
         self.watchdog = Watchdog()
         self.strangers = Slots(settings.max_unauthenticated)
         self.limiter = RateLimiter(settings.client_rate, settings.client_burst)
+        self.in_flight = PerClientSlots(settings.max_calls_per_client)
 
     # --- the steps every call goes through ------------------------------------------------------
     def _messages(
@@ -99,16 +107,19 @@ class Admission:
                 _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many enrollments; retry")
             return ""
         client_id = self.servicer.authenticate(context, method)
-        if client_id:
-            wait = self.limiter.take(client_id)
-            if wait > 0:
-                context.set_trailing_metadata(((RETRY_HEADER, str(int(wait * 1000) + 1)),))
-                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit: retry later")
+        wait = self.limiter.take(client_id)
+        if wait > 0:
+            context.set_trailing_metadata(((RETRY_HEADER, str(int(wait * 1000) + 1)),))
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit: retry later")
+        if not self.in_flight.take(client_id):
+            context.set_trailing_metadata(((RETRY_HEADER, "100"),))
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
         return client_id
 
     def _unary(self, method: str) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
         def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             deadline = self.watchdog.watch(context, self.settings.idle_s, self.settings.max_call_s)
+            client_id = ""
             try:
                 client_id = self._admit(method, context)
                 messages = self._messages(requests, context, deadline)
@@ -124,12 +135,15 @@ class Admission:
                 return getattr(self.servicer, method)(request, context, client_id)
             finally:
                 deadline.done = True
+                if client_id:
+                    self.in_flight.give(client_id)
 
         return handle
 
     def _streaming(self, method: str) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
         def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             deadline = self.watchdog.watch(context, self.settings.idle_s, self.settings.max_call_s)
+            client_id = ""
             try:
                 client_id = self._admit(method, context)
                 request = self._first(self._messages(requests, context, deadline), context)
@@ -141,6 +155,8 @@ class Admission:
                     yield message
             finally:
                 deadline.done = True
+                if client_id:
+                    self.in_flight.give(client_id)
 
         return handle
 

@@ -185,3 +185,33 @@ def test_a_flooding_client_is_rate_limited_with_a_retry_hint(certs: Path) -> Non
         )
     finally:
         target.stop()
+
+
+def test_an_enrolled_client_cannot_hold_the_pool_with_silent_streams(certs: Path) -> None:
+    """Within its rate, one client's silent uploads could otherwise hold every worker thread."""
+    limits = AdmissionSettings(max_calls_per_client=2, idle_s=1.0)
+    target = make_target(certs, InMemoryState(), service={"admission": limits, "max_workers": 6})
+    stop = threading.Event()
+    try:
+        hog, honest = target.enrolled("edge-hog"), target.enrolled("edge-h")
+
+        def silent() -> Iterator[bytes]:
+            stop.wait(TIMEOUT)
+            return
+            yield b""
+
+        calls = [
+            hog.channel.stream_unary(PREFIX + "SubmitUpdate").future(
+                silent(), metadata=hog.signed("SubmitUpdate"), timeout=TIMEOUT
+            )
+            for _ in range(12)
+        ]
+        for _ in range(3):
+            honest.stub.Heartbeat(
+                pb.HeartbeatRequest(), metadata=honest.signed("Heartbeat"), timeout=TIMEOUT
+            )
+        codes = [call.exception().code() for call in calls]
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10
+    finally:
+        stop.set()
+        target.stop()
