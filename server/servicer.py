@@ -116,8 +116,8 @@ class CoordinatorServicer:
             )
         except AuthError as exc:
             prom.REJECTED.labels(reason="auth").inc()
-            # The server's clock, so an honest client whose stamp fell outside resyncs and retries.
-            # (or the replay floor, after a restart: the earliest stamp it accepts again).
+            # Our clock (or, just after a restart, the replay floor: the earliest stamp we
+            # accept again), so an honest client whose stamp was refused resyncs and retries.
             now_ms = int(max(time.time(), self.nonces.floor) * 1000)
             context.set_trailing_metadata(((TIME_HEADER, str(now_ms)),))
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, public_reason(exc))
