@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         from fedft.server.privacy_source import audit_input
         from fedft.server.state.factory import open_state
 
-        state = open_state(args.db)
+        state = open_state(args.db, create=False)  # an audit never creates a database
         try:
             data = audit_input(state, args.db)
         finally:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedft.core.config import ConfigError, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
+from fedft.privacy.config import SECRET
+from fedft.privacy.robust import RobustConfig
 from fedft.runtime.assembly import ClientRuntime, assemble_client
 from fedft.runtime.spec import RunSpec
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
@@ -42,12 +45,20 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             liveness_s=args.liveness,
             heartbeat_interval_s=args.heartbeat,
             max_update_bytes=int(args.max_update_mb * (1 << 20)),
+            max_num_examples=getattr(args, "max_examples", 1_000_000),
+            max_update_norm=getattr(args, "max_update_norm", None),
         )
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     from fedft.cli.dp_flags import dp_config_from_args
 
     privacy = dp_config_from_args(args) if hasattr(args, "dp_noise") else None
+    if privacy is not None:
+        # A deployment's sample must be secret for amplification by sampling to hold.
+        privacy = dataclasses.replace(privacy, sampling=SECRET)
+    robust = robust_config(args)
+    if robust is not None and privacy is not None:
+        raise UsageError("--robust and --dp-noise do not combine: DP already clips every update")
     state = open_state(args.db)
     # The coordinator only needs the model for the initial global state and exports: CPU.
     runtime = assemble_client(
@@ -63,10 +74,19 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             model=args.model,
             initial=runtime.initial_state(),
             privacy=privacy,
+            robust=robust,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return CoordinatorSetup(coordinator, runtime)
+
+
+def robust_config(args: argparse.Namespace) -> RobustConfig | None:
+    """The robust aggregation the --robust flags ask for, or None."""
+    rule = getattr(args, "robust", None)
+    if rule is None:
+        return None
+    return RobustConfig(rule, bound=args.robust_bound, trim=args.robust_trim)
 
 
 def export_global(setup: CoordinatorSetup, folder: Path) -> None:

@@ -128,6 +128,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="largest update accepted, in MB (default: %(default)s)",
     )
     p.add_argument(
+        "--max-examples",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="most examples one update may claim as its weight; never above what the client's "
+        "device reported (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-update-norm",
+        type=float,
+        default=None,
+        metavar="B",
+        help="refuse updates whose change to the global model has an L2 norm above B",
+    )
+    p.add_argument(
         "--serve-model",
         action="store_true",
         help="let clients download the base model files (`fedft client --model server`)",
@@ -162,6 +177,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
+    robust = p.add_argument_group(
+        "robust aggregation",
+        "replace the strategy's weighted mean by a rule one malicious client cannot steer far "
+        "(strategies that expose update vectors; not together with --dp-noise)",
+    )
+    robust.add_argument(
+        "--robust",
+        choices=("norm", "trimmed", "median"),
+        default=None,
+        help="norm: clip each update to --robust-bound and average; trimmed: coordinate-wise "
+        "trimmed mean; median: coordinate-wise median",
+    )
+    robust.add_argument(
+        "--robust-bound",
+        type=float,
+        default=None,
+        metavar="B",
+        help="L2 bound every update is clipped to first (required by norm)",
+    )
+    robust.add_argument(
+        "--robust-trim",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="trimmed: share of values dropped at each end per coordinate (default: %(default)s)",
+    )
     from fedft.cli.dp_flags import add_dp_flags
 
     add_dp_flags(p)
@@ -177,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise UsageError("--rounds must be >= 1")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
     # Refuse a bad transport before spending seconds on loading the model.
     host, _ = split_address(args.bind)
     if args.insecure and not is_loopback(host):
@@ -185,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no server.pem in {args.certs}: run `fedft certs init --out {args.certs}`"
         )
+    if not args.insecure:
+        from fedft.server.tls import server_credentials
+
+        server_credentials(args.certs)  # a broken pair fails here, before the model loads
     setup = coordinator_setup(args)
     coordinator = setup.coordinator
     cert_dir = None if args.insecure else args.certs

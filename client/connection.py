@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
 SERVICE = "/fedft.proto.v1.Coordinator/"
+# Trailers the coordinator sets: its clock on an auth refusal, a wait on a rate-limit refusal.
+TIME_HEADER = "fedft-server-time-ms"
+RETRY_HEADER = "fedft-retry-after-ms"
 MAX_MESSAGE_BYTES = 8 << 20
 # A downloaded artifact is held in memory; the base model goes to disk chunk by chunk instead.
 MAX_DOWNLOAD_BYTES = 8 << 30
@@ -93,6 +97,9 @@ class Connection:
         self.chunk_bytes = chunk_bytes
         self.client_id = ""
         self.key: Ed25519PrivateKey | None = None
+        # Seconds to add to our clock when stamping a call, learnt from the server on refusal.
+        self.clock_offset_s = 0.0
+        self._last_stamp = 0.0
 
     def close(self) -> None:
         """Close the channel."""
@@ -106,7 +113,30 @@ class Connection:
     def _signed(self, method: str) -> list[tuple[str, str]]:
         if self.key is None:
             raise RuntimeError("no client identity: enroll first")
-        return sign_request(self.key, SERVICE + method, self.client_id)
+        # A stamp at least one ms after the last keeps our own calls apart after a resync.
+        now = max(time.time() + self.clock_offset_s, self._last_stamp + 0.001)
+        self._last_stamp = now
+        return sign_request(self.key, SERVICE + method, self.client_id, now=now)
+
+    def resync(self, error: grpc.RpcError) -> bool:
+        """Adopt the server clock a refusal carried; True when the call is worth retrying.
+
+        A coordinator refuses a stamp outside its window (our clock is off) or at/before its
+        replay floor (it just restarted) and says its own time; we stamp from that time on.
+        """
+        details_of = getattr(error, "details", None)
+        trailers_of = getattr(error, "trailing_metadata", None)
+        if details_of is None or trailers_of is None:
+            return False  # not the answer of a call
+        if not str(details_of() or "").startswith(("timestamp outside", "replayed nonce")):
+            return False
+        trailers = dict(trailers_of() or ())
+        server_ms = trailers.get(TIME_HEADER)
+        if not isinstance(server_ms, str) or not server_ms.isdigit():
+            return False
+        # One ms more: the server's time is at or after its replay floor, our stamp after it.
+        self.clock_offset_s = int(server_ms) / 1000.0 - time.time() + 0.001
+        return True
 
     def enroll(
         self, token: str, key: Ed25519PrivateKey, client_id: str, profile: pb.ClientProfile

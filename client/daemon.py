@@ -59,6 +59,15 @@ RETRYABLE = {
 T = TypeVar("T")
 
 
+def retry_hint(error: grpc.RpcError) -> float:
+    """Seconds the coordinator asked us to wait before retrying (0 when it did not say)."""
+    from fedft.client.connection import RETRY_HEADER
+
+    trailers = getattr(error, "trailing_metadata", None)  # absent on some RpcErrors
+    value = dict((trailers() if trailers else None) or ()).get(RETRY_HEADER)
+    return int(value) / 1000.0 if isinstance(value, str) and value.isdigit() else 0.0
+
+
 @dataclass(frozen=True)
 class DaemonOptions:
     """Everything ``fedft client`` needs."""
@@ -124,15 +133,22 @@ class ClientDaemon:
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, backing off on transient failures; other errors propagate."""
         backoff = Backoff(self.options.max_backoff_s)
+        resyncs = 0  # counted apart from the backoff: an outage before a restart uses that up
         while True:
             try:
                 return call()
             except grpc.RpcError as exc:
                 code = exc.code()
                 limit = self.options.max_retries
+                resynced = code == grpc.StatusCode.UNAUTHENTICATED and self.connection.resync(exc)
+                if resynced and resyncs < 3:
+                    # Our stamp was refused (clock off, or the coordinator restarted): the
+                    # connection adopted the server's clock; a new signature goes through.
+                    resyncs += 1
+                    continue
                 if code not in RETRYABLE or (limit is not None and backoff.attempt >= limit):
                     raise
-                delay = backoff.next_delay()
+                delay = max(backoff.next_delay(), retry_hint(exc))
                 self.report(
                     f"{what}: coordinator unreachable ({code.name}); retrying in {delay:.1f} s"
                 )

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -217,6 +218,7 @@ def verify_request(
     now: float | None = None,
     skew: float = DEFAULT_SKEW,
     nonce_cache: NonceCache | None = None,
+    ahead: float | None = None,
 ) -> str:
     """Verify a signed request's metadata against the client's raw public key.
 
@@ -236,7 +238,8 @@ def verify_request(
     now_s = time.time() if now is None else now
     timestamp_s = int(timestamp) / 1000
     offset = timestamp_s - now_s
-    if abs(offset) > skew:
+    # ``ahead`` (default: ``skew``) bounds how far a timestamp may lead the server clock.
+    if offset < -skew or offset > (skew if ahead is None else ahead):
         side = "ahead of" if offset > 0 else "behind"
         raise AuthError(
             "timestamp outside the allowed window",
@@ -260,33 +263,45 @@ def verify_request(
     return client_id
 
 
-class NonceCache:
-    """Remembers (client id, nonce) pairs for ``window`` seconds, thread-safe and bounded.
+@dataclass
+class _ClientWindow:
+    seen: set[str] = field(default_factory=set)
+    by_time: list[tuple[float, str]] = field(default_factory=list)  # min-heap on timestamp
+    floor: float = float("-inf")
 
-    Entries leave in timestamp order once older than the window. When ``max_entries`` is
-    reached, the oldest entry is evicted early and its timestamp becomes a floor: any request
-    stamped at or before it is refused from then on. Memory therefore stays bounded without
-    ever accepting a replay; the cost of overload is refusing some old-but-valid requests.
+
+class NonceCache:
+    """Remembers each client's nonces for ``window`` seconds, thread-safe and bounded per client.
+
+    Every client has its own window: when one reaches ``max_entries``, its oldest entry is
+    evicted early and that timestamp becomes a floor *for that client only* (requests stamped at
+    or before it are refused), so one client flooding signed calls cannot push another's nonces
+    out or lock it out (defect 2). ``floor`` applies to everyone: a server sets it to its start
+    time plus the largest accepted clock lead, which is after every timestamp it accepted before
+    a restart, so no call seen by an earlier process can be replayed to this one (defect 8).
     """
 
-    def __init__(self, window: float = DEFAULT_SKEW, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        window: float = DEFAULT_SKEW,
+        max_entries: int = 4096,
+        *,
+        floor: float = float("-inf"),
+    ) -> None:
         if window <= 0 or max_entries < 1:
             raise ValueError("window must be positive and max_entries at least 1")
         self.window = window
         self.max_entries = max_entries
+        self.floor = floor
         self._lock = threading.Lock()
-        self._seen: set[tuple[str, str]] = set()
-        self._by_time: list[tuple[float, str, str]] = []  # min-heap on timestamp
-        self._floor = float("-inf")
+        self._clients: dict[str, _ClientWindow] = {}
+        self._horizon = float("-inf")
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
-
-    def _pop_oldest(self) -> float:
-        timestamp, client_id, nonce = heapq.heappop(self._by_time)
-        self._seen.discard((client_id, nonce))
-        return timestamp
+        with self._lock:  # entries past the window are dropped lazily; they do not count
+            return sum(
+                1 for w in self._clients.values() for t, _ in w.by_time if t >= self._horizon
+            )
 
     def check_and_add(self, client_id: str, nonce: str, timestamp: float, now: float) -> bool:
         """Record a nonce; return False if it was seen (or cannot be told apart from a replay).
@@ -295,19 +310,22 @@ class NonceCache:
         """
         with self._lock:
             horizon = now - self.window
-            while self._by_time and self._by_time[0][0] < horizon:
-                self._pop_oldest()
-            if timestamp < horizon or timestamp <= self._floor:
+            self._horizon = max(self._horizon, horizon)
+            if timestamp < horizon or timestamp <= self.floor:
                 return False
-            key = (client_id, nonce)
-            if key in self._seen:
+            client = self._clients.setdefault(client_id, _ClientWindow())
+            while client.by_time and client.by_time[0][0] < horizon:
+                client.seen.discard(heapq.heappop(client.by_time)[1])
+            if timestamp <= client.floor or nonce in client.seen:
                 return False
-            while len(self._seen) >= self.max_entries:
-                self._floor = max(self._floor, self._pop_oldest())
-            if timestamp <= self._floor:
+            while len(client.seen) >= self.max_entries:
+                oldest, gone = heapq.heappop(client.by_time)
+                client.seen.discard(gone)
+                client.floor = max(client.floor, oldest)
+            if timestamp <= client.floor:
                 return False  # this request is itself the oldest: refused like the evicted ones
-            self._seen.add(key)
-            heapq.heappush(self._by_time, (timestamp, client_id, nonce))
+            client.seen.add(nonce)
+            heapq.heappush(client.by_time, (timestamp, nonce))
             return True
 
 

@@ -147,6 +147,10 @@ class Plan:
     rounds: int
 
 
+# A plan may overshoot its target by this factor (the PLD search tolerance), not more.
+PLAN_TOLERANCE = 1.01
+
+
 def plan_noise(target_epsilon: float, delta: float, *, sampling_rate: float, rounds: int) -> Plan:
     """Return the smallest noise multiplier whose PLD epsilon after ``rounds`` is the target."""
     delta = check_delta(delta)
@@ -174,9 +178,15 @@ def plan_noise(target_epsilon: float, delta: float, *, sampling_rate: float, rou
 
     # RDP is fast and looser, so its answer is an upper end for PLD's: bracket PLD's search
     # with it instead of letting the search probe tiny noise levels (slow PLDs, huge supports).
-    z_rdp = float(
-        dpa.calibrate_dp_mechanism(dpa.rdp.RdpAccountant, make_event, target_epsilon, delta)
-    )
+    try:
+        z_rdp = float(
+            dpa.calibrate_dp_mechanism(dpa.rdp.RdpAccountant, make_event, target_epsilon, delta)
+        )
+    except dpa.mechanism_calibration.NoBracketIntervalFoundError:
+        raise UsageError(
+            f"no noise multiplier reaches epsilon {target_epsilon:g} at delta {delta:g} over "
+            f"{rounds} rounds (the search gave up past 2^30); aim higher or run fewer rounds"
+        ) from None
     bracket = dpa.ExplicitBracketInterval(0.5 * z_rdp, z_rdp)
     z = float(
         dpa.calibrate_dp_mechanism(
@@ -184,6 +194,13 @@ def plan_noise(target_epsilon: float, delta: float, *, sampling_rate: float, rou
         )
     )
     reached = epsilon(entries(z), delta, PLD)
+    if reached is None or reached > target_epsilon * PLAN_TOLERANCE:
+        # The PLD discretisation floors epsilon: below it no noise helps (defect 13).
+        got = "infinite" if reached is None else f"{reached:.4g}"
+        raise UsageError(
+            f"cannot plan epsilon {target_epsilon:g}: the accountant's resolution stops at "
+            f"epsilon {got} for {rounds} rounds at delta {delta:g}; aim higher"
+        )
     return Plan(
         noise_multiplier=z,
         epsilon_pld=math.inf if reached is None else reached,

@@ -34,6 +34,8 @@ class AuditInput:
     ledger: list[LedgerEntry]
     canaries: CanaryRecord | None
     source: str
+    # How clients were sampled: "secret" (CSPRNG) or "seeded" (reproducible, not secret).
+    sampling: str = "seeded"
 
 
 def empirical(
@@ -149,6 +151,7 @@ def audit(data: AuditInput, delta: float, *, alpha: float = 0.05) -> dict[str, A
         "delta": delta,
         "rounds": len(data.ledger),
         "adjacency": adjacency,
+        "sampling": data.sampling,
         "epsilon_pld": epsilon(data.ledger, delta, PLD),
         "epsilon_rdp": epsilon(data.ledger, delta, RDP),
         "epsilon_curve": [

@@ -8,6 +8,10 @@ from typing import Any
 
 from fedft.core.errors import UsageError
 
+SEEDED = "seeded"
+SECRET = "secret"
+SAMPLINGS = (SEEDED, SECRET)
+
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -28,6 +32,10 @@ class DPConfig:
     canaries: int = 0
     unseen_canaries: int | None = None
     all_iterates: bool = False
+    # "seeded": Poisson sampling from (seed, round, client): reproducible, for simulations, and
+    # not secret. "secret": a CSPRNG draws it, as amplification by sampling assumes; the
+    # coordinator's choice (defect 12). Runs stored without the key were seeded.
+    sampling: str = "seeded"
 
     def __post_init__(self) -> None:
         z = self.noise_multiplier
@@ -45,6 +53,7 @@ class DPConfig:
                 f"--dp-sampling-rate must be in (0, 1], got {self.sampling_rate}",
             ),
             (self.canaries >= 0, f"--canaries must be >= 0, got {self.canaries}"),
+            (self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}"),
             (
                 self.unseen_canaries is None or self.unseen_canaries >= 0,
                 "the number of unseen canaries must be >= 0",

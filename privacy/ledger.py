@@ -19,6 +19,8 @@ ADD_REMOVE = "add-remove"
 REPLACE_ONE = "replace-one"
 ADJACENCIES = (ADD_REMOVE, REPLACE_ONE)
 LEDGER_FILE = "ledger.jsonl"
+# The JSON types each field accepts (an int is a valid float).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ class LedgerEntry:
         missing = [n for n in names if n not in values]
         if missing:
             raise UsageError(f"privacy ledger entry lacks {', '.join(missing)}")
+        for f in fields(cls):
+            value = values[f.name]
+            # JSON gives strings, nulls and bools where numbers belong; say which (defect 13).
+            expected = _FIELD_TYPES[str(f.type)]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise UsageError(
+                    f"privacy ledger entry: {f.name} must be a {f.type!s}, got {value!r}"
+                )
         return cls(**{n: values[n] for n in names})
 
     def accounting_key(self) -> tuple[str, float, float, str]:

@@ -51,6 +51,17 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
     ax = axes[0][0]
     curve = result["epsilon_curve"]
     ax.plot([p["round"] for p in curve], [p["epsilon_rdp"] for p in curve], "o-", label="RDP")
+    # matplotlib silently skips infinite values: mark those rounds instead (defect 13).
+    infinite = [p["round"] for p in curve if not _finite(p["epsilon_rdp"])]
+    if infinite:
+        finite = [p["epsilon_rdp"] for p in curve if _finite(p["epsilon_rdp"])]
+        top = max(finite) if finite else 1.0
+        ax.plot(
+            infinite,
+            [top] * len(infinite),
+            "rx",
+            label=f"epsilon infinite ({len(infinite)} rounds, drawn at the top)",
+        )
     pld = result["epsilon_pld"]
     if isinstance(pld, float) and math.isfinite(pld):
         ax.axhline(pld, color="tab:green", ls="--", label=f"PLD (final) = {pld:.3f}")
@@ -93,12 +104,23 @@ def write_png(result: dict[str, Any], folder: Path) -> Path:
     return path
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:.4f}"
     return str(value)
+
+
+# Only secret sampling earns amplification: a seeded sample is known to whoever knows the seed.
+SAMPLING_NOTES = {
+    "secret": "secret (CSPRNG)",
+    "seeded": "seeded: reproducible, not secret; epsilon assumes nobody knows the seed",
+}
 
 
 def summary_table(result: dict[str, Any]) -> Table:
@@ -114,6 +136,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("noise multiplier (last round)", last["noise_multiplier"]),
         ("clip norm (last round)", last["clip_norm"]),
         ("sampling rate (last round)", last["sampling_rate"]),
+        ("client sampling", SAMPLING_NOTES.get(result.get("sampling", ""), "unknown")),
         ("epsilon, PLD (reported)", result["epsilon_pld"]),
         ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
     ]

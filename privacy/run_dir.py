@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedft.core.errors import UsageError
+from fedft.core.errors import ProtocolError, UsageError
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.privacy.canaries import CanaryRecord
 from fedft.privacy.ledger import LEDGER_FILE, append_jsonl, read_jsonl
@@ -54,7 +54,7 @@ def load_run(folder: Path) -> AuditInput:
     if canaries_path.is_file():
         try:
             record = CanaryRecord.from_payload(payload_from_bytes(canaries_path.read_bytes()))
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, ProtocolError) as exc:
             raise UsageError(f"{canaries_path} is not a canary record: {exc}") from None
     return AuditInput(ledger, record, str(folder))
 

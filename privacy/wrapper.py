@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from fedft.core.rng import derive_seed
 from fedft.core.sampling import client_seed
 from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
 from fedft.privacy.canaries import CanaryBank, CanaryPlan, CanaryRecord, included
-from fedft.privacy.config import DPConfig
+from fedft.privacy.config import SECRET, DPConfig
 from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, LedgerEntry
 from fedft.privacy.mechanisms import AdaptiveClip, SecureGaussian, clip_l2, update_noise_multiplier
 
@@ -94,12 +95,7 @@ class DPServer(ServerStrategy[Any]):
         self.population = len(clients)
         self._update_noise()  # a noise split that cannot work fails before anyone trains
         rate = self.dp.sampling_rate
-        chosen = [
-            c
-            for c in clients
-            if rate >= 1.0
-            or client_seed(self.seed, server_round, "dp:" + c.client_id) < rate * 2.0**63
-        ]
+        chosen = [c for c in clients if rate >= 1.0 or self._draw(server_round, c) < rate * 2**63]
         if not chosen:
             return []
         tasks = self.inner.configure(server_round, chosen)
@@ -110,6 +106,17 @@ class DPServer(ServerStrategy[Any]):
                 "(fraction=1, min_clients=1)"
             )
         return tasks
+
+    def _draw(self, server_round: int, client: ClientInfo) -> int:
+        """A uniform 63-bit draw deciding whether ``client`` takes part in the round.
+
+        Secret sampling asks the OS CSPRNG, so nobody, the seed's holder included, can tell
+        who was sampled; the outcome is the round's task list, which the host stores with the
+        round, so a resumed round keeps it. Seeded sampling is reproducible and public.
+        """
+        if self.dp.sampling == SECRET:
+            return secrets.randbits(63)
+        return client_seed(self.seed, server_round, "dp:" + client.client_id)
 
     def _count_stddev(self) -> float:
         """Noise on the unclipped count of adaptive clipping: as set, or expected / 20 (TFF)."""

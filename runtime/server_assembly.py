@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedft.core.config import StrategyConfig
+from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec
 from fedft.core.strategy import ServerStrategy
 from fedft.runtime.spec import RunSpec, resolve_strategy
 
 if TYPE_CHECKING:
     from fedft.privacy.config import DPConfig
+    from fedft.privacy.robust import RobustConfig
     from fedft.privacy.wrapper import DPServer
 
 
@@ -31,13 +33,27 @@ class ServerRuntime:
 
 
 def wrap_server(
-    server_half: ServerStrategy[Any], *, seed: int, dp: DPConfig | None = None, name: str = ""
+    server_half: ServerStrategy[Any],
+    *,
+    seed: int,
+    dp: DPConfig | None = None,
+    robust: RobustConfig | None = None,
+    name: str = "",
 ) -> tuple[ServerStrategy[Any], DPServer | None]:
     """Put a server half inside the wrappers the run asks for; the outermost one is driven.
 
-    ``name`` is the registered strategy name, which a wrapper's refusal shows the user.
+    ``name`` is the registered strategy name, which a wrapper's refusal shows the user. DP and
+    robust aggregation do not combine: DP already clips every update (hosts refuse both).
     """
     dp_server = None
+    if robust is not None:
+        if dp is not None:
+            raise UsageError(
+                "--robust and --dp-noise do not combine: DP already clips every update"
+            )
+        from fedft.privacy.robust import RobustServer
+
+        server_half = RobustServer(server_half, robust, seed=seed, name=name)
     if dp is not None:
         from fedft.privacy.wrapper import DPServer
 
@@ -51,6 +67,10 @@ def assemble_server(spec: RunSpec) -> ServerRuntime:
     """Build the run's server half, wrapped as ``spec`` asks."""
     strategy, config = resolve_strategy(spec.strategy, spec.options)
     server_half, dp_server = wrap_server(
-        strategy.server_cls(config, seed=spec.seed), seed=spec.seed, dp=spec.dp, name=strategy.name
+        strategy.server_cls(config, seed=spec.seed),
+        seed=spec.seed,
+        dp=spec.dp,
+        robust=spec.robust,
+        name=strategy.name,
     )
     return ServerRuntime(strategy, config, server_half, dp_server)

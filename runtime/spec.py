@@ -13,6 +13,7 @@ from fedft.core.registry import StrategySpec, get_strategy
 
 if TYPE_CHECKING:  # the privacy stack (cryptography, dp-accounting) loads only when DP is asked
     from fedft.privacy.config import DPConfig, LocalDPConfig
+    from fedft.privacy.robust import RobustConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RunSpec:
     max_length: int = 128
     dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
+    robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median
 
     def __post_init__(self) -> None:
         check_device_name(self.device)

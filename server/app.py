@@ -10,9 +10,10 @@ from pathlib import Path
 import grpc
 
 from fedft.core.errors import UsageError
-from fedft.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from fedft.server.admission import AdmissionSettings
 from fedft.server.artifacts import ModelArtifacts
 from fedft.server.coordinator import Coordinator
+from fedft.server.handlers import Admission
 from fedft.server.metrics import serve_metrics
 from fedft.server.servicer import CoordinatorServicer
 from fedft.server.tls import is_loopback, server_credentials
@@ -28,6 +29,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Without this a second coordinator on the same port starts and steals connections.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -51,7 +54,12 @@ class CoordinatorService:
         model_dir: Path | None = None,
         max_workers: int = 128,
         metrics_port: int | None = None,
+        admission: AdmissionSettings | None = None,
     ):
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be 0-65535, got {metrics_port}")
+        if max_workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {max_workers}")
         host, _ = split_address(address)
         if cert_dir is None and not is_loopback(host):
             raise UsageError(
@@ -63,13 +71,21 @@ class CoordinatorService:
         self.cert_dir = cert_dir
         self.metrics_port = metrics_port
         artifacts = ModelArtifacts(model_dir) if model_dir is not None else None
+        limits = admission or AdmissionSettings()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedft-rpc"),
             options=GRPC_OPTIONS,
+            # Calls past the cap are refused at once (RESOURCE_EXHAUSTED) instead of queueing
+            # without bound; below it a burst queues for the pool's threads.
+            maximum_concurrent_rpcs=limits.max_calls,
         )
-        pb_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(coordinator, artifacts=artifacts), self.server
+        self.admission = Admission(
+            CoordinatorServicer(
+                coordinator, artifacts=artifacts, max_buffered_bytes=limits.max_buffered_bytes
+            ),
+            limits,
         )
+        self.admission.register(self.server)
         self._rounds = threading.Thread(target=self._drive, name="fedft-rounds", daemon=True)
         self._error: BaseException | None = None
         self.port = 0
@@ -83,16 +99,26 @@ class CoordinatorService:
 
     def start(self) -> int:
         """Bind, start serving and start the round loop; returns the bound port."""
-        if self.cert_dir is not None:
-            port = self.server.add_secure_port(self.address, server_credentials(self.cert_dir))
-        else:
-            port = self.server.add_insecure_port(self.address)
+        try:
+            if self.cert_dir is not None:
+                credentials = server_credentials(self.cert_dir)
+                port = self.server.add_secure_port(self.address, credentials)
+            else:
+                port = self.server.add_insecure_port(self.address)
+        except RuntimeError:  # grpc raises when the address cannot be bound
+            port = 0
         if port == 0:
             raise UsageError(f"cannot bind {self.address} (in use, or not an address of this host)")
         self.port = int(port)
         self.server.start()
         if self.metrics_port is not None:
-            serve_metrics(self.metrics_port)
+            try:
+                serve_metrics(self.metrics_port)
+            except (OSError, OverflowError) as exc:
+                self.server.stop(0)
+                raise UsageError(
+                    f"cannot serve metrics on port {self.metrics_port}: {exc}"
+                ) from None
         self._rounds.start()
         return self.port
 
@@ -107,4 +133,5 @@ class CoordinatorService:
         """Stop the round loop and the server, letting in-flight calls finish for ``grace`` s."""
         self.coordinator.stop()
         self.server.stop(grace).wait()
+        self.admission.stop()
         self._rounds.join(grace)

@@ -17,10 +17,12 @@ from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.privacy.config import DPConfig
+from fedft.privacy.robust import RobustConfig
 from fedft.privacy.wrapper import dp_settings_from_state
 from fedft.runtime.server_assembly import wrap_server
 from fedft.server import metrics as prom
 from fedft.server.enrollment import ClientDirectory
+from fedft.server.influence import InfluenceBounds
 from fedft.server.intake import Intake, Rejected
 from fedft.server.settings import CoordinatorSettings
 from fedft.server.state.base import State
@@ -73,6 +75,7 @@ class Coordinator:
         initial: Payload,
         clock: Callable[[], float] = time.time,
         privacy: DPConfig | None = None,
+        robust: RobustConfig | None = None,
     ):
         self.state = state
         self.strategy = strategy
@@ -111,18 +114,24 @@ class Coordinator:
             if kept != privacy:
                 logger.warning("resuming run %s with its stored DP settings", stored.run_id)
             privacy = kept
-        # The assembly point wraps the server half as every engine does (DP today); each
-        # round's ledger entry is stored with the round's checkpoint.
+        # The assembly point wraps the server half as every engine does (DP, robust
+        # aggregation); each round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
         self.server_half, self.dp_server = wrap_server(
-            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy, name=strategy.name
+            strategy.server_cls(self.config, seed=seed),
+            seed=seed,
+            dp=privacy,
+            robust=robust,
+            name=strategy.name,
         )
         self.intake = Intake(
             state,
             self._lock,
             self._changed,
             clock,
-            self.server_half.check_update,
+            InfluenceBounds(
+                self.clients.reported_examples, self.settings, lambda: self.server_half
+            ).check,
         )
         self.run = self._resume(stored) if stored else self._create(seed, model, initial)
 

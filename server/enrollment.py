@@ -13,7 +13,8 @@ from fedft.server.intake import Rejected
 from fedft.server.state.base import ClientExists, State, TokenError
 from fedft.server.state.records import ClientRecord
 
-CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# fullmatch, not match with "$": "$" also matches before a final newline (defect 6).
+CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 PUBLIC_KEY_BYTES = 32
 
 
@@ -37,6 +38,9 @@ class ClientDirectory:
         self.changed = changed
         # Enrolled clients' public keys: the state offers no way to change or remove one.
         self._keys: dict[str, bytes] = {}
+        # Reported example counts, kept current by enroll and heartbeat (every change passes
+        # here), so capping an update's weight costs no database read.
+        self._examples: dict[str, int] = {}
 
     def public_key(self, client_id: str) -> bytes | None:
         """Return the public key that verifies ``client_id``'s requests, if enrolled."""
@@ -47,6 +51,16 @@ class ClientDirectory:
                 return None  # not cached: the client may enroll later
             key = self._keys[client_id] = client.public_key
         return key
+
+    def reported_examples(self, client_id: str) -> int:
+        """The example count ``client_id``'s device last reported (0: none, or not enrolled)."""
+        count = self._examples.get(client_id)
+        if count is None:
+            client = self.state.get_client(client_id)
+            count = client.num_examples if client is not None else 0
+            if client is not None:
+                self._examples[client_id] = count
+        return count
 
     def alive(self) -> list[ClientRecord]:
         """Return the clients seen within the liveness window."""
@@ -66,7 +80,7 @@ class ClientDirectory:
         if len(public_key) != PUBLIC_KEY_BYTES:
             raise Rejected("invalid", f"public key must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes")
         client_id = requested_id or f"client-{secrets.token_hex(4)}"
-        if not CLIENT_ID.match(client_id):
+        if not CLIENT_ID.fullmatch(client_id):
             raise Rejected("invalid", f"client id {client_id!r} must match {CLIENT_ID.pattern}")
         if num_examples < 0:
             raise Rejected("invalid", "num_examples must be >= 0")
@@ -80,6 +94,7 @@ class ClientDirectory:
         except ClientExists:
             raise Rejected("exists", f"client id {client_id!r} is already enrolled") from None
         prom.ENROLLED.inc()
+        self._examples[stored.client_id] = stored.num_examples
         self.changed()
         return stored
 
@@ -96,4 +111,6 @@ class ClientDirectory:
         self.state.touch_client(
             client_id, self.clock(), num_examples=num_examples, properties=properties
         )
+        if num_examples is not None:
+            self._examples[client_id] = num_examples
         self.changed()

@@ -8,7 +8,7 @@ from fedft.core.errors import UsageError
 from fedft.core.serde import payload_from_bytes
 from fedft.privacy.audit import AuditInput
 from fedft.privacy.ledger import LedgerEntry
-from fedft.privacy.wrapper import canary_record_from_state
+from fedft.privacy.wrapper import canary_record_from_state, dp_settings_from_state
 from fedft.server.state.base import State, StateError
 
 
@@ -21,5 +21,8 @@ def audit_input(state: State, source: str) -> AuditInput:
         _, checkpoint = state.latest_checkpoint()
     except StateError as exc:
         raise UsageError(f"{source}: {exc}") from None
-    record = canary_record_from_state(payload_from_bytes(checkpoint))
-    return AuditInput(entries, record, source)
+    payload = payload_from_bytes(checkpoint)
+    record = canary_record_from_state(payload)
+    settings = dp_settings_from_state(payload)
+    sampling = settings.sampling if settings is not None else "seeded"
+    return AuditInput(entries, record, source, sampling)

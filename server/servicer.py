@@ -11,16 +11,24 @@ import grpc
 
 from fedft.core.chunking import Reassembler, iter_chunks, sha256
 from fedft.core.errors import ProtocolError
-from fedft.core.identity import AuthError, NonceCache, claimed_client_id, verify_request
+from fedft.core.identity import (
+    AuthError,
+    NonceCache,
+    claimed_client_id,
+    generate_key,
+    public_key_bytes,
+    verify_request,
+)
 from fedft.core.serde import config_to_proto, metrics_from_proto, metrics_to_proto
 from fedft.core.status import RunStatus
 from fedft.proto.v1 import coordinator_pb2 as pb
-from fedft.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from fedft.server import metrics as prom
+from fedft.server.admission import Deadline
 from fedft.server.artifacts import ModelArtifacts
 from fedft.server.coordinator import Coordinator, Rejected
 from fedft.server.state.records import RunRecord
 from fedft.server.status import run_status
+from fedft.server.uploads import Uploads
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +43,22 @@ STATUS = {
     "duplicate": grpc.StatusCode.ALREADY_EXISTS,
     "exists": grpc.StatusCode.ALREADY_EXISTS,
     "not_found": grpc.StatusCode.NOT_FOUND,
+    "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "in_flight": grpc.StatusCode.ABORTED,
 }
 
 R = TypeVar("R")
+TIME_HEADER = "fedft-server-time-ms"
+# Nobody holds its private key: it stands in for the key of an unknown client id.
+_DECOY_KEY = public_key_bytes(generate_key())
+# Reasons safe to tell a caller; everything about keys and ids reads "bad signature".
+_PUBLIC_REASONS = ("missing header", "malformed header", "timestamp outside", "replayed nonce")
+
+
+def public_reason(exc: AuthError) -> str:
+    """What a refused caller is told: the header or clock problem, else only "bad signature"."""
+    text = str(exc)
+    return text if text.startswith(_PUBLIC_REASONS) else "bad signature"
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -45,36 +66,61 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("unreachable: context.abort raises")
 
 
-class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    """Serves the Coordinator service of ``fedft/proto/v1/coordinator.proto``."""
+class CoordinatorServicer:
+    """Serves the Coordinator service of ``fedft/proto/v1/coordinator.proto``.
+
+    :class:`fedft.server.handlers.Admission` calls it once a call is admitted and authenticated:
+    every method but Enroll receives the verified client id.
+    """
 
     def __init__(
         self,
         coordinator: Coordinator,
         *,
         artifacts: ModelArtifacts | None = None,
-        skew_s: float = 300.0,
+        skew_s: float = 30.0,
+        ahead_s: float = 5.0,
+        max_buffered_bytes: int = 2 << 30,
     ):
         self.coordinator = coordinator
         self.artifacts = artifacts
         self.skew_s = skew_s
-        self.nonces = NonceCache(window=skew_s)
+        self.ahead_s = ahead_s
+        # Per-client windows; the floor is after every timestamp an earlier process of this
+        # coordinator can have accepted (it never took one more than ``ahead_s`` ahead), so a
+        # restart forgets nothing that could be replayed. Clients resync once, see TIME_HEADER.
+        # A fresh state has no client whose calls could be replayed: no floor then.
+        resumed = bool(coordinator.state.list_clients())
+        floor = time.time() + ahead_s if resumed else float("-inf")
+        self.nonces = NonceCache(window=skew_s, floor=floor)
+        self.uploads = Uploads(max_buffered_bytes)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _authenticate(self, context: grpc.ServicerContext, method: str) -> str:
+    def authenticate(self, context: grpc.ServicerContext, method: str) -> str:
         """Return the verified client id of this call, or abort with UNAUTHENTICATED."""
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         try:
             client_id = claimed_client_id(metadata)
             key = self.coordinator.public_key(client_id)
             if key is None:
-                raise AuthError("unknown client", "enroll first")
+                # Verified against a throwaway key, so an unknown id costs the same time and
+                # gets the same answer as a bad signature: no probing for enrolled ids.
+                key = _DECOY_KEY
             verify_request(
-                key, SERVICE + method, metadata, skew=self.skew_s, nonce_cache=self.nonces
+                key,
+                SERVICE + method,
+                metadata,
+                skew=self.skew_s,
+                ahead=self.ahead_s,
+                nonce_cache=self.nonces,
             )
         except AuthError as exc:
             prom.REJECTED.labels(reason="auth").inc()
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            # Our clock (or, just after a restart, the replay floor: the earliest stamp we
+            # accept again), so an honest client whose stamp was refused resyncs and retries.
+            now_ms = int(max(time.time(), self.nonces.floor) * 1000)
+            context.set_trailing_metadata(((TIME_HEADER, str(now_ms)),))
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, public_reason(exc))
         return client_id
 
     def _guard(self, context: grpc.ServicerContext, method: str, call: Callable[[], R]) -> R:
@@ -112,10 +158,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return self._guard(context, "Enroll", call)
 
     def Heartbeat(
-        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext, client_id: str
     ) -> pb.HeartbeatResponse:
         """Record liveness and profile; return the run's state."""
-        client_id = self._authenticate(context, "Heartbeat")
 
         def call() -> pb.HeartbeatResponse:
             profile: dict[str, Any] = {}
@@ -137,10 +182,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return self._guard(context, "Heartbeat", call)
 
     def FetchTask(
-        self, request: pb.FetchTaskRequest, context: grpc.ServicerContext
+        self, request: pb.FetchTaskRequest, context: grpc.ServicerContext, client_id: str
     ) -> Iterator[pb.TaskChunk]:
         """Stream this client's task (header, then chunks), or one NoTask."""
-        client_id = self._authenticate(context, "FetchTask")
         wait_s = min(max(request.wait_ms, 0) / 1000.0, MAX_WAIT_S)
         assignment = self._guard(
             context, "FetchTask", lambda: self.coordinator.fetch_task(client_id, wait_s)
@@ -179,10 +223,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     def SubmitUpdate(
-        self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[pb.UpdateChunk],
+        context: grpc.ServicerContext,
+        client_id: str,
+        deadline: Deadline | None = None,
     ) -> pb.SubmitUpdateResponse:
         """Receive an update (header, then chunks), validate it and store it durably."""
-        client_id = self._authenticate(context, "SubmitUpdate")
 
         def call() -> pb.SubmitUpdateResponse:
             first = next(request_iterator, None)
@@ -190,31 +237,37 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 raise ProtocolError("an update stream must start with an UpdateHeader")
             header = first.header
             self.coordinator.admit(client_id, header.task_id, header.round)
-            received = first.ByteSize()
+            # The reassembler refuses an announced size past the limit before anything is held.
             buffer = Reassembler(
                 header.payload_size,
                 header.payload_sha256,
                 max_bytes=self.coordinator.settings.max_update_bytes,
             )
-            for message in request_iterator:
-                if message.WhichOneof("part") != "data":
-                    raise ProtocolError("only data chunks may follow the UpdateHeader")
-                buffer.add(message.data)
-                received += message.ByteSize()
-            data = buffer.finish()
-            response = pb.SubmitUpdateResponse(received_bytes=len(data))
-            # The exchange's traffic is stored in the update's own transaction: no second commit.
-            traffic = (received, response.ByteSize())
-            self.coordinator.submit(client_id, header.task_id, header.round, data, traffic=traffic)
+            with self.uploads.hold(header.task_id, header.payload_size):
+                received = first.ByteSize()
+                for message in request_iterator:
+                    if message.WhichOneof("part") != "data":
+                        raise ProtocolError("only data chunks may follow the UpdateHeader")
+                    buffer.add(message.data)
+                    received += message.ByteSize()
+                if (deadline is not None and deadline.expired) or not context.is_active():
+                    # Cut or cancelled: the end of the stream was not the client's own.
+                    raise ProtocolError("the upload was cut before it ended")
+                data = buffer.finish()
+                response = pb.SubmitUpdateResponse(received_bytes=len(data))
+                # The exchange's traffic is stored in the update's own transaction.
+                traffic = (received, response.ByteSize())
+                self.coordinator.submit(
+                    client_id, header.task_id, header.round, data, traffic=traffic
+                )
             return response
 
         return self._guard(context, "SubmitUpdate", call)
 
     def DownloadArtifact(
-        self, request: pb.DownloadArtifactRequest, context: grpc.ServicerContext
+        self, request: pb.DownloadArtifactRequest, context: grpc.ServicerContext, client_id: str
     ) -> Iterator[pb.ArtifactChunk]:
         """Stream the global state or a base-model file in chunks."""
-        client_id = self._authenticate(context, "DownloadArtifact")
         name = request.name
         if name == "global":
             data = self.coordinator.global_payload()
@@ -239,10 +292,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         )
 
     def GetStatus(
-        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext, client_id: str
     ) -> pb.GetStatusResponse:
         """Summarise the run: rounds with bytes and metrics, clients with liveness."""
-        self._authenticate(context, "GetStatus")
         coordinator = self.coordinator
         status = run_status(
             coordinator.state, liveness_s=coordinator.settings.liveness_s, now=coordinator.clock()

@@ -193,7 +193,10 @@ def init_certificates(
             f"refusing to overwrite {names} (use --force to replace them; every client then "
             "needs the new ca.pem)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror}") from None
 
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -210,7 +213,10 @@ def init_certificates(
         SERVER_CERT: (server_cert.public_bytes(serialization.Encoding.PEM), 0o644),
     }
     for name, (data, mode) in contents.items():
-        atomic_write(out / name, data, mode=mode)
+        try:
+            atomic_write(out / name, data, mode=mode)
+        except OSError as exc:
+            raise UsageError(f"cannot write {out / name}: {exc.strerror}") from None
     return paths
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from fedft.core.errors import UsageError
@@ -24,6 +26,16 @@ def open_state(url: str, *, create: bool = True) -> State:
     if url.strip().lower() == "memory":
         return InMemoryState()
     parsed = parse_url(url)
+    database = parsed.database or ""
+    if (
+        not create
+        and parsed.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not Path(database).is_file()
+    ):
+        # SQLite would create an empty file for a mistyped path (defect 11).
+        raise UsageError(f"no database at {database} (check --db; `fedft db upgrade` creates one)")
     engine = make_engine(parsed)
     try:
         check_connection(engine)

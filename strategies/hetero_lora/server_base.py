@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=HeteroLoRAConfig)
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 
 class HeteroServerBase(ServerStrategy[C]):
     """Plans a layout per sampled device, sends it its factors, checks and folds the updates.
@@ -186,6 +188,15 @@ class HeteroServerBase(ServerStrategy[C]):
             return f"{module}: factors do not match the module's shape {shape}"
         if not 1 <= rank <= self.config.max_rank:
             return f"{module}: rank {rank} is outside [1, {self.config.max_rank}]"
-        if not all(t.is_floating_point() and bool(torch.isfinite(t).all()) for t in (a, b)):
+        # Finite in float32, the global model's dtype, not just in the dtype sent: 1e300 in
+        # float64 is finite and becomes +inf once aggregated (defect 3 of issue 14).
+        if not all(
+            t.is_floating_point() and bool(torch.isfinite(t.to(torch.float32)).all())
+            for t in (a, b)
+        ):
             return f"{module}: factors must be finite floating-point tensors"
+        # |B @ A| <= rank * max|B| * max|A|: the product must stay finite in float32 too.
+        peak = rank * float(b.abs().max().double()) * float(a.abs().max().double())
+        if b.numel() and a.numel() and not peak < FLOAT32_MAX:
+            return f"{module}: factors too large, B @ A would overflow float32"
         return None

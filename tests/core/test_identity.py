@@ -294,3 +294,20 @@ def test_tokens_are_unique_url_safe_and_hash_stably() -> None:
     assert token_matches(token, digest)
     assert token_matches(token, digest.upper())
     assert not token_matches("fedft_other", digest)
+
+
+def test_one_client_filling_its_window_does_not_lock_out_another() -> None:
+    """Defect 2: one global bounded cache let a flood of future-stamped calls refuse everyone."""
+    cache = NonceCache(window=30.0, max_entries=100)
+    for i in range(1000):
+        cache.check_and_add("flood", f"n{i}", NOW + 5, NOW)
+    assert not cache.check_and_add("flood", "late", NOW + 1, NOW)  # the flooder locked itself
+    assert cache.check_and_add("honest", "h1", NOW, NOW)
+    assert cache.check_and_add("honest", "h2", NOW + 0.5, NOW + 0.5)
+
+
+def test_the_start_floor_refuses_stamps_a_previous_process_accepted() -> None:
+    """Defect 8: a restarted server's floor lies after every stamp the old one accepted."""
+    cache = NonceCache(window=30.0, floor=NOW + 5)
+    assert not cache.check_and_add("a", "n1", NOW + 4.9, NOW)
+    assert cache.check_and_add("a", "n2", NOW + 5.001, NOW)

@@ -111,6 +111,10 @@ def test_coordinator_killed_mid_round_loses_no_acknowledged_update(
             held.submit(task.task_id, task.round, echo_update(task))
             break
         except grpc.RpcError as exc:
+            # A restarted coordinator refuses stamps up to its replay floor and says its time;
+            # like the daemon, the connection adopts it and signs again.
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and held.resync(exc):
+                continue
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

@@ -202,3 +202,21 @@ def test_updates_must_match_the_layout_their_task_assigned() -> None:
         Result("slow", Payload(tensors=trained(tasks["fast"], 0), metrics={"num_examples": 10}))
     ]
     assert server.aggregate(1, results, [])["rejected"] == 1
+
+
+def test_factors_must_be_finite_in_float32_and_their_product_too() -> None:
+    """Issue 14, defect 3 (hetero_lora's base): 1e300 in float64 passed the finiteness check."""
+    server = make_server(max_rank=4)
+    name = MODULES[0]
+
+    def check(a: torch.Tensor, b: torch.Tensor) -> str | None:
+        tensors = {name + ".lora_A.weight": a, name + ".lora_B.weight": b}
+        return server.check_update(
+            1, Result("c", Payload(tensors=tensors, metrics={"num_examples": 3}))
+        )
+
+    huge = torch.full((2, D), 1e300, dtype=torch.float64)
+    assert "finite" in str(check(huge, torch.ones(D, 2, dtype=torch.float64)))
+    big = torch.full((2, D), 1e20)
+    assert "overflow" in str(check(big, torch.full((D, 2), 1e20)))
+    assert check(torch.ones(2, D), torch.ones(D, 2)) is None

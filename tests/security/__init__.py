@@ -1,0 +1,1 @@
+"""Attacks on the coordinator from a client written against fedft.proto alone."""
