@@ -109,7 +109,9 @@ class FedftStrategy(Strategy):
             Message(RecordDict(), dst_node_id=node, message_type=DESCRIBE_TYPE)
             for node in sorted(nodes - known)
         ]
-        for reply in grid.send_and_receive(questions, timeout=self.timeout_s):
+        # A node answers who it is at once; waiting the whole run timeout (an hour) for one
+        # that died (e.g. a Ray worker killed under memory pressure) would hang the host.
+        for reply in grid.send_and_receive(questions, timeout=self.node_wait_s):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 logger.warning("node %d did not describe itself: %s", node, reply.error.reason)
