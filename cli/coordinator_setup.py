@@ -63,6 +63,7 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             model=args.model,
             initial=runtime.initial_state(),
             privacy=privacy,
+            participation=getattr(args, "participation", "none"),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""The server half inside its wrappers (DP and canaries today), as every host drives it.
+"""The server half inside its wrappers (DP and canaries, FedAU weights), as every host drives it.
 
 The coordinator and the three simulation engines call :func:`wrap_server` (or
 :func:`assemble_server`), so a wrapper added here (robust aggregation, participation weights,
@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedft.core.config import StrategyConfig
+from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec
 from fedft.core.strategy import ServerStrategy
 from fedft.runtime.spec import RunSpec, resolve_strategy
+from fedft.strategies.participation import FedAUServer, check_participation
 
 if TYPE_CHECKING:
     from fedft.privacy.config import DPConfig
@@ -31,12 +33,24 @@ class ServerRuntime:
 
 
 def wrap_server(
-    server_half: ServerStrategy[Any], *, seed: int, dp: DPConfig | None = None, name: str = ""
+    server_half: ServerStrategy[Any],
+    *,
+    seed: int,
+    dp: DPConfig | None = None,
+    name: str = "",
+    participation: str = "none",
 ) -> tuple[ServerStrategy[Any], DPServer | None]:
     """Put a server half inside the wrappers the run asks for; the outermost one is driven.
 
     ``name`` is the registered strategy name, which a wrapper's refusal shows the user.
+    ``participation="fedau"`` weights each update by its client's estimated 1/p (FedAU).
     """
+    check_participation(participation)
+    if participation == "fedau":
+        if dp is not None:
+            # DP's sensitivity assumes each clipped update enters the sum with weight 1.
+            raise UsageError("--participation fedau cannot be combined with server-side DP")
+        return FedAUServer(server_half, seed=seed, name=name), None
     dp_server = None
     if dp is not None:
         from fedft.privacy.wrapper import DPServer
@@ -51,6 +65,10 @@ def assemble_server(spec: RunSpec) -> ServerRuntime:
     """Build the run's server half, wrapped as ``spec`` asks."""
     strategy, config = resolve_strategy(spec.strategy, spec.options)
     server_half, dp_server = wrap_server(
-        strategy.server_cls(config, seed=spec.seed), seed=spec.seed, dp=spec.dp, name=strategy.name
+        strategy.server_cls(config, seed=spec.seed),
+        seed=spec.seed,
+        dp=spec.dp,
+        name=strategy.name,
+        participation=spec.participation,
     )
     return ServerRuntime(strategy, config, server_half, dp_server)

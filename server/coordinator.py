@@ -35,6 +35,7 @@ from fedft.server.state.records import (
     UpdateRecord,
 )
 from fedft.server.tasks import task_records
+from fedft.strategies.participation import participation_from_state
 
 # Rejected and CoordinatorSettings live in their own modules; both stay importable from here.
 __all__ = ["Assignment", "Coordinator", "CoordinatorSettings", "Rejected"]
@@ -72,6 +73,7 @@ class Coordinator:
         initial: Payload,
         clock: Callable[[], float] = time.time,
         privacy: DPConfig | None = None,
+        participation: str = "none",
     ):
         self.state = state
         self.strategy = strategy
@@ -110,11 +112,24 @@ class Coordinator:
             if kept != privacy:
                 logger.warning("resuming run %s with its stored DP settings", stored.run_id)
             privacy = kept
+            # So does FedAU's: the estimates of every client's participation interval.
+            stored_participation = participation_from_state(
+                payload_from_bytes(state.latest_checkpoint()[1])
+            )
+            if stored_participation != participation:
+                logger.warning(
+                    "resuming run %s with --participation %s", stored.run_id, stored_participation
+                )
+            participation = stored_participation
         # The assembly point wraps the server half as every engine does (DP today); each
         # round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
         self.server_half, self.dp_server = wrap_server(
-            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy, name=strategy.name
+            strategy.server_cls(self.config, seed=seed),
+            seed=seed,
+            dp=privacy,
+            name=strategy.name,
+            participation=participation,
         )
         self.intake = Intake(
             state,

@@ -109,6 +109,7 @@ class GrpcEngine:
             "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
         ]  # fmt: skip
         args += _dp_args(self.dp)
+        args += ["--participation", spec.participation]
         env = self._environment()
         env.pop("OMP_NUM_THREADS")  # the coordinator only aggregates; let it use the cores
         process = self._launch("coordinator", args, env)
@@ -185,6 +186,7 @@ class GrpcEngine:
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
             config=self.config.to_dict(), memory=self.memory, device=self.runtime.device_name,
+            participation=spec.participation,
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)

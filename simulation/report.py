@@ -26,6 +26,8 @@ class RoundRecord:
     # Per client: lora_depth, ranks (bottom to top), seconds, bytes, device and, if simulated,
     # its tier and CPU seconds.
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The clients reachable this round (--availability); configure was offered only these.
+    available: list[str] | None = None
 
 
 @dataclass
@@ -47,6 +49,10 @@ class Report:
     memory: dict[str, Any] = field(default_factory=dict)
     # Where the clients trained (--device), e.g. "cpu" or "cuda:0 (NVIDIA H200)".
     device: str = "cpu"
+    # --availability: the spec, each client's long-run probability and, if tied to the data,
+    # each category's; --participation: "none" or "fedau".
+    availability: dict[str, Any] = field(default_factory=dict)
+    participation: str = "none"
 
     @property
     def bytes_total(self) -> int:
