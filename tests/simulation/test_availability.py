@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -90,7 +92,7 @@ def test_markov_is_sticky_with_the_stationary_rate() -> None:
     availability = model("markov:0.1,0.3")
     on = [("c00" in availability.available(r)) for r in range(1, 4001)]
     assert sum(on) / len(on) == pytest.approx(0.25, abs=0.05)
-    switches = sum(a != b for a, b in zip(on, on[1:], strict=False))
+    switches = sum(a != b for a, b in itertools.pairwise(on))
     # Expected switches per round: 2 * 0.25 * 0.3 = 0.15, far below an independent coin's 0.375.
     assert switches / len(on) == pytest.approx(0.15, abs=0.04)
 
@@ -99,6 +101,43 @@ def test_cyclic_is_on_half_of_every_period_with_its_own_phase() -> None:
     availability = model("cyclic:6")
     for client in CLIENTS:
         pattern = [client in availability.available(r) for r in range(1, 13)]
-        assert sum(pattern[:6]) == 3 and pattern[:6] == pattern[6:]
+        assert sum(pattern[:6]) == 3
+        assert pattern[:6] == pattern[6:]
     phases = {tuple(c in availability.available(r) for r in range(1, 7)) for c in CLIENTS}
     assert len(phases) > 1
+
+
+@pytest.mark.slow
+def test_the_in_process_engine_offers_only_reachable_clients_and_runs_fedau(
+    tmp_path: Path,
+) -> None:
+    from fedft.simulation.console import run_with_progress
+    from fedft.simulation.engine import InProcessEngine
+    from fedft.strategies.participation import FedAUServer
+
+    spec = SimulationSpec(
+        model="tiny",
+        clients=6,
+        rounds=3,
+        seed=0,
+        out=tmp_path,
+        rouge_examples=0,
+        eval_examples=8,
+        availability="bernoulli-by-category:0.2,0.9",
+        participation="fedau",
+    )
+    engine = InProcessEngine(spec)
+    assert isinstance(engine.server_half, FedAUServer)
+    schedule = [engine.availability.available(r) for r in range(1, 4)]
+    run_with_progress(spec, quiet=True)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["participation"] == "fedau"
+    assert data["availability"]["spec"] == "bernoulli-by-category:0.2,0.9"
+    assert set(data["availability"]["probability"]) == set(engine.clients)
+    for record, available in zip(data["rounds"], schedule, strict=True):
+        # The same seeded schedule, and only reachable clients got a task.
+        assert record["available"] == available
+        assert sorted(record["clients"]) == available
+        assert record["participants"] == len(available)
+        assert record["metrics"]["fedau.known_clients"] >= len(available)
+    assert any(len(a) < 6 for a in schedule), "some client sat a round out"

@@ -72,7 +72,7 @@ def play(
     seed: int = 1,
     first: int = 1,
 ) -> list[float]:
-    """Bernoulli participation; a present client moves the model ``step`` of the way to its optimum."""
+    """Bernoulli participation; a present client moves ``step`` of the way to its optimum."""
     draw = random.Random(seed)
     infos = [ClientInfo(c, 10) for c in sorted(optima)]
     path = []
