@@ -24,6 +24,7 @@ from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord, TrafficRecord
 from fedft.server.tls import init_certificates
+from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
@@ -32,6 +33,9 @@ from fedft.simulation.spec import SimulationSpec
 
 STARTUP_TIMEOUT_S = 300.0
 POLL_S = 0.2
+# Under --availability an away client sits its round out, so the round closes at its deadline:
+# long enough for a present client's local work on a small model, short enough to wait for.
+AWAY_ROUND_TIMEOUT_S = 60.0
 
 
 class EngineFailure(FedftError):
@@ -67,6 +71,7 @@ class GrpcEngine:
         self.audit_result: dict[str, Any] | None = None
         self.evaluator = self.runtime.evaluator
         self.data = split_data(spec)
+        self.availability = simulation_availability(spec.availability, spec.seed, self.data.clients)
         self.workdir = spec.out / "grpc"
         if self.workdir.exists():
             shutil.rmtree(self.workdir)  # a fresh run: stale state would be resumed, not redone
@@ -110,6 +115,8 @@ class GrpcEngine:
         ]  # fmt: skip
         args += _dp_args(self.dp)
         args += ["--participation", spec.participation]
+        if spec.availability.strip() != "always":
+            args += ["--round-timeout", str(AWAY_ROUND_TIMEOUT_S)]
         env = self._environment()
         env.pop("OMP_NUM_THREADS")  # the coordinator only aggregates; let it use the cores
         process = self._launch("coordinator", args, env)
@@ -144,6 +151,13 @@ class GrpcEngine:
                 ]
             if cid in tiers:
                 args += ["--simulate-device", tiers[cid]]
+            away = [
+                str(r)
+                for r in range(1, self.spec.rounds + 1)
+                if cid not in self.availability.available(r)
+            ]
+            if away:
+                args += ["--simulate-absent-rounds", ",".join(away)]
             self._launch(cid, args, self._environment())
 
     def _check_processes(self) -> None:
@@ -187,6 +201,7 @@ class GrpcEngine:
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
             config=self.config.to_dict(), memory=self.memory, device=self.runtime.device_name,
             participation=spec.participation,
+            availability=report_entry(self.availability, spec.availability),
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)
@@ -261,6 +276,9 @@ class GrpcEngine:
                 if isinstance(v, (int, float)) and k not in ("updates", "missing")
             },
             clients=self._client_records(state, number, traffic),
+            # The clients present this round; the coordinator offered every live client, and
+            # the away ones sat the round out (counted missing at the deadline).
+            available=self.availability.available(number),
         )
 
     def _client_records(

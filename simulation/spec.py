@@ -86,11 +86,6 @@ class SimulationSpec:
                 self.participation in PARTICIPATIONS,
                 f"--participation must be one of {', '.join(PARTICIPATIONS)}",
             ),
-            (
-                self.engine != "grpc" or self.availability.strip() == "always",
-                "--availability is simulated by the inprocess and flower engines only; the grpc "
-                "engine's clients are real processes that stay reachable",
-            ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]

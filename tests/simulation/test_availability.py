@@ -57,8 +57,6 @@ def test_simulation_spec_validates_the_flags(tmp_path: Path) -> None:
         SimulationSpec(out=tmp_path, availability="bernoulli:2")
     with pytest.raises(UsageError, match="--participation"):
         SimulationSpec(out=tmp_path, participation="fedbuff")
-    with pytest.raises(UsageError, match="grpc"):
-        SimulationSpec(out=tmp_path, engine="grpc", availability="bernoulli:0.5")
     assert SimulationSpec(out=tmp_path, participation="fedau").run_spec().participation == "fedau"
     assert PARTICIPATIONS == PARTICIPATION_CHOICES
 
