@@ -107,30 +107,20 @@ class Coordinator:
                 )
             self.config, seed = resumed, stored.seed
             self.settings = dataclasses.replace(settings, rounds=stored.rounds)
-            # DP settings live in the checkpoint: a restart can neither drop nor change them.
-            kept = dp_settings_from_state(payload_from_bytes(state.latest_checkpoint()[1]))
-            if kept != privacy:
-                logger.warning("resuming run %s with its stored DP settings", stored.run_id)
-            privacy = kept
-            # So does FedAU's: the estimates of every client's participation interval.
-            stored_participation = participation_from_state(
-                payload_from_bytes(state.latest_checkpoint()[1])
-            )
-            if stored_participation != participation:
-                logger.warning(
-                    "resuming run %s with --participation %s", stored.run_id, stored_participation
-                )
-            participation = stored_participation
-        # The assembly point wraps the server half as every engine does (DP today); each
+            # DP settings and FedAU's interval estimates live in the checkpoint: a restart can
+            # neither drop nor change them.
+            checkpoint = payload_from_bytes(state.latest_checkpoint()[1])
+            kept = (dp_settings_from_state(checkpoint), participation_from_state(checkpoint))
+            if kept != (privacy, participation):
+                logger.warning("resuming run %s with its stored DP/participation", stored.run_id)
+            privacy, participation = kept
+        # The assembly point wraps the server half as every engine does (DP, FedAU); each
         # round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
         self.server_half, self.dp_server = wrap_server(
-            strategy.server_cls(self.config, seed=seed),
-            seed=seed,
-            dp=privacy,
-            name=strategy.name,
-            participation=participation,
-        )
+            strategy.server_cls(self.config, seed=seed), seed=seed, dp=privacy,
+            name=strategy.name, participation=participation,
+        )  # fmt: skip
         self.intake = Intake(
             state,
             self._lock,
