@@ -106,6 +106,11 @@ class Availability:
         self.probability = self._probabilities()
 
     @property
+    def simulated(self) -> bool:
+        """Whether clients ever go away (anything but ``always``); reports list them only then."""
+        return self.spec.kind != "always"
+
+    @property
     def clients(self) -> list[str]:
         """Every client id, sorted."""
         return sorted(self.categories)

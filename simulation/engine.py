@@ -236,7 +236,7 @@ class InProcessEngine:
                     seconds=round(seconds, 3),
                     metrics=metrics,
                     clients=records,
-                    available=available,
+                    available=available if self.availability.simulated else None,
                 )
             )
             report.write(spec.out)

@@ -278,7 +278,7 @@ class GrpcEngine:
             clients=self._client_records(state, number, traffic),
             # The clients present this round; the coordinator offered every live client, and
             # the away ones sat the round out (counted missing at the deadline).
-            available=self.availability.available(number),
+            available=self.availability.available(number) if self.availability.simulated else None,
         )
 
     def _client_records(

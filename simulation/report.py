@@ -26,7 +26,8 @@ class RoundRecord:
     # Per client: lora_depth, ranks (bottom to top), seconds, bytes, device and, if simulated,
     # its tier and CPU seconds.
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The clients reachable this round (--availability); configure was offered only these.
+    # The clients reachable this round under --availability (None without it); the in-process
+    # and Flower engines offered configure only these.
     available: list[str] | None = None
 
 

@@ -61,7 +61,7 @@ class FlowerServer:
             min_nodes=spec.clients,
             node_wait_s=node_wait_s,
             timeout_s=timeout_s,
-            availability=self.availability.available,
+            availability=self.availability.available if self.availability.simulated else None,
         )
         self.report = Report(
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,

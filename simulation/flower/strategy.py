@@ -144,7 +144,7 @@ class FedftStrategy(Strategy):
         if self.availability is not None:  # only the reachable clients are offered
             reachable = set(self.availability(server_round))
             clients = [c for c in clients if c.client_id in reachable]
-        self.available[server_round] = [c.client_id for c in clients]
+            self.available[server_round] = [c.client_id for c in clients]
         tasks = self.server_half.configure(server_round, clients)
         sent = self._sent[server_round] = {}
         messages = []
