@@ -132,6 +132,9 @@ class GrpcEngine:
             if self.spec.device_mix
             else {}
         )
+        # Who is present in each round (--availability); each client is told the rounds it is away.
+        rounds = range(1, self.spec.rounds + 1)
+        schedule = [set(self.availability.available(r)) for r in rounds]
         for cid, examples in self.data.clients.items():
             path = self.workdir / "data" / f"{cid}.jsonl"
             path.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
@@ -151,11 +154,7 @@ class GrpcEngine:
                 ]
             if cid in tiers:
                 args += ["--simulate-device", tiers[cid]]
-            away = [
-                str(r)
-                for r in range(1, self.spec.rounds + 1)
-                if cid not in self.availability.available(r)
-            ]
+            away = [str(r) for r, present in enumerate(schedule, start=1) if cid not in present]
             if away:
                 args += ["--simulate-absent-rounds", ",".join(away)]
             self._launch(cid, args, self._environment())
