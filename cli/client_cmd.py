@@ -141,6 +141,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="simulation only: report this device tier's profile (the measured one slowed down) "
         "and virtual task times, as `fedft simulate --engine grpc --device-mix` does",
     )
+    p.add_argument(
+        "--simulate-absent-rounds",
+        default="",
+        metavar="R,R,...",
+        help="simulation only: rounds this device is away and sits out, as `fedft simulate "
+        "--engine grpc --availability` asks",
+    )
     p.set_defaults(handler=run)
 
 
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         local_dp=_local_dp(args),
         quant=args.quant,
         simulate_device=args.simulate_device,
+        simulate_absent_rounds=_rounds(args.simulate_absent_rounds),
         device=check_device_name(args.device),
     )
     daemon = ClientDaemon(options, report=console.log)
@@ -193,3 +201,13 @@ def _local_dp(args: argparse.Namespace) -> LocalDPConfig | None:
     from fedft.privacy.config import local_dp_config_from_flags
 
     return local_dp_config_from_flags(clip=args.local_dp_clip, noise=args.local_dp_noise)
+
+
+def _rounds(text: str) -> frozenset[int]:
+    """Parse ``--simulate-absent-rounds``: comma-separated round numbers."""
+    from fedft.core.errors import UsageError
+
+    try:
+        return frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--simulate-absent-rounds: {text!r} is not R,R,...") from None

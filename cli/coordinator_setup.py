@@ -75,6 +75,7 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             initial=runtime.initial_state(),
             privacy=privacy,
             robust=robust,
+            participation=getattr(args, "participation", "none"),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -203,6 +203,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="F",
         help="trimmed: share of values dropped at each end per coordinate (default: %(default)s)",
     )
+    p.add_argument(
+        "--participation",
+        default="none",
+        choices=("none", "fedau"),
+        help="fedau: weight each update by its client's estimated participation interval "
+        "(about 1/p, FedAU); the estimates live in the checkpoint, so a restart keeps them "
+        "(default: %(default)s)",
+    )
     from fedft.cli.dp_flags import add_dp_flags
 
     add_dp_flags(p)

@@ -87,6 +87,9 @@ class DaemonOptions:
     max_retries: int | None = None
     # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
     simulate_device: str | None = None
+    # Simulation only: the rounds this device is away (--availability in the grpc engine); it
+    # fetches those rounds' tasks and sits them out, so the coordinator counts it missing.
+    simulate_absent_rounds: frozenset[int] = frozenset()
     device: str = "auto"  # where training runs (fedft.runtime.placement)
 
 
@@ -301,6 +304,7 @@ class ClientDaemon:
                 f"local DP: each update is recorded in {folder / LEDGER_FILE} "
                 f"(fedft audit --run {folder})"
             )
+        away = 0  # the last round sat out, so its note is logged once
         while not self._stop.is_set():
             message = self._retrying(
                 "fetch task", lambda: self.connection.fetch_task(self.options.poll_s)
@@ -310,6 +314,12 @@ class ClientDaemon:
                     self.report("the run is finished")
                     return 0
                 self._stop.wait(message.retry_after_s)
+                continue
+            if message.round in self.options.simulate_absent_rounds:
+                if message.round != away:
+                    self.report(f"round {message.round}: away (simulated), sitting it out")
+                    away = message.round
+                self._stop.wait(self.options.poll_s)  # the task stays ours until the deadline
                 continue
             self.report(f"round {message.round}: training")
             started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The server half inside its wrappers (DP and canaries today), as every host drives it.
+"""The server half inside its wrappers (DP and canaries, FedAU weights), as every host drives it.
 
 The coordinator and the three simulation engines call :func:`wrap_server` (or
 :func:`assemble_server`), so a wrapper added here (robust aggregation, participation weights,
@@ -15,6 +15,7 @@ from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec
 from fedft.core.strategy import ServerStrategy
 from fedft.runtime.spec import RunSpec, resolve_strategy
+from fedft.strategies.participation import FedAUServer, check_participation
 
 if TYPE_CHECKING:
     from fedft.privacy.config import DPConfig
@@ -39,12 +40,22 @@ def wrap_server(
     dp: DPConfig | None = None,
     robust: RobustConfig | None = None,
     name: str = "",
+    participation: str = "none",
 ) -> tuple[ServerStrategy[Any], DPServer | None]:
     """Put a server half inside the wrappers the run asks for; the outermost one is driven.
 
     ``name`` is the registered strategy name, which a wrapper's refusal shows the user. DP and
     robust aggregation do not combine: DP already clips every update (hosts refuse both).
+    ``participation="fedau"`` weights each update by its client's estimated 1/p (FedAU).
     """
+    check_participation(participation)
+    if participation == "fedau":
+        if robust is not None:
+            raise UsageError("--participation fedau and --robust do not combine")
+        if dp is not None:
+            # DP's sensitivity assumes each clipped update enters the sum with weight 1.
+            raise UsageError("--participation fedau cannot be combined with server-side DP")
+        return FedAUServer(server_half, seed=seed, name=name), None
     dp_server = None
     if robust is not None:
         if dp is not None:
@@ -72,5 +83,6 @@ def assemble_server(spec: RunSpec) -> ServerRuntime:
         dp=spec.dp,
         robust=spec.robust,
         name=strategy.name,
+        participation=spec.participation,
     )
     return ServerRuntime(strategy, config, server_half, dp_server)

@@ -30,9 +30,13 @@ class RunSpec:
     dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
     robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median
+    participation: str = "none"  # "fedau": participation-aware weights (strategies.participation)
 
     def __post_init__(self) -> None:
+        from fedft.strategies.participation import check_participation
+
         check_device_name(self.device)
+        check_participation(self.participation)
 
 
 def resolve_strategy(name: str, options: Mapping[str, Any]) -> tuple[StrategySpec, StrategyConfig]:

@@ -38,6 +38,7 @@ from fedft.server.state.records import (
     UpdateRecord,
 )
 from fedft.server.tasks import task_records
+from fedft.strategies.participation import participation_from_state
 
 # Rejected and CoordinatorSettings live in their own modules; both stay importable from here.
 __all__ = ["Assignment", "Coordinator", "CoordinatorSettings", "Rejected"]
@@ -76,6 +77,7 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         privacy: DPConfig | None = None,
         robust: RobustConfig | None = None,
+        participation: str = "none",
     ):
         self.state = state
         self.strategy = strategy
@@ -109,13 +111,15 @@ class Coordinator:
                 )
             self.config, seed = resumed, stored.seed
             self.settings = dataclasses.replace(settings, rounds=stored.rounds)
-            # DP settings live in the checkpoint: a restart can neither drop nor change them.
-            kept = dp_settings_from_state(payload_from_bytes(state.latest_checkpoint()[1]))
-            if kept != privacy:
-                logger.warning("resuming run %s with its stored DP settings", stored.run_id)
-            privacy = kept
+            # DP settings and FedAU's interval estimates live in the checkpoint: a restart can
+            # neither drop nor change them.
+            checkpoint = payload_from_bytes(state.latest_checkpoint()[1])
+            kept = (dp_settings_from_state(checkpoint), participation_from_state(checkpoint))
+            if kept != (privacy, participation):
+                logger.warning("resuming run %s with its stored DP/participation", stored.run_id)
+            privacy, participation = kept
         # The assembly point wraps the server half as every engine does (DP, robust
-        # aggregation); each round's ledger entry is stored with the round's checkpoint.
+        # aggregation, FedAU); each round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
         self.server_half, self.dp_server = wrap_server(
             strategy.server_cls(self.config, seed=seed),
@@ -123,6 +127,7 @@ class Coordinator:
             dp=privacy,
             robust=robust,
             name=strategy.name,
+            participation=participation,
         )
         self.intake = Intake(
             state,

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from fedft.core.device import DEVICE_HELP
+from fedft.simulation.availability import AVAILABILITY_HELP
 from fedft.simulation.devices import DEVICE_MIX_HELP
 from fedft.simulation.partition import PARTITION_HELP
 from fedft.simulation.spec import ENGINES, SimulationSpec
@@ -29,6 +30,8 @@ examples:
   fedft simulate --model tiny --dp-noise 1.0 --dp-clip 0.05 --canaries 50 --out runs/dp
   fedft simulate --strategy legend --model tiny --clients 4 --device-mix fast:2,slow:2
   fedft simulate --engine flower --model tiny --clients 8 --cpus-per-client 1
+  fedft simulate --model tiny --clients 20 --availability bernoulli-by-category:0.1,0.9 \
+      --participation fedau
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -107,6 +110,14 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ),
     ("--device", str, "auto|cpu|cuda|cuda:N", DEVICE_HELP),
     ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
+    ("--availability", str, "SPEC", AVAILABILITY_HELP),
+    (
+        "--participation",
+        str,
+        "none|fedau",
+        "fedau: weight each update by its client's estimated participation interval (about "
+        "1/p, FedAU, Wang & Ji 2024), so rarely-present clients are not under-represented",
+    ),
 )
 
 

@@ -29,6 +29,7 @@ from fedft.runtime.placement import peak_memory_mb
 from fedft.runtime.server_assembly import assemble_server
 from fedft.runtime.spec import resolve_strategy
 from fedft.runtime.trainer import LocalTrainer
+from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.provenance import model_facts, provenance
@@ -104,6 +105,7 @@ class InProcessEngine:
             for cid, examples in data.clients.items()
         }
         self.evaluator = self.runtime.evaluator
+        self.availability = simulation_availability(spec.availability, spec.seed, data.clients)
         self.tiers: dict[str, str] = {}
         self._client_cpu = 0.0
         self.profiles: dict[str, DeviceProfile] = {}
@@ -180,6 +182,8 @@ class InProcessEngine:
             config=self.config.to_dict(),
             memory=self.memory,
             device=self.runtime.device_name,
+            availability=report_entry(self.availability, spec.availability),
+            participation=spec.participation,
         )
         if self.recorder is not None:
             self.recorder.start()
@@ -202,7 +206,11 @@ class InProcessEngine:
             wire = _Wire()
             records: dict[str, dict[str, Any]] = {}
             self._client_cpu = 0.0
-            tasks = self.server_half.configure(server_round, infos)
+            # Only the clients reachable this round are offered (--availability).
+            available = self.availability.available(server_round)
+            reachable = set(available)
+            offered = [info for info in infos if info.client_id in reachable]
+            tasks = self.server_half.configure(server_round, offered)
             failures: list[Failure] = []
             results = self._run_tasks(server_round, tasks, wire, records)
             metrics = self.server_half.aggregate(
@@ -230,6 +238,7 @@ class InProcessEngine:
                     seconds=round(seconds, 3),
                     metrics=metrics,
                     clients=records,
+                    available=available if self.availability.simulated else None,
                 )
             )
             report.write(spec.out)

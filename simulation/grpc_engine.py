@@ -24,6 +24,7 @@ from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
 from fedft.server.state.records import ROUND_DONE, TokenRecord, TrafficRecord
 from fedft.server.tls import init_certificates
+from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import adapter_layout, assign_tiers
 from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
@@ -32,6 +33,9 @@ from fedft.simulation.spec import SimulationSpec
 
 STARTUP_TIMEOUT_S = 300.0
 POLL_S = 0.2
+# Under --availability an away client sits its round out, so the round closes at its deadline:
+# long enough for a present client's local work on a small model, short enough to wait for.
+AWAY_ROUND_TIMEOUT_S = 60.0
 
 
 class EngineFailure(FedftError):
@@ -67,6 +71,7 @@ class GrpcEngine:
         self.audit_result: dict[str, Any] | None = None
         self.evaluator = self.runtime.evaluator
         self.data = split_data(spec)
+        self.availability = simulation_availability(spec.availability, spec.seed, self.data.clients)
         self.workdir = spec.out / "grpc"
         if self.workdir.exists():
             shutil.rmtree(self.workdir)  # a fresh run: stale state would be resumed, not redone
@@ -109,6 +114,9 @@ class GrpcEngine:
             "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
         ]  # fmt: skip
         args += _dp_args(self.dp)
+        args += ["--participation", spec.participation]
+        if spec.availability.strip() != "always":
+            args += ["--round-timeout", str(AWAY_ROUND_TIMEOUT_S)]
         env = self._environment()
         env.pop("OMP_NUM_THREADS")  # the coordinator only aggregates; let it use the cores
         process = self._launch("coordinator", args, env)
@@ -124,6 +132,9 @@ class GrpcEngine:
             if self.spec.device_mix
             else {}
         )
+        # Who is present in each round (--availability); each client is told the rounds it is away.
+        rounds = range(1, self.spec.rounds + 1)
+        schedule = [set(self.availability.available(r)) for r in rounds]
         for cid, examples in self.data.clients.items():
             path = self.workdir / "data" / f"{cid}.jsonl"
             path.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
@@ -143,6 +154,9 @@ class GrpcEngine:
                 ]
             if cid in tiers:
                 args += ["--simulate-device", tiers[cid]]
+            away = [str(r) for r, present in enumerate(schedule, start=1) if cid not in present]
+            if away:
+                args += ["--simulate-absent-rounds", ",".join(away)]
             self._launch(cid, args, self._environment())
 
     def _check_processes(self) -> None:
@@ -185,6 +199,8 @@ class GrpcEngine:
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
             config=self.config.to_dict(), memory=self.memory, device=self.runtime.device_name,
+            participation=spec.participation,
+            availability=report_entry(self.availability, spec.availability),
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)
@@ -259,6 +275,9 @@ class GrpcEngine:
                 if isinstance(v, (int, float)) and k not in ("updates", "missing")
             },
             clients=self._client_records(state, number, traffic),
+            # The clients present this round; the coordinator offered every live client, and
+            # the away ones sat the round out (counted missing at the deadline).
+            available=self.availability.available(number) if self.availability.simulated else None,
         )
 
     def _client_records(

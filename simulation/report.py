@@ -26,6 +26,9 @@ class RoundRecord:
     # Per client: lora_depth, ranks (bottom to top), seconds, bytes, device and, if simulated,
     # its tier and CPU seconds.
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The clients reachable this round under --availability (None without it); the in-process
+    # and Flower engines offered configure only these.
+    available: list[str] | None = None
 
 
 @dataclass
@@ -49,6 +52,10 @@ class Report:
     device: str = "cpu"
     # What reproduces the run: command, fedft version and commit, libraries, flags, hashes.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # --availability: the spec, each client's long-run probability and, if tied to the data,
+    # each category's; --participation: "none" or "fedau".
+    availability: dict[str, Any] = field(default_factory=dict)
+    participation: str = "none"
 
     @property
     def bytes_total(self) -> int:

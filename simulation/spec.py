@@ -14,6 +14,7 @@ from fedft.privacy.config import (
     dp_config_from_flags,
     local_dp_config_from_flags,
 )
+from fedft.simulation.availability import parse_availability
 from fedft.simulation.partition import parse_partition
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ ENGINES = ("inprocess", "grpc", "flower")
 # Same values as fedft.runtime.quantization.QUANT_CHOICES (a test keeps them equal); not imported
 # so that building the CLI parser does not import torch.
 QUANTS = ("none", "nf4", "int8")
+# Same values as fedft.strategies.participation.PARTICIPATION_CHOICES (a test keeps them equal).
+PARTICIPATIONS = ("none", "fedau")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class SimulationSpec:
     quant: str = "none"
     device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
+    # Which clients are reachable each round (fedft.simulation.availability) and how the server
+    # weights those that take part ("fedau": fedft.strategies.participation).
+    availability: str = "always"
+    participation: str = "none"
     # --engine flower only: Ray resources per virtual client and an optional cluster address.
     cpus_per_client: float = 1.0
     gpus_per_client: float = 0.0
@@ -75,6 +82,10 @@ class SimulationSpec:
             (self.rouge_examples >= 0, "--rouge-examples must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
             (self.quant in QUANTS, f"--quant must be one of {', '.join(QUANTS)}"),
+            (
+                self.participation in PARTICIPATIONS,
+                f"--participation must be one of {', '.join(PARTICIPATIONS)}",
+            ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
@@ -85,6 +96,9 @@ class SimulationSpec:
         self.local_dp_config()
         check_device_name(self.device)
         parse_partition(self.partition)
+        parse_availability(self.availability)
+        if self.participation != "none" and self.dp_noise is not None:
+            raise UsageError("--participation fedau cannot be combined with --dp-noise")
         if self.device_mix:
             from fedft.simulation.devices import parse_device_mix
 
@@ -126,4 +140,5 @@ class SimulationSpec:
             max_length=self.max_length,
             dp=self.dp_config(),
             local_dp=self.local_dp_config(),
+            participation=self.participation,
         )

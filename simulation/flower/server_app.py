@@ -19,6 +19,7 @@ from fedft.privacy.local import CLIENTS_DIR
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.runtime.assembly import assemble_client
 from fedft.runtime.server_assembly import assemble_server
+from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
 from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
 from fedft.simulation.flower.run_config import spec_from_run_config
@@ -53,14 +54,22 @@ class FlowerServer:
         self.recorder = RunRecorder(spec.out) if self.dp_server is not None else None
         self.audit_result: dict[str, Any] | None = None
         self.evaluator = self.runtime.evaluator
+        # The same availability model as the other engines, over the same split.
+        self.availability = simulation_availability(spec.availability, spec.seed, data.clients)
         self.strategy = FedftStrategy(
-            self.server_half, min_nodes=spec.clients, node_wait_s=node_wait_s, timeout_s=timeout_s
+            self.server_half,
+            min_nodes=spec.clients,
+            node_wait_s=node_wait_s,
+            timeout_s=timeout_s,
+            availability=self.availability.available if self.availability.simulated else None,
         )
         self.report = Report(
             strategy=spec.strategy, model=spec.model, clients=spec.clients, seed=spec.seed,
             dataset=spec.dataset, partition=spec.partition, engine="flower",
             config=self.config.to_dict(), memory=self.runtime.memory,
             device=self.runtime.device_name,
+            availability=report_entry(self.availability, spec.availability),
+            participation=spec.participation,
         )  # fmt: skip
 
     def _evaluate(self) -> float:
@@ -87,6 +96,7 @@ class FlowerServer:
                     participants=traffic.participants,
                     seconds=round(time.perf_counter() - traffic.started, 3),
                     metrics=metrics,
+                    available=self.strategy.available.pop(server_round, None),
                 )
             )
         self.report.write(self.spec.out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +72,12 @@ class FedftStrategy(Strategy):
         min_nodes: int = 1,
         node_wait_s: float = 300.0,
         timeout_s: float = 3600.0,
+        availability: Callable[[int], list[str]] | None = None,
     ) -> None:
         self.server_half = server_half
+        # Simulated availability (--availability): the ids reachable in a round; None is all.
+        self.availability = availability
+        self.available: dict[int, list[str]] = {}
         self.min_nodes = min_nodes
         self.node_wait_s = node_wait_s
         self.timeout_s = timeout_s
@@ -139,6 +143,10 @@ class FedftStrategy(Strategy):
         """Ask the plugin for this round's tasks; one message per task, to that client's node."""
         clients = self.discover(grid)  # before the clock starts: nodes join only once
         traffic = self.traffic[server_round] = RoundTraffic(started=time.perf_counter())
+        if self.availability is not None:  # only the reachable clients are offered
+            reachable = set(self.availability(server_round))
+            clients = [c for c in clients if c.client_id in reachable]
+            self.available[server_round] = [c.client_id for c in clients]
         tasks = self.server_half.configure(server_round, clients)
         sent = self._sent[server_round] = {}
         messages = []
