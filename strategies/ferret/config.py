@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedft.core.config import option
+from fedft.strategies.options import FirstOrderOptions
 from fedft.strategies.seedpool.config import SeedPoolConfig
 
 OPTIMIZERS = ("adamw", "sgd")
+BLOCK_ORDERS = ("name", "module")
 
 
 @dataclass(frozen=True)
-class FerretConfig(SeedPoolConfig):
+class FerretConfig(SeedPoolConfig, FirstOrderOptions):
     """First-order local steps, projected per block onto seeded random bases."""
 
     seeds: int = option(200, "K, the pool of shared bases; a block uses between 2 and K of them")
@@ -27,7 +29,11 @@ class FerretConfig(SeedPoolConfig):
     )
     optimizer: str = option("adamw", "local optimizer: adamw or sgd")
     server_lr: float = option(1.0, "global learning rate applied to the reconstructed update")
-    equal_weight: bool = option(False, "weight clients equally instead of by example count")
+    block_order: str = option(
+        "name",
+        "order in which parameters are grouped into blocks: name (the RNG contract's sorted "
+        "order) or module (the model's module order, as the paper's code groups them)",
+    )
 
     def checks(self) -> list[tuple[bool, str]]:
         """Shared checks plus the local training's and the projection's."""
@@ -40,4 +46,5 @@ class FerretConfig(SeedPoolConfig):
             (self.lr > 0, "lr must be > 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.server_lr > 0, "server_lr must be > 0"),
+            (self.block_order in BLOCK_ORDERS, f"block_order must be one of {BLOCK_ORDERS}"),
         ]

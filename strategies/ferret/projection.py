@@ -10,6 +10,7 @@ and is compensated by its server learning rate of 3-10; we keep the unbiased for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,23 +38,43 @@ class Projection:
     coeff: torch.Tensor
 
 
+def _norm(delta: torch.Tensor, spans: Sequence[tuple[int, int]]) -> float:
+    """L2 norm of ``delta`` over ``spans`` (one span: torch's norm, as before spans existed)."""
+    if len(spans) == 1:
+        start, end = spans[0]
+        return float(delta[start:end].norm())
+    return math.sqrt(sum(float(delta[s:e].double().square().sum()) for s, e in spans))
+
+
 def project_blocks(
     delta: torch.Tensor,
     ends: Sequence[int],
     seeds: Sequence[int],
     kind: str,
     generator: torch.Generator,
+    *,
+    spans: Sequence[Sequence[tuple[int, int]]] = (),
 ) -> Projection:
-    """Project the flat ``delta`` block by block onto bases drawn from the pool ``seeds``."""
+    """Project the flat ``delta`` block by block onto bases drawn from the pool ``seeds``.
+
+    Block ``l`` is ``[ends[l-1], ends[l])``, or, when ``spans`` is given (Ferret's module
+    order, see ``Geometry.spans``), the union of ``spans[l]``; its coefficient on a basis sums
+    the spans' dot products in span order.
+    """
     starts = [0, *ends[:-1]]
-    norms = [float(delta[s:e].norm()) for s, e in zip(starts, ends, strict=True)]
+    blocks = spans or [((s, e),) for s, e in zip(starts, ends, strict=True)]
+    norms = [_norm(delta, block) for block in blocks]
     counts = bases_per_block(norms, len(seeds))
     index_parts, block_parts, coeff_parts = [], [], []
-    for block, (start, end, count) in enumerate(zip(starts, ends, counts, strict=True)):
+    for block, (parts, count) in enumerate(zip(blocks, counts, strict=True)):
         if count == 0:
             continue
         chosen = torch.randperm(len(seeds), generator=generator)[:count].sort().values
-        dots = project(delta[start:end], start, [seeds[k] for k in chosen.tolist()], kind)
+        picked = [seeds[k] for k in chosen.tolist()]
+        dots = sum(
+            (project(delta[start:end], start, picked, kind) for start, end in parts),
+            torch.zeros(count, dtype=torch.float64),
+        )
         index_parts.append(chosen)
         block_parts.append(torch.full((count,), block, dtype=torch.int64))
         coeff_parts.append(dots / count)

@@ -44,10 +44,6 @@ class FerretServer(SeedServer[FerretConfig]):
         """Refuse malformed (seed, block, coefficient) triples."""
         return check_projection(result, self._store().shape)
 
-    def update_weight(self, result: Result) -> float:
-        """Every client counts the same with ``equal_weight``, else by its example count."""
-        return 1.0 if self.config.equal_weight else super().update_weight(result)
-
     def update_size(self) -> int:
         """K x L: one coefficient per (seed, block)."""
         rows, cols = self._store().shape

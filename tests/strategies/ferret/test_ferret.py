@@ -117,3 +117,50 @@ def test_malformed_updates_are_refused(result: Result, reason: str) -> None:
     assert problem is not None
     assert reason in problem
     assert server.check_update(1, make_result([0, 3], [0, 2], [1.0, 2.0])) is None
+
+
+def test_module_block_order_follows_the_models_module_order(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    bundle = tiny_bundle()
+    client = FerretClient(CONFIG.replace(block_order="module"))
+    trainer = trainer_for(bundle, 3, "a")
+    client.prepare(trainer)
+    params, geometry = client.geometry(trainer)
+    by_offset = {entry.offset: entry for entry in params.layout}
+    walked: list[str] = []
+    for spans in geometry.all_spans():
+        for start, end in spans:
+            at = start
+            while at < end:
+                walked.append(by_offset[at].name)
+                at += by_offset[at].numel
+    module_order = [n for n, _ in bundle.model.named_parameters()]
+    assert walked == module_order
+    assert walked != sorted(walked)  # the name-sorted default groups them differently
+    assert geometry.ends[-1] == params.total
+    name_geometry = FerretClient(CONFIG).geometry(trainer)[1]
+    # Norm weights sit between the projections in module order, so small tensors group apart.
+    assert name_geometry.spans == ()
+    assert name_geometry.ends != geometry.ends
+
+
+def test_module_block_order_round_trips(tiny_bundle: Callable[[], ModelBundle]) -> None:
+    config = CONFIG.replace(block_order="module", equal_weight=True, max_grad_norm=None)
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    bundle = tiny_bundle()
+    trainer = trainer_for(bundle, 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    assert server.aggregate(1, [Result("a", reply)], [])["accepted"] == 1
+    params, geometry = client.geometry(trainer)
+    w0 = params.snapshot()
+    client.load_global(server.global_state(), trainer)
+    moved = params.snapshot() - w0
+    # The replay touches exactly the blocks the client projected onto, nothing outside them.
+    touched = set(reply.tensors["b"].tolist())
+    for block in range(len(geometry.ends)):
+        part = torch.cat([moved[s:e] for s, e in geometry.block_spans(block)])
+        assert bool(part.abs().sum() > 0) == (block in touched)
