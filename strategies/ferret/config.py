@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedft.core.config import option
@@ -10,6 +11,7 @@ from fedft.strategies.seedpool.config import SeedPoolConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 BLOCK_ORDERS = ("name", "module")
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,31 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
     )
     optimizer: str = option("adamw", "local optimizer: adamw or sgd")
     server_lr: float = option(1.0, "global learning rate applied to the reconstructed update")
+    server_lr_schedule: str = option(
+        "constant",
+        "server lr over the run: constant, linear or cosine decay from server_lr to 0 over "
+        "schedule_rounds (the reference's --anneal; its scripts use no annealing)",
+    )
+    schedule_rounds: int = option(0, "rounds the server-lr schedule spans (needed unless constant)")
+    basis_clip: float = option(
+        0.0,
+        "clip each (seed, block) reconstructed vector server_lr*c*z to this L2 norm before it "
+        "is applied, taking |z| = sqrt(block size) (exact for rademacher); 0: off (reference: 10)",
+    )
     block_order: str = option(
         "name",
         "order in which parameters are grouped into blocks: name (the RNG contract's sorted "
         "order) or module (the model's module order, as the paper's code groups them)",
     )
+
+    def server_lr_at(self, server_round: int) -> float:
+        """The server lr of round ``server_round`` (1-based) under the schedule."""
+        if self.server_lr_schedule == "constant":
+            return self.server_lr
+        progress = min(max(server_round - 1, 0) / self.schedule_rounds, 1.0)
+        if self.server_lr_schedule == "linear":
+            return self.server_lr * (1.0 - progress)
+        return self.server_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def checks(self) -> list[tuple[bool, str]]:
         """Shared checks plus the local training's and the projection's."""
@@ -46,5 +68,11 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
             (self.lr > 0, "lr must be > 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.server_lr > 0, "server_lr must be > 0"),
+            (self.server_lr_schedule in SCHEDULES, f"server_lr_schedule must be in {SCHEDULES}"),
+            (
+                self.server_lr_schedule == "constant" or self.schedule_rounds >= 1,
+                "a server_lr_schedule other than constant needs schedule_rounds >= 1",
+            ),
+            (self.basis_clip >= 0, "basis_clip must be >= 0"),
             (self.block_order in BLOCK_ORDERS, f"block_order must be one of {BLOCK_ORDERS}"),
         ]

@@ -164,3 +164,35 @@ def test_module_block_order_round_trips(tiny_bundle: Callable[[], ModelBundle]) 
     for block in range(len(geometry.ends)):
         part = torch.cat([moved[s:e] for s, e in geometry.block_spans(block)])
         assert bool(part.abs().sum() > 0) == (block in touched)
+
+
+def test_server_lr_schedules() -> None:
+    linear = CONFIG.replace(server_lr=10.0, server_lr_schedule="linear", schedule_rounds=4)
+    assert [linear.server_lr_at(r) for r in (1, 3, 5, 9)] == [10.0, 5.0, 0.0, 0.0]
+    cosine = linear.replace(server_lr_schedule="cosine")
+    assert cosine.server_lr_at(1) == 10.0
+    assert cosine.server_lr_at(3) == pytest.approx(5.0)
+    assert CONFIG.server_lr_at(7) == CONFIG.server_lr
+
+
+def test_basis_clip_caps_each_reconstructed_vector(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    config = CONFIG.replace(lr=1.0, optimizer="sgd", max_grad_norm=None, basis_clip=1e-3)
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    trainer = trainer_for(tiny_bundle(), 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    metrics = server.aggregate(1, [Result("a", reply)], [])
+    assert int(metrics["clipped_bases"]) > 0
+    sizes = server.block_sizes
+    assert sizes is not None
+    coeffs = server.global_state().tensors["coeffs"]
+    norms = coeffs.abs() * sizes.to(torch.float64).sqrt()
+    assert float(norms.max()) <= 1e-3 * (1 + 1e-9)
+    restored = FerretServer(config, seed=1)
+    restored.load_state_dict(server.state_dict())
+    assert restored.block_sizes is not None
+    assert torch.equal(restored.block_sizes, sizes)
