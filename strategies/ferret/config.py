@@ -5,13 +5,52 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedft.core.config import option
+from fedft.core.config import Preset, option
 from fedft.strategies.options import FirstOrderOptions
 from fedft.strategies.seedpool.config import SeedPoolConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 BLOCK_ORDERS = ("name", "module")
 SCHEDULES = ("constant", "linear", "cosine")
+
+# The reference scales coefficients by d/K with truncated-normal bases, which reconstructs
+# delta/3; fedft's coefficients are unbiased, so its server lr is the reference's divided by 3
+# (NI: 10 -> 3.33, Dolly: 3 -> 1). Its per-basis clip of 10 acts before its server lr, ours after.
+_FERRET_COMMON = {
+    "optimizer": "sgd",
+    "lr": 1e-4,
+    "local_steps": 10,
+    "batch_size": 4,
+    "seeds": 200,
+    "fraction": 0.05,
+    "equal_weight": True,
+    "max_grad_norm": None,
+    "data_order": "persistent",
+    "block_order": "module",
+    "block_size": 0,
+    "server_lr_schedule": "constant",
+    "trainable": "all",
+}
+_FERRET_UNMATCHED = (
+    "bases: the reference draws truncated normals per seed; fedft's RNG contract uses "
+    "Irwin-Hall or Rademacher bases with the unbiased 1/K scale (server lr converted)",
+    "T=10 steps of 4 accumulated single examples: here 10 steps of one 4-example batch "
+    "(the loss is averaged over the batch's tokens, not over the 4 examples)",
+    "dropout: the reference trains in train mode with the model's dropout; fedft's "
+    "models have none",
+    "rounds (12 on NI, 20 on Dolly) and the client counts are run flags (--rounds, --clients)",
+    "exact least-squares coefficients (eq. 4-5) are not offered; only the eq. 6-8 approximation",
+)
+PAPER_NI = Preset(
+    values={**_FERRET_COMMON, "server_lr": 10.0 / 3.0, "basis_clip": 100.0},
+    source="Ferret (Shu et al., ICML 2025) App. C.1 and scripts/ferret.sh, Natural Instructions",
+    unmatched=_FERRET_UNMATCHED,
+)
+PAPER_DOLLY = Preset(
+    values={**_FERRET_COMMON, "server_lr": 1.0, "basis_clip": 30.0},
+    source="Ferret (Shu et al., ICML 2025) App. C.1, Dolly-15K (global lr 3)",
+    unmatched=_FERRET_UNMATCHED,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +86,11 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
         "order in which parameters are grouped into blocks: name (the RNG contract's sorted "
         "order) or module (the model's module order, as the paper's code groups them)",
     )
+
+    @classmethod
+    def presets(cls) -> dict[str, Preset]:
+        """``paper`` (Natural Instructions) and ``paper-dolly``: the server lr is per dataset."""
+        return {"paper": PAPER_NI, "paper-ni": PAPER_NI, "paper-dolly": PAPER_DOLLY}
 
     def server_lr_at(self, server_round: int) -> float:
         """The server lr of round ``server_round`` (1-based) under the schedule."""
