@@ -11,18 +11,13 @@ from fedft.core.strategy import ClientInfo
 from fedft.strategies.hetero_lora.aggregate import Factor, ZeroPadAggregator
 from fedft.strategies.hetero_lora.layout import Layout
 from fedft.strategies.hetero_lora.modules import join_modules, layer_of
-from fedft.strategies.hetero_lora.server_base import HeteroServerBase
+from fedft.strategies.hetero_lora.server_base import HeteroServerBase, speed_rank
 from fedft.strategies.hetlora.config import HetLoRAConfig
+
+__all__ = ["HetLoRAServer", "speed_rank"]
 
 _A = "global_a/"
 _B = "global_b/"
-
-
-def speed_rank(step_s: float, fastest_s: float, min_rank: int, max_rank: int) -> int:
-    """Rank proportional to relative speed, rounded to even, within [min_rank, max_rank]."""
-    x = max_rank * fastest_s / step_s if step_s > 0 else max_rank
-    r = 2 * round(x / 2) if x >= 2 else round(x)
-    return max(min_rank, min(max_rank, r))
 
 
 class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
@@ -54,21 +49,9 @@ class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
 
     def plan(self, clients: Sequence[ClientInfo]) -> dict[str, Layout]:
         """Every layer; rank by each device's full-depth step time relative to the fastest."""
-        cfg = self.config
-        profiles = self.profiles(clients)
         depth = len(self.layers)
-        steps = {cid: p.step_seconds(depth) for cid, p in profiles.items() if p is not None}
-        fastest = min(steps.values(), default=0.0)
-        out = {}
-        for c in clients:
-            step = steps.get(c.client_id)
-            rank = (
-                cfg.max_rank
-                if step is None
-                else speed_rank(step, fastest, cfg.min_rank, cfg.max_rank)
-            )
-            out[c.client_id] = Layout(tuple(self.layers), (rank,) * depth)
-        return out
+        ranks = self.speed_ranks(clients)
+        return {cid: Layout(tuple(self.layers), (r,) * depth) for cid, r in ranks.items()}
 
     def _truncated(
         self, modules: Iterable[str], rank_of: dict[int, int]
