@@ -156,7 +156,9 @@ class HeteroServerBase(ServerStrategy[C]):
                 train_loss = float(result.payload.metrics.get("train_loss", math.nan))
                 loss["sum"] += weight * train_loss
                 loss["weight"] += weight
-                yield self._factors(result), weight
+                factors = self._factors(result)
+                self.observe_update(result, factors)
+                yield factors, weight
 
         metrics: dict[str, MetricValue] = dict(self.fold(valid()))
         metrics.update(counts)
@@ -164,6 +166,9 @@ class HeteroServerBase(ServerStrategy[C]):
         if loss["weight"] > 0:
             metrics["train_loss"] = loss["sum"] / loss["weight"]
         return metrics
+
+    def observe_update(self, result: Result, factors: Mapping[str, Factor]) -> None:
+        """See one accepted update before it is folded (the global state is still the old one)."""
 
     def check_update(self, server_round: int, result: Result) -> str | None:
         """Refuse updates with unknown modules, wrong shapes, ranks out of range or NaN/Inf."""
