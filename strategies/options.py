@@ -64,8 +64,8 @@ class FirstOrderOptions(SamplingOptions):
 
     max_grad_norm: float | None = option(
         1.0,
-        "clip each step's gradient to this L2 norm; none: unclipped (the papers' reference "
-        "code for Ferret, FedIT and FlexLoRA does not clip)",
+        "clip each step's gradient to this L2 norm; none or 0: unclipped (the papers' reference "
+        "code for Ferret, FedIT and FlexLoRA does not clip); stored as 0 for the wire",
     )
     data_order: str = option(
         "fresh",
@@ -74,11 +74,17 @@ class FirstOrderOptions(SamplingOptions):
         "seen before any repeats",
     )
 
+    def __post_init__(self) -> None:
+        # Wire configs hold no None: "unclipped" travels as 0.0 whichever way it was asked for.
+        if self.max_grad_norm is None:
+            object.__setattr__(self, "max_grad_norm", 0.0)
+        super().__post_init__()
+
     def checks(self) -> list[tuple[bool, str]]:
         """The sampling checks plus the clip norm's and the data order's."""
         return [
             *super().checks(),
-            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.data_order in DATA_ORDERS, f"data_order must be one of {', '.join(DATA_ORDERS)}"),
         ]
 

@@ -40,7 +40,8 @@ def test_opt_preset_applies_and_explicit_options_win() -> None:
 def test_ferret_paper_preset_is_sgd_without_clipping_and_equal_weights() -> None:
     config = FerretConfig.from_dict(parse_overrides(FerretConfig, ["preset=paper"]))
     assert (config.optimizer, config.lr, config.local_steps, config.seeds) == ("sgd", 1e-4, 10, 200)
-    assert config.max_grad_norm is None
+    assert config.max_grad_norm == 0.0  # unclipped; the wire has no None
+    assert FerretConfig.from_dict(config.to_dict()) == config
     assert config.equal_weight
     assert config.block_order == "module"
     assert config.data_order == "persistent"

@@ -97,3 +97,5 @@ def test_fresh_order_keeps_no_cursor(tiny_bundle: Callable[[], ModelBundle]) -> 
     local_train(trainer, state, config, steps=2, batch_size=1, lr=1e-3, seed=1)
     assert state.tensors == {}
     assert FirstOrderOptions(max_grad_norm=None).training_config()["max_grad_norm"] == 0.0
+    assert FirstOrderOptions(max_grad_norm=None).max_grad_norm == 0.0
+    assert FirstOrderOptions(max_grad_norm=0.0).training_config()["max_grad_norm"] == 0.0
