@@ -70,7 +70,13 @@ class FerretClient(SeedClient[FerretConfig]):
         params.restore(start)
         generator = torch.Generator().manual_seed(seed)
         proj = project_blocks(
-            delta, geometry.ends, geometry.seeds, cfg.kind, generator, spans=geometry.spans
+            delta,
+            geometry.ends,
+            geometry.seeds,
+            cfg.kind,
+            generator,
+            spans=geometry.spans,
+            exact=cfg.coefficients == "exact",
         )
         return Payload(
             tensors={

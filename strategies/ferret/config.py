@@ -39,7 +39,6 @@ _FERRET_UNMATCHED = (
     "dropout: the reference trains in train mode with the model's dropout; fedft's "
     "models have none",
     "rounds (12 on NI, 20 on Dolly) and the client counts are run flags (--rounds, --clients)",
-    "exact least-squares coefficients (eq. 4-5) are not offered; only the eq. 6-8 approximation",
 )
 PAPER_NI = Preset(
     values={**_FERRET_COMMON, "server_lr": 10.0 / 3.0, "basis_clip": 100.0},
@@ -81,6 +80,11 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
         "clip each (seed, block) reconstructed vector server_lr*c*z to this L2 norm before it "
         "is applied, taking |z| = sqrt(block size) (exact for rademacher); 0: off (reference: 10)",
     )
+    coefficients: str = option(
+        "approx",
+        "approx: the unbiased <z, delta>/K per basis (eq. 6-8, what the paper runs); exact: "
+        "least squares (V^T V)^-1 V^T delta per block (eq. 4-5), O(K^2 d), small models only",
+    )
     block_order: str = option(
         "name",
         "order in which parameters are grouped into blocks: name (the RNG contract's sorted "
@@ -118,5 +122,6 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
                 "a server_lr_schedule other than constant needs schedule_rounds >= 1",
             ),
             (self.basis_clip >= 0, "basis_clip must be >= 0"),
+            (self.coefficients in ("approx", "exact"), "coefficients must be approx or exact"),
             (self.block_order in BLOCK_ORDERS, f"block_order must be one of {BLOCK_ORDERS}"),
         ]

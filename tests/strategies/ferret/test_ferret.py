@@ -196,3 +196,15 @@ def test_basis_clip_caps_each_reconstructed_vector(
     restored.load_state_dict(server.state_dict())
     assert restored.block_sizes is not None
     assert torch.equal(restored.block_sizes, sizes)
+
+
+def test_exact_coefficients_round(tiny_bundle: Callable[[], ModelBundle]) -> None:
+    config = CONFIG.replace(coefficients="exact", block_order="module")
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    trainer = trainer_for(tiny_bundle(), 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    assert reply.tensors["c"].numel() > 0
+    assert server.aggregate(1, [Result("a", reply)], [])["accepted"] == 1
