@@ -55,6 +55,7 @@ class SamplingOptions(StrategyConfig):
 
 
 DATA_ORDERS = ("fresh", "persistent")
+DEFAULT_CLIP = 1.0  # what every first-order step clipped to before the option existed
 _CURSOR = "data.cursor"  # local_state tensor: [stream seed, examples consumed so far]
 
 
@@ -63,7 +64,7 @@ class FirstOrderOptions(SamplingOptions):
     """How the local first-order steps run: gradient clipping and the order data is visited."""
 
     max_grad_norm: float | None = option(
-        1.0,
+        DEFAULT_CLIP,
         "clip each step's gradient to this L2 norm; none or 0: unclipped (the papers' reference "
         "code for Ferret, FedIT and FlexLoRA does not clip); stored as 0 for the wire",
     )
@@ -89,11 +90,17 @@ class FirstOrderOptions(SamplingOptions):
         ]
 
     def training_config(self) -> dict[str, ConfigValue]:
-        """The task-config entries :func:`local_train` reads (0.0 stands for unclipped)."""
-        return {
-            "max_grad_norm": self.max_grad_norm or 0.0,
-            "persistent_data": self.data_order == "persistent",
-        }
+        """The task-config entries :func:`local_train` reads (0.0 stands for unclipped).
+
+        Only what differs from fedft's earlier behaviour (clip at 1.0, a fresh permutation)
+        travels, so default tasks keep their exact bytes and older clients read them alike.
+        """
+        out: dict[str, ConfigValue] = {}
+        if self.max_grad_norm != DEFAULT_CLIP:
+            out["max_grad_norm"] = self.max_grad_norm or 0.0
+        if self.data_order == "persistent":
+            out["persistent_data"] = True
+        return out
 
 
 def local_train(
@@ -113,7 +120,7 @@ def local_train(
     first task's seed starts the stream. A task without these keys (an older server) trains as
     fedft always did: clipped at 1.0, a fresh permutation per task.
     """
-    clip = config_float(config, "max_grad_norm") if "max_grad_norm" in config else 1.0
+    clip = config_float(config, "max_grad_norm") if "max_grad_norm" in config else DEFAULT_CLIP
     cursor = None
     if config.get("persistent_data") is True and local_state is not None:
         held = local_state.tensors.get(_CURSOR)
