@@ -60,6 +60,18 @@ def _coerce(cls_name: str, name: str, hint: Any, value: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named set of option values (e.g. a paper's), and what it cannot match."""
+
+    values: Mapping[str, Any]
+    source: str
+    unmatched: tuple[str, ...] = ()
+
+
+PRESET_KEY = "preset"
+
+
+@dataclasses.dataclass(frozen=True)
 class StrategyConfig:
     """Base class of every strategy's config.
 
@@ -82,6 +94,27 @@ class StrategyConfig:
             (f for f in dataclasses.fields(cls) if f.init), key=lambda f: declared.get(f.name, 0)
         )
         return {f.name: (str(f.metadata.get("help", "")), f.default) for f in ordered}
+
+    @classmethod
+    def presets(cls) -> dict[str, Preset]:
+        """Named option sets (``--opt preset=NAME``); strategies override this."""
+        return {}
+
+    @classmethod
+    def preset(cls, name: str) -> Preset:
+        """Return preset ``name``, raising :class:`ConfigError` with the known names."""
+        known = cls.presets()
+        if name not in known:
+            names = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{cls.__name__} has no preset {name!r}; presets: {names}")
+        return known[name]
+
+    @classmethod
+    def preset_diff(cls, name: str) -> list[tuple[str, Any, Any]]:
+        """``(option, default, preset value)`` for each option the preset changes."""
+        defaults = {k: d for k, (_, d) in cls.fields_help().items()}
+        values = cls.preset(name).values
+        return [(k, defaults[k], v) for k, v in values.items() if defaults[k] != v]
 
     @classmethod
     def from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
@@ -108,21 +141,29 @@ class StrategyConfig:
 
 
 def parse_overrides(cls: type[StrategyConfig], pairs: list[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` command-line overrides using the config class's field types."""
+    """Parse ``KEY=VALUE`` command-line overrides using the config class's field types.
+
+    ``preset=NAME`` expands to the preset's values first; every explicit ``KEY=VALUE`` wins
+    over it, wherever it stands on the command line.
+    """
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     out: dict[str, Any] = {}
+    base: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"expected KEY=VALUE, got {pair!r}")
+        if key == PRESET_KEY:
+            base.update(cls.preset(raw.strip()).values)
+            continue
         if key not in known:
             raise ConfigError(
                 f"{cls.__name__} has no option {key!r}; options: {', '.join(sorted(known))}"
             )
         out[key] = _parse_scalar_or_list(hints[key], raw.strip(), key)
-    return out
+    return {**base, **out}
 
 
 def _parse_scalar_or_list(hint: Any, raw: str, key: str) -> Any:

@@ -50,6 +50,9 @@ class DeviceProfile:
     act_layer_mb: float
     link_mbps: float
     slowdown: float = 1.0
+    # Memory the base weights take; ``memory_mb`` includes it (the device's memory for the
+    # model and its training). Absent from older clients' properties: 0.
+    base_mb: float = 0.0
 
     def __post_init__(self) -> None:
         numbers = (self.fwd_s, self.bwd_layer_s, self.memory_mb, self.act_layer_mb, self.link_mbps)
@@ -61,6 +64,8 @@ class DeviceProfile:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.link_mbps <= 0 or self.slowdown <= 0:
             raise ValueError("link_mbps and slowdown must be > 0")
+        if not (math.isfinite(self.base_mb) and self.base_mb >= 0):
+            raise ValueError("base_mb must be finite and >= 0")
 
     def step_seconds(self, depth: int) -> float:
         """Predicted seconds of one training step with LoRA on the top ``depth`` layers."""
@@ -81,7 +86,7 @@ class DeviceProfile:
         for f in fields(cls):
             raw = properties.get(PREFIX + f.name)
             if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                if f.name == "slowdown":
+                if f.name in ("slowdown", "base_mb"):
                     continue
                 return None
             values[f.name] = int(raw) if f.name == "num_layers" else float(raw)
@@ -100,6 +105,7 @@ class DeviceProfile:
             act_layer_mb=self.act_layer_mb,
             link_mbps=link_mbps,
             slowdown=self.slowdown * slowdown,
+            base_mb=self.base_mb,
         )
 
 

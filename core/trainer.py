@@ -81,11 +81,22 @@ class Trainer(Protocol):
         ...
 
     def train(
-        self, *, steps: int, batch_size: int, lr: float, seed: int, optimizer: str = "adamw"
+        self,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        optimizer: str = "adamw",
+        max_grad_norm: float | None = 1.0,
+        data_seed: int | None = None,
+        data_offset: int = 0,
     ) -> TrainStats:
         """Run ``steps`` first-order steps (``adamw`` or ``sgd``) on the trainable parameters.
 
-        Trainable means ``requires_grad``; the run is deterministic for ``seed``.
+        Trainable means ``requires_grad``; the run is deterministic for ``seed``. Gradients are
+        clipped to ``max_grad_norm`` (None: unclipped). With ``data_seed`` the batches continue
+        the client's persistent shuffled stream at example ``data_offset``.
         """
         ...
 

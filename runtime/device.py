@@ -115,11 +115,15 @@ def measure_profile(
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
     b, s = batch["input_ids"].shape
     act_bytes = 2 * s * b * hidden * (34 + 5 * heads * s / max(hidden, 1))
+    # The weights are loaded already: what is free now plus what they take is the memory the
+    # device has for the model, the planner's budget (it counts the base weights itself).
+    base_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
     return DeviceProfile(
         fwd_s=fwd,
         bwd_layer_s=bwd_layer,
         num_layers=n,
-        memory_mb=available_memory_mb(bundle.device),
+        memory_mb=available_memory_mb(bundle.device) + base_mb,
+        base_mb=base_mb,
         act_layer_mb=act_bytes / 1e6,
         link_mbps=link_mbps,
     )

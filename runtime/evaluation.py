@@ -79,3 +79,32 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
         for pred, ref in zip(predictions, references, strict=True)
     ]
     return float(sum(scores) / len(scores))
+
+
+def rouge_l_papers(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the mean Rouge-L F as FedKSeed and Ferret report it (``rouge`` 1.0.1).
+
+    ``Rouge().get_scores(hyp, ref)[0]["rouge-l"]["f"]`` per example, averaged: whitespace
+    tokens, no stemming or lowercasing, sentences split on ".", and LCS and lengths counted
+    over unique tokens (that package's definition). An answer with no words scores 0, as in
+    the FedKSeed code; :func:`rouge_l` is the stemmed rouge-score variant.
+    """
+    from rouge import Rouge
+
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    scorer = Rouge(metrics=["rouge-l"])
+    scores = []
+    for pred, ref in zip(predictions, references, strict=True):
+        if not _has_words(pred) or not _has_words(ref):
+            scores.append(0.0)  # the package raises on these; the papers' code scores 0
+            continue
+        scores.append(float(scorer.get_scores(pred, ref)[0]["rouge-l"]["f"]))
+    return sum(scores) / len(scores)
+
+
+def _has_words(text: str) -> bool:
+    """Whether ``rouge`` 1.0.1 finds a non-empty sentence in ``text`` (it splits on ".")."""
+    return any(part.split() for part in text.split("."))

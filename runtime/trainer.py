@@ -16,7 +16,7 @@ from fedft.runtime.batching import Encoded, collate, encode, token_losses
 from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
 
-_CLIP_NORM = 1.0
+DEFAULT_CLIP_NORM = 1.0  # fedft's historical default; the papers' reference code does not clip
 _FOREACH_MAX_ELEMENTS = 1 << 24
 MAX_LAYOUTS = 8  # extra LoRA layouts kept beside the first adapter (see use_lora)
 OPTIMIZERS = ("adamw", "sgd")
@@ -219,6 +219,30 @@ class LocalTrainer:
             for start in range(0, len(order), batch_size):
                 yield [data[i] for i in order[start : start + batch_size]]
 
+    def _stream(self, batch_size: int, data_seed: int, offset: int) -> Iterator[list[Encoded]]:
+        """Yield batches from one endless shuffled stream, starting ``offset`` examples in.
+
+        Pass ``e`` of the stream is a permutation seeded by ``data_seed + e``, so a client that
+        resumes at the offset it reached last round sees every example once before any repeats
+        (the per-client iterator of the FedKSeed and Ferret reference code).
+        """
+        data = self.encoded
+        n = len(data)
+        epoch, pos = divmod(offset, n)
+        while True:
+            seed = (data_seed + epoch) % (1 << 63)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+            items: list[Encoded] = []
+            while pos < n:
+                items.append(data[order[pos]])
+                pos += 1
+                if len(items) == batch_size:
+                    yield items
+                    items = []
+            if items:
+                yield items  # like a fresh pass, a batch never spans two passes
+            epoch, pos = epoch + 1, 0
+
     def batches(self, *, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         """Yield collated training batches forever, deterministic for ``seed``."""
         if not self.examples:
@@ -238,9 +262,23 @@ class LocalTrainer:
         return float(loss_sum) / max(tokens, 1)
 
     def train(
-        self, *, steps: int, batch_size: int, lr: float, seed: int, optimizer: str = "adamw"
+        self,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        optimizer: str = "adamw",
+        max_grad_norm: float | None = DEFAULT_CLIP_NORM,
+        data_seed: int | None = None,
+        data_offset: int = 0,
     ) -> TrainStats:
-        """Run ``steps`` AdamW or SGD steps on the trainable parameters, seeded by ``seed``."""
+        """Run ``steps`` AdamW or SGD steps on the trainable parameters, seeded by ``seed``.
+
+        ``max_grad_norm=None`` leaves gradients unclipped. With ``data_seed`` batches come from
+        the client's persistent stream at ``data_offset`` (see :meth:`_stream`); otherwise each
+        call draws a fresh permutation from ``seed``.
+        """
         if not self.examples:
             raise ValueError("this client has no training examples")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -254,8 +292,12 @@ class LocalTrainer:
             if optimizer == "adamw"
             else torch.optim.SGD(params, lr=lr, foreach=foreach)
         )
-        generator = torch.Generator().manual_seed(_seed63(seed))
-        batches = self._batches(batch_size, generator)
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        if data_seed is None:
+            batches = self._batches(batch_size, torch.Generator().manual_seed(_seed63(seed)))
+        else:
+            batches = self._stream(batch_size, data_seed, data_offset)
         pad_id = self.bundle.tokenizer.pad_token_id
         total_loss, total_tokens, seen = 0.0, 0, 0
         self.model.train()
@@ -267,7 +309,8 @@ class LocalTrainer:
                 loss = loss_sum / max(tokens, 1)
                 step_fn.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM, foreach=foreach)
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=foreach)
                 step_fn.step()
                 total_loss += float(loss_sum.detach())
                 total_tokens += tokens

@@ -151,6 +151,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="strategy option, repeatable, e.g. --opt lr=5e-4 --opt target_modules=q_proj,v_proj",
     )
     p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="apply a strategy preset (e.g. paper; see `fedft strategies NAME --preset NAME`); "
+        "--opt values override it",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -204,6 +211,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler=run)
 
 
+def _with_preset(args: argparse.Namespace) -> list[str]:
+    """The ``--opt`` pairs, led by ``preset=NAME`` when ``--preset`` was given."""
+    preset = getattr(args, "preset", None)
+    return [f"preset={preset}", *args.opt] if preset else list(args.opt)
+
+
 def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
     """Build a validated spec from parsed arguments, strategy options included."""
     from fedft.core.config import parse_overrides
@@ -227,7 +240,7 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
         ensure_flower()  # before any model is loaded: a one-line install hint
     strategy, _ = build_strategy(base)
     spec = dataclasses.replace(
-        base, strategy_options=parse_overrides(strategy.config_cls, args.opt)
+        base, strategy_options=parse_overrides(strategy.config_cls, _with_preset(args))
     )
     build_strategy(spec)  # validate the options now, before loading any model
     return spec

@@ -97,5 +97,10 @@ def summary_table(report: Report) -> Table:
             f"{r.seconds:.1f}",
         )
     rouge = report.final.get("rouge_l")
-    table.caption = f"final Rouge-L: {rouge:.4f}" if isinstance(rouge, float) else None
+    papers = report.final.get("rouge_l_papers")
+    table.caption = (
+        f"final Rouge-L: {rouge:.4f} (papers' rouge 1.0.1: {papers:.4f})"
+        if isinstance(rouge, float) and isinstance(papers, float)
+        else None
+    )
     return table

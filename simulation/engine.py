@@ -22,7 +22,7 @@ from fedft.privacy.run_dir import RunRecorder, audit_run_folder
 from fedft.runtime.assembly import assemble_client
 from fedft.runtime.data import Example
 from fedft.runtime.device import measure_profile
-from fedft.runtime.evaluation import generate_answers, rouge_l
+from fedft.runtime.evaluation import generate_answers, rouge_l, rouge_l_papers
 from fedft.runtime.export import export_model
 from fedft.runtime.models import ModelBundle
 from fedft.runtime.placement import peak_memory_mb
@@ -273,15 +273,20 @@ def finish_report(
     epsilon goes into the report.
     """
     rouge: float | None = None
+    rouge_papers: float | None = None
     if rouge_set:
         progress("rouge", 0, len(rouge_set))
         answers = generate_answers(
             evaluator.bundle, [ex.prompt for ex in rouge_set], max_new_tokens=spec.max_new_tokens
         )
-        rouge = rouge_l(answers, [ex.response for ex in rouge_set])
+        references = [ex.response for ex in rouge_set]
+        rouge = rouge_l(answers, references)
+        rouge_papers = rouge_l_papers(answers, references)
     report.final = {
         "eval_loss": report.rounds[-1].eval_loss,
         "rouge_l": rouge,
+        # The papers' metric (rouge 1.0.1, no stemming) beside the stemmed rouge-score one.
+        "rouge_l_papers": rouge_papers,
         "bytes_total": report.bytes_total,
     }
     peak = peak_memory_mb(evaluator.bundle.device)

@@ -20,7 +20,7 @@ class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
 
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Train from the task's adapter for the configured steps; reply with the new adapter."""
-        return train_lora(trainer, task)
+        return train_lora(trainer, task, local_state)
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Install the global adapter."""

@@ -9,8 +9,13 @@ from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.ferret.projection import project_blocks
+from fedft.strategies.options import local_train
 from fedft.strategies.seedpool.client_base import SeedClient
-from fedft.strategies.seedpool.trainable import block_ends, select_parameters
+from fedft.strategies.seedpool.trainable import (
+    block_ends,
+    module_order_blocks,
+    select_parameters,
+)
 from fedft.strategies.seedpool.wire import index_dtype
 
 
@@ -32,6 +37,15 @@ class FerretClient(SeedClient[FerretConfig]):
         """Blocks of whole parameters of about ``block_size`` elements."""
         return block_ends(params, self.config.block_size)
 
+    def block_spans(
+        self, params: FlatParams, model: torch.nn.Module
+    ) -> list[tuple[tuple[int, int], ...]] | None:
+        """With ``block_order=module``, blocks follow ``named_parameters()`` order."""
+        if self.config.block_order != "module":
+            return None
+        order = list(select_parameters(model, self.config.trainable))
+        return module_order_blocks(params, order, self.config.block_size)
+
     def run(self, task: Payload, local_state: Payload, trainer: Trainer) -> Payload:
         """Sync, train locally, project ``old - new`` block by block; the model is restored."""
         cfg = self.config
@@ -41,7 +55,10 @@ class FerretClient(SeedClient[FerretConfig]):
         params, geometry, version, _ = synced
         seed = config_int(task.config, "seed")
         start = params.snapshot()
-        stats = trainer.train(
+        stats = local_train(
+            trainer,
+            local_state,
+            cfg.training_config(),
             steps=cfg.local_steps,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
@@ -52,7 +69,15 @@ class FerretClient(SeedClient[FerretConfig]):
         # Back to the global version: the model's tag stays true, whoever trains next.
         params.restore(start)
         generator = torch.Generator().manual_seed(seed)
-        proj = project_blocks(delta, geometry.ends, geometry.seeds, cfg.kind, generator)
+        proj = project_blocks(
+            delta,
+            geometry.ends,
+            geometry.seeds,
+            cfg.kind,
+            generator,
+            spans=geometry.spans,
+            exact=cfg.coefficients == "exact",
+        )
         return Payload(
             tensors={
                 "i": proj.index.to(index_dtype(cfg.seeds)),

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from fedft.core.config import option
+from fedft.core.config import Preset, option
+from fedft.strategies.options import FirstOrderOptions
 from fedft.strategies.seedpool.config import SeedPoolConfig
 
 OPTIMIZERS = ("adamw", "sgd")
+BLOCK_ORDERS = ("name", "module")
+SCHEDULES = ("constant", "linear", "cosine")
+
+# The reference scales coefficients by d/K with truncated-normal bases, which reconstructs
+# delta/3; fedft's coefficients are unbiased, so its server lr is the reference's divided by 3
+# (NI: 10 -> 3.33, Dolly: 3 -> 1). Its per-basis clip of 10 acts before its server lr, ours after.
+_FERRET_COMMON = {
+    "optimizer": "sgd",
+    "lr": 1e-4,
+    "local_steps": 10,
+    "batch_size": 4,
+    "seeds": 200,
+    "fraction": 0.05,
+    "equal_weight": True,
+    "max_grad_norm": None,
+    "data_order": "persistent",
+    "block_order": "module",
+    "block_size": 0,
+    "server_lr_schedule": "constant",
+    "trainable": "all",
+}
+_FERRET_UNMATCHED = (
+    "bases: the reference draws truncated normals per seed; fedft's RNG contract uses "
+    "Irwin-Hall or Rademacher bases with the unbiased 1/K scale (server lr converted)",
+    "T=10 steps of 4 accumulated single examples: here 10 steps of one 4-example batch "
+    "(the loss is averaged over the batch's tokens, not over the 4 examples)",
+    "dropout: the reference trains in train mode with the model's dropout; fedft's "
+    "models have none",
+    "rounds (12 on NI, 20 on Dolly) and the client counts are run flags (--rounds, --clients)",
+)
+PAPER_NI = Preset(
+    values={**_FERRET_COMMON, "server_lr": 10.0 / 3.0, "basis_clip": 100.0},
+    source="Ferret (Shu et al., ICML 2025) App. C.1 and scripts/ferret.sh, Natural Instructions",
+    unmatched=_FERRET_UNMATCHED,
+)
+PAPER_DOLLY = Preset(
+    values={**_FERRET_COMMON, "server_lr": 1.0, "basis_clip": 30.0},
+    source="Ferret (Shu et al., ICML 2025) App. C.1, Dolly-15K (global lr 3)",
+    unmatched=_FERRET_UNMATCHED,
+)
 
 
 @dataclass(frozen=True)
-class FerretConfig(SeedPoolConfig):
+class FerretConfig(SeedPoolConfig, FirstOrderOptions):
     """First-order local steps, projected per block onto seeded random bases."""
 
     seeds: int = option(200, "K, the pool of shared bases; a block uses between 2 and K of them")
@@ -27,7 +69,41 @@ class FerretConfig(SeedPoolConfig):
     )
     optimizer: str = option("adamw", "local optimizer: adamw or sgd")
     server_lr: float = option(1.0, "global learning rate applied to the reconstructed update")
-    equal_weight: bool = option(False, "weight clients equally instead of by example count")
+    server_lr_schedule: str = option(
+        "constant",
+        "server lr over the run: constant, linear or cosine decay from server_lr to 0 over "
+        "schedule_rounds (the reference's --anneal; its scripts use no annealing)",
+    )
+    schedule_rounds: int = option(0, "rounds the server-lr schedule spans (needed unless constant)")
+    basis_clip: float = option(
+        0.0,
+        "clip each (seed, block) reconstructed vector server_lr*c*z to this L2 norm before it "
+        "is applied, taking |z| = sqrt(block size) (exact for rademacher); 0: off (reference: 10)",
+    )
+    coefficients: str = option(
+        "approx",
+        "approx: the unbiased <z, delta>/K per basis (eq. 6-8, what the paper runs); exact: "
+        "least squares (V^T V)^-1 V^T delta per block (eq. 4-5), O(K^2 d), small models only",
+    )
+    block_order: str = option(
+        "name",
+        "order in which parameters are grouped into blocks: name (the RNG contract's sorted "
+        "order) or module (the model's module order, as the paper's code groups them)",
+    )
+
+    @classmethod
+    def presets(cls) -> dict[str, Preset]:
+        """``paper`` (Natural Instructions) and ``paper-dolly``: the server lr is per dataset."""
+        return {"paper": PAPER_NI, "paper-ni": PAPER_NI, "paper-dolly": PAPER_DOLLY}
+
+    def server_lr_at(self, server_round: int) -> float:
+        """The server lr of round ``server_round`` (1-based) under the schedule."""
+        if self.server_lr_schedule == "constant":
+            return self.server_lr
+        progress = min(max(server_round - 1, 0) / self.schedule_rounds, 1.0)
+        if self.server_lr_schedule == "linear":
+            return self.server_lr * (1.0 - progress)
+        return self.server_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def checks(self) -> list[tuple[bool, str]]:
         """Shared checks plus the local training's and the projection's."""
@@ -40,4 +116,12 @@ class FerretConfig(SeedPoolConfig):
             (self.lr > 0, "lr must be > 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.server_lr > 0, "server_lr must be > 0"),
+            (self.server_lr_schedule in SCHEDULES, f"server_lr_schedule must be in {SCHEDULES}"),
+            (
+                self.server_lr_schedule == "constant" or self.schedule_rounds >= 1,
+                "a server_lr_schedule other than constant needs schedule_rounds >= 1",
+            ),
+            (self.basis_clip >= 0, "basis_clip must be >= 0"),
+            (self.coefficients in ("approx", "exact"), "coefficients must be approx or exact"),
+            (self.block_order in BLOCK_ORDERS, f"block_order must be one of {BLOCK_ORDERS}"),
         ]

@@ -10,14 +10,17 @@ and is compensated by its server learning rate of 3-10; we keep the unbiased for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from fedft.core.rng import perturbation
 from fedft.kernels.seed_ops import project
 
 MIN_BASES = 2
+EXACT_LIMIT = 1 << 26  # K_l x d_l values of one block's basis matrix (512 MB in fp64)
 
 
 def bases_per_block(norms: Sequence[float], pool: int) -> list[int]:
@@ -37,25 +40,79 @@ class Projection:
     coeff: torch.Tensor
 
 
+def _norm(delta: torch.Tensor, spans: Sequence[tuple[int, int]]) -> float:
+    """L2 norm of ``delta`` over ``spans`` (one span: torch's norm, as before spans existed)."""
+    if len(spans) == 1:
+        start, end = spans[0]
+        return float(delta[start:end].norm())
+    return math.sqrt(sum(float(delta[s:e].double().square().sum()) for s, e in spans))
+
+
+def least_squares(
+    delta: torch.Tensor, spans: Sequence[tuple[int, int]], seeds: Sequence[int], kind: str
+) -> torch.Tensor:
+    """The exact coefficients ``argmin_g |V g - delta|`` over one block (Ferret eq. 4-5).
+
+    ``V``'s columns are the bases over the block's spans; O(K_l^2 d_l), so for small blocks
+    only. With ``K_l >= d_l`` independent bases the reconstruction ``V g`` is ``delta`` itself.
+    """
+    size = sum(end - start for start, end in spans)
+    if len(seeds) * size > EXACT_LIMIT:
+        raise ValueError(
+            f"exact coefficients need a {len(seeds)} x {size} basis matrix; use the "
+            "approximate ones (coefficients=approx) or smaller blocks"
+        )
+    basis = torch.stack(
+        [
+            torch.cat([perturbation(seed, s, e - s, kind).double() for s, e in spans])
+            for seed in seeds
+        ]
+    )
+    target = torch.cat([delta[s:e].double() for s, e in spans])
+    # gelsd (SVD) copes with rank-deficient bases (two Rademacher bases equal up to sign),
+    # where the default QR driver gave residuals not orthogonal to the bases, now and then.
+    solution: torch.Tensor = torch.linalg.lstsq(
+        basis.T, target.unsqueeze(1), driver="gelsd"
+    ).solution
+    return solution.reshape(-1)
+
+
 def project_blocks(
     delta: torch.Tensor,
     ends: Sequence[int],
     seeds: Sequence[int],
     kind: str,
     generator: torch.Generator,
+    *,
+    spans: Sequence[Sequence[tuple[int, int]]] = (),
+    exact: bool = False,
 ) -> Projection:
-    """Project the flat ``delta`` block by block onto bases drawn from the pool ``seeds``."""
+    """Project the flat ``delta`` block by block onto bases drawn from the pool ``seeds``.
+
+    Block ``l`` is ``[ends[l-1], ends[l])``, or, when ``spans`` is given (Ferret's module
+    order, see ``Geometry.spans``), the union of ``spans[l]``; its coefficient on a basis sums
+    the spans' dot products in span order. ``exact`` solves the least-squares problem per
+    block (:func:`least_squares`) instead of the unbiased ``<z, delta> / K_l``.
+    """
     starts = [0, *ends[:-1]]
-    norms = [float(delta[s:e].norm()) for s, e in zip(starts, ends, strict=True)]
+    blocks = spans or [((s, e),) for s, e in zip(starts, ends, strict=True)]
+    norms = [_norm(delta, block) for block in blocks]
     counts = bases_per_block(norms, len(seeds))
     index_parts, block_parts, coeff_parts = [], [], []
-    for block, (start, end, count) in enumerate(zip(starts, ends, counts, strict=True)):
+    for block, (parts, count) in enumerate(zip(blocks, counts, strict=True)):
         if count == 0:
             continue
         chosen = torch.randperm(len(seeds), generator=generator)[:count].sort().values
-        dots = project(delta[start:end], start, [seeds[k] for k in chosen.tolist()], kind)
+        picked = [seeds[k] for k in chosen.tolist()]
         index_parts.append(chosen)
         block_parts.append(torch.full((count,), block, dtype=torch.int64))
+        if exact:
+            coeff_parts.append(least_squares(delta, parts, picked, kind))
+            continue
+        dots = sum(
+            (project(delta[start:end], start, picked, kind) for start, end in parts),
+            torch.zeros(count, dtype=torch.float64),
+        )
         coeff_parts.append(dots / count)
     if not index_parts:
         empty = torch.zeros(0, dtype=torch.int64)

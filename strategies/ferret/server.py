@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedft.core.payload import MetricValue
+from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import Result
 from fedft.strategies.ferret.config import FerretConfig
 from fedft.strategies.seedpool.server_base import SeedServer
@@ -40,13 +40,11 @@ class FerretServer(SeedServer[FerretConfig]):
     mean of the clients' negated projections, times ``server_lr``, added to ``C``.
     """
 
+    block_sizes: torch.Tensor | None = None
+
     def check_tensors(self, result: Result) -> str | None:
         """Refuse malformed (seed, block, coefficient) triples."""
         return check_projection(result, self._store().shape)
-
-    def update_weight(self, result: Result) -> float:
-        """Every client counts the same with ``equal_weight``, else by its example count."""
-        return 1.0 if self.config.equal_weight else super().update_weight(result)
 
     def update_size(self) -> int:
         """K x L: one coefficient per (seed, block)."""
@@ -67,9 +65,38 @@ class FerretServer(SeedServer[FerretConfig]):
         vector = torch.zeros(self.update_size(), dtype=torch.float64)
         return vector.index_add_(0, flat, -t["c"].to(torch.float64))
 
+    def initialize(self, initial: Payload) -> None:
+        """Keep the blocks' sizes too: the per-basis clip measures vectors with them."""
+        super().initialize(initial)
+        ends = initial.tensors["ends"].to(torch.int64)
+        self.block_sizes = torch.diff(ends, prepend=torch.zeros(1, dtype=torch.int64))
+
     def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
-        """Commit ``server_lr * mean`` as the next version's coefficient change."""
+        """Commit ``server_lr * mean`` (scheduled, clipped per basis) as the next change."""
         store = self._store()
-        added = mean.to(torch.float64).reshape(store.shape) * self.config.server_lr
+        cfg = self.config
+        added = mean.to(torch.float64).reshape(store.shape) * cfg.server_lr_at(server_round)
+        metrics: dict[str, MetricValue] = {"bases": int((mean != 0).sum())}
+        if cfg.basis_clip > 0:
+            if self.block_sizes is None:
+                raise RuntimeError("basis_clip needs the block sizes: restore a newer checkpoint")
+            # |c z| over block l is |c| sqrt(d_l) for a unit-variance basis: cap it per entry.
+            limit = cfg.basis_clip / self.block_sizes.to(torch.float64).sqrt()
+            clipped = added.abs() > limit
+            added = torch.where(clipped, added.sign() * limit, added)
+            metrics["clipped_bases"] = int(clipped.sum())
         store.commit(added, server_round)
-        return {"bases": int((mean != 0).sum())}
+        return metrics
+
+    def state_dict(self) -> Payload:
+        """The coefficient store plus the block sizes."""
+        state = super().state_dict()
+        if self.block_sizes is not None:
+            state.tensors["block_sizes"] = self.block_sizes.clone()
+        return state
+
+    def load_state_dict(self, state: Payload) -> None:
+        """Restore from :meth:`state_dict` (older checkpoints carry no block sizes)."""
+        super().load_state_dict(state)
+        sizes = state.tensors.get("block_sizes")
+        self.block_sizes = None if sizes is None else sizes.to(torch.int64).clone()

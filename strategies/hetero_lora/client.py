@@ -31,7 +31,7 @@ class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
                 alpha=cfg.alpha, dropout=cfg.dropout, target_modules=cfg.target_modules
             )
         )
-        reply = train_lora(trainer, task)
+        reply = train_lora(trainer, task, local_state)
         reply.metrics["lora_depth"] = layout.depth
         return reply
 

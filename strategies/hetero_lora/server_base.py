@@ -25,6 +25,13 @@ C = TypeVar("C", bound=HeteroLoRAConfig)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def speed_rank(step_s: float, fastest_s: float, min_rank: int, max_rank: int) -> int:
+    """Rank proportional to relative speed, rounded to even, within [min_rank, max_rank]."""
+    x = max_rank * fastest_s / step_s if step_s > 0 else max_rank
+    r = 2 * round(x / 2) if x >= 2 else round(x)
+    return max(min_rank, min(max_rank, r))
+
+
 class HeteroServerBase(ServerStrategy[C]):
     """Plans a layout per sampled device, sends it its factors, checks and folds the updates.
 
@@ -66,6 +73,26 @@ class HeteroServerBase(ServerStrategy[C]):
         self.a_init = {m: a.detach().to(torch.float32).clone() for m, a in a_init.items()}
         self.shapes = {m: (d_out[m], int(a.shape[1])) for m, a in a_init.items()}
         self.layers = sorted({layer_of(m) for m in a_init})
+
+    def speed_ranks(self, clients: Sequence[ClientInfo]) -> dict[str, int]:
+        """Each client's rank from its full-depth step time relative to the fastest device's.
+
+        Devices without a profile get ``max_rank``.
+        """
+        cfg = self.config
+        profiles = self.profiles(clients)
+        depth = len(self.layers)
+        steps = {cid: p.step_seconds(depth) for cid, p in profiles.items() if p is not None}
+        fastest = min(steps.values(), default=0.0)
+        out = {}
+        for c in clients:
+            step = steps.get(c.client_id)
+            out[c.client_id] = (
+                cfg.max_rank
+                if step is None
+                else speed_rank(step, fastest, cfg.min_rank, cfg.max_rank)
+            )
+        return out
 
     def layer_width(self) -> dict[int, int]:
         """Per layer, ``sum (d_in + d_out)`` over its adapted modules: parameters per unit rank."""
@@ -131,7 +158,9 @@ class HeteroServerBase(ServerStrategy[C]):
                 train_loss = float(result.payload.metrics.get("train_loss", math.nan))
                 loss["sum"] += weight * train_loss
                 loss["weight"] += weight
-                yield self._factors(result), weight
+                factors = self._factors(result)
+                self.observe_update(result, factors)
+                yield factors, weight
 
         metrics: dict[str, MetricValue] = dict(self.fold(valid()))
         metrics.update(counts)
@@ -139,6 +168,9 @@ class HeteroServerBase(ServerStrategy[C]):
         if loss["weight"] > 0:
             metrics["train_loss"] = loss["sum"] / loss["weight"]
         return metrics
+
+    def observe_update(self, result: Result, factors: Mapping[str, Factor]) -> None:
+        """See one accepted update before it is folded (the global state is still the old one)."""
 
     def check_update(self, server_round: int, result: Result) -> str | None:
         """Refuse updates with unknown modules, wrong shapes, ranks out of range or NaN/Inf."""

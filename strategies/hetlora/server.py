@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from fedft.core.payload import MetricValue, Payload
-from fedft.core.strategy import ClientInfo
+from fedft.core.payload import ConfigValue, MetricValue, Payload
+from fedft.core.strategy import ClientInfo, Result
 from fedft.strategies.hetero_lora.aggregate import Factor, ZeroPadAggregator
 from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import join_modules, layer_of
-from fedft.strategies.hetero_lora.server_base import HeteroServerBase
+from fedft.strategies.hetero_lora.modules import join_modules, layer_of, split_modules
+from fedft.strategies.hetero_lora.server_base import HeteroServerBase, speed_rank
 from fedft.strategies.hetlora.config import HetLoRAConfig
+
+__all__ = ["HetLoRAServer", "speed_rank"]
 
 _A = "global_a/"
 _B = "global_b/"
-
-
-def speed_rank(step_s: float, fastest_s: float, min_rank: int, max_rank: int) -> int:
-    """Rank proportional to relative speed, rounded to even, within [min_rank, max_rank]."""
-    x = max_rank * fastest_s / step_s if step_s > 0 else max_rank
-    r = 2 * round(x / 2) if x >= 2 else round(x)
-    return max(min_rank, min(max_rank, r))
 
 
 class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
@@ -31,12 +27,15 @@ class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
     The global adapter is kept at ``max_rank`` with both factors multiplied by ``sqrt(s)`` so
     their product carries PEFT's scale whatever the rank. A device of rank r receives the first
     r rows/columns; updates are zero-padded back and averaged with weights proportional to the
-    norm of ``s B A``, per rank row over the devices that own it. No rank self-pruning.
+    norm of ``s B A``, per rank row over the devices that own it. Rank self-pruning
+    (``prune_gamma``) caps a device's rank once its tail components shrink in local training;
+    HetLoRA's tail-norm regulariser on the local loss is not applied.
     """
 
     def __init__(self, config: HetLoRAConfig, *, seed: int) -> None:
         super().__init__(config, seed=seed)
         self.global_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rank_caps: dict[str, int] = {}  # self-pruned ranks, by client id
 
     def initialize(self, initial: Payload) -> None:
         """Start from PEFT's initial A (scaled) and B = 0 at ``max_rank`` on every layer."""
@@ -54,21 +53,33 @@ class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
 
     def plan(self, clients: Sequence[ClientInfo]) -> dict[str, Layout]:
         """Every layer; rank by each device's full-depth step time relative to the fastest."""
-        cfg = self.config
-        profiles = self.profiles(clients)
         depth = len(self.layers)
-        steps = {cid: p.step_seconds(depth) for cid, p in profiles.items() if p is not None}
-        fastest = min(steps.values(), default=0.0)
-        out = {}
-        for c in clients:
-            step = steps.get(c.client_id)
-            rank = (
-                cfg.max_rank
-                if step is None
-                else speed_rank(step, fastest, cfg.min_rank, cfg.max_rank)
+        ranks = self.speed_ranks(clients)
+        ranks = {cid: min(r, self.rank_caps.get(cid, r)) for cid, r in ranks.items()}
+        return {cid: Layout(tuple(self.layers), (r,) * depth) for cid, r in ranks.items()}
+
+    def _tail_norm(self, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], r: int) -> float:
+        """Sum over modules of |B[:, tail]| |A[tail]| for the last ceil(gamma r) components."""
+        tail = max(1, math.ceil(self.config.prune_gamma * r))
+        return sum(
+            float(b[:, r - tail : r].norm()) * float(a[r - tail : r].norm())
+            for b, a in factors.values()
+        )
+
+    def observe_update(self, result: Result, factors: Mapping[str, Factor]) -> None:
+        """Self-pruning: cap the device's rank when its tail components shrank this round."""
+        gamma = self.config.prune_gamma
+        if gamma <= 0 or not factors:
+            return
+        r = int(next(iter(factors.values()))[1].shape[0])
+        if r <= self.config.min_rank:
+            return
+        sent = split_modules(self._truncated(factors, dict.fromkeys(self.layers, r)))
+        after = {m: (b, a) for m, (b, a, _) in factors.items()}
+        if self._tail_norm(after, r) < self._tail_norm(sent, r):
+            self.rank_caps[result.client_id] = max(
+                self.config.min_rank, math.floor((1 - gamma) * r)
             )
-            out[c.client_id] = Layout(tuple(self.layers), (rank,) * depth)
-        return out
 
     def _truncated(
         self, modules: Iterable[str], rank_of: dict[int, int]
@@ -111,7 +122,12 @@ class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
             tensors[_B + m] = b.clone()
         for m, a in self.a_init.items():
             tensors["init/" + m] = a
-        return Payload(tensors=tensors)
+        ids = sorted(self.rank_caps)
+        config: dict[str, ConfigValue] = {
+            "pruned_ids": ids,
+            "pruned_ranks": [self.rank_caps[i] for i in ids],
+        }
+        return Payload(tensors=tensors, config=config)
 
     def load_state_dict(self, state: Payload) -> None:
         """Restore from :meth:`state_dict` (or start from an initial adapter)."""
@@ -126,3 +142,8 @@ class HetLoRAServer(HeteroServerBase[HetLoRAConfig]):
             m: (state.tensors[_B + m].to(torch.float64), state.tensors[_A + m].to(torch.float64))
             for m in a_init
         }
+        ids, ranks = state.config.get("pruned_ids", []), state.config.get("pruned_ranks", [])
+        if isinstance(ids, list) and isinstance(ranks, list):
+            self.rank_caps = {
+                str(i): int(r) for i, r in zip(ids, ranks, strict=True) if isinstance(r, int)
+            }

@@ -53,9 +53,14 @@ class CostModel:
         return compute + profile.transfer_seconds(wire)
 
     def memory_mb(self, profile: DeviceProfile, layout: Layout) -> float:
-        """Activations kept for the backward pass plus adapter, gradient and optimizer state."""
+        """Base weights, activations kept for the backward pass, adapter and optimizer state.
+
+        ``profile.memory_mb`` is the memory the device has for the model and its training, so
+        the base weights (``profile.base_mb``) count against it like everything else.
+        """
         return (
-            profile.act_layer_mb * layout.depth
+            profile.base_mb
+            + profile.act_layer_mb * layout.depth
             + OPTIMIZER_BYTES * self.adapter_values(layout) / 1e6
         )
 
@@ -64,6 +69,12 @@ def _median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _lower_rank(rank: int, min_rank: int) -> int:
+    """The next smaller even rank (halving), not below ``min_rank``."""
+    lower = rank // 2
+    return max(min_rank, lower + lower % 2 if lower >= 2 else lower)
 
 
 def plan_layouts(
@@ -76,21 +87,25 @@ def plan_layouts(
     min_depth: int,
     balance: float,
 ) -> dict[str, Layout]:
-    """Greedy depth assignment that shortens the predicted straggler's round.
+    """Greedy depth and rank assignment that shortens the predicted straggler's round.
 
     Every device starts at full depth (or as deep as its memory allows); the predicted
     straggler then loses its lowest LoRA layer until the slowest device is within
-    ``(1 + balance)`` of the median or the straggler is at ``min_depth``.
+    ``(1 + balance)`` of the median. A straggler already at ``min_depth`` is not left as it is
+    while still the slowest: its rank profile is capped lower (halving toward ``min_rank``),
+    which shrinks its transfers and optimizer state. The loop stops only when the rounds are
+    balanced or the straggler has no lever left.
 
     Devices without a profile keep full depth and do not take part in the balancing.
     """
     n = len(layers)
     floor = min(max(min_depth, 1), n)
 
-    def layout(depth: int) -> Layout:
-        return Layout.top(layers, rank_profile(depth, min_rank, max_rank))
+    def layout(depth: int, cap: int = max_rank) -> Layout:
+        return Layout.top(layers, rank_profile(depth, min(min_rank, cap), cap))
 
     depth: dict[str, int] = {}
+    cap = dict.fromkeys(profiles, max_rank)
     for cid, profile in profiles.items():
         d = n
         while (
@@ -102,11 +117,14 @@ def plan_layouts(
         depth[cid] = d
     known = {cid: p for cid, p in profiles.items() if p is not None}
     while len(known) > 1:
-        times = {cid: cost.seconds(p, layout(depth[cid])) for cid, p in known.items()}
+        times = {cid: cost.seconds(p, layout(depth[cid], cap[cid])) for cid, p in known.items()}
         straggler = max(sorted(times), key=lambda cid: times[cid])
         if times[straggler] <= (1 + balance) * _median(list(times.values())):
             break
-        if depth[straggler] <= floor:
+        if depth[straggler] > floor:
+            depth[straggler] -= 1
+        elif cap[straggler] > min_rank:
+            cap[straggler] = _lower_rank(cap[straggler], min_rank)
+        else:
             break
-        depth[straggler] -= 1
-    return {cid: layout(d) for cid, d in depth.items()}
+    return {cid: layout(d, cap[cid]) for cid, d in depth.items()}

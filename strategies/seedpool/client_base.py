@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TypeVar
 
 import torch
@@ -31,11 +32,21 @@ class SeedClient(ClientStrategy[SeedConfigT]):
         """Where the parameter stream's blocks end (one block by default)."""
         return [params.total]
 
+    def block_spans(
+        self, params: FlatParams, model: torch.nn.Module
+    ) -> list[tuple[tuple[int, int], ...]] | None:
+        """Blocks that are not contiguous in the stream, or None for :meth:`block_ends`."""
+        return None
+
     def geometry(self, trainer: Trainer) -> tuple[FlatParams, Geometry]:
         """Return the tuned parameters and the geometry coefficients refer to."""
         params = flat_trainable(trainer.model, self.config.trainable)
         seeds = pool_seeds(self.config.pool_seed, self.config.seeds)
-        return params, geometry_of(seeds, self.config.kind, params, self.block_ends(params))
+        spans = self.block_spans(params, trainer.model)
+        if spans is None:
+            return params, geometry_of(seeds, self.config.kind, params, self.block_ends(params))
+        sizes = itertools.accumulate(sum(e - s for s, e in block) for block in spans)
+        return params, geometry_of(seeds, self.config.kind, params, list(sizes), spans)
 
     def initial_state(self, trainer: Trainer) -> Payload:
         """Describe the parameter blocks, so the server can size its coefficients."""

@@ -20,6 +20,11 @@ class SeedPoolConfig(SamplingOptions):
     kind: str = option("irwin_hall", "perturbation distribution: irwin_hall or rademacher")
     trainable: str = option("all", TRAINABLE_HELP)
     lora_rank: int = option(8, "LoRA rank when trainable='lora'")
+    equal_weight: bool = option(
+        False,
+        "weight clients equally (the paper's 1/N; --equal_weight in the reference scripts) "
+        "instead of by example count",
+    )
 
     def checks(self) -> list[tuple[bool, str]]:
         """Return (condition, message) pairs; subclasses extend the list."""

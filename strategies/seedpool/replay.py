@@ -30,6 +30,9 @@ class Geometry:
     kind: str
     ends: tuple[int, ...]
     names: tuple[str, ...]
+    # Non-empty when blocks are not contiguous in the stream (Ferret's module order): block l
+    # is the union of spans[l]; ``ends`` then holds the blocks' cumulative sizes.
+    spans: tuple[tuple[tuple[int, int], ...], ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -39,6 +42,14 @@ class Geometry:
     def block(self, index: int) -> tuple[int, int]:
         """Return block ``index`` as a ``[start, end)`` range of the parameter stream."""
         return (self.ends[index - 1] if index else 0), self.ends[index]
+
+    def block_spans(self, index: int) -> tuple[tuple[int, int], ...]:
+        """Return block ``index`` as the ``[start, end)`` spans of the stream it covers."""
+        return self.spans[index] if self.spans else (self.block(index),)
+
+    def all_spans(self) -> list[tuple[tuple[int, int], ...]]:
+        """Every block's spans, in block order."""
+        return [self.block_spans(i) for i in range(len(self.ends))]
 
 
 # What each model currently holds, by model object: (geometry, coefficients).
@@ -73,15 +84,15 @@ def apply_coefficients_(
         used = column.nonzero().reshape(-1).tolist()
         if not used:
             continue
-        start, end = geometry.block(block)
-        apply_seeds_(
-            params,
-            [geometry.seeds[k] for k in used],
-            [scale * float(column[k]) for k in used],
-            geometry.kind,
-            start=start,
-            end=end,
-        )
+        for start, end in geometry.block_spans(block):
+            apply_seeds_(
+                params,
+                [geometry.seeds[k] for k in used],
+                [scale * float(column[k]) for k in used],
+                geometry.kind,
+                start=start,
+                end=end,
+            )
 
 
 def move_model(
@@ -130,7 +141,13 @@ def _held(local_state: Payload) -> dict[int, torch.Tensor]:
 
 
 def geometry_of(
-    seeds: Sequence[int], kind: str, params: FlatParams, ends: Sequence[int]
+    seeds: Sequence[int],
+    kind: str,
+    params: FlatParams,
+    ends: Sequence[int],
+    spans: Sequence[Sequence[tuple[int, int]]] = (),
 ) -> Geometry:
-    """Bundle a pool, a perturbation kind and a blocked parameter set."""
-    return Geometry(tuple(seeds), kind, tuple(ends), params.layout.names)
+    """Bundle a pool, a perturbation kind and a blocked parameter set (see ``Geometry.spans``)."""
+    return Geometry(
+        tuple(seeds), kind, tuple(ends), params.layout.names, tuple(tuple(s) for s in spans)
+    )

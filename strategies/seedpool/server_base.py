@@ -81,6 +81,10 @@ class SeedServer(LinearUpdates[SeedConfigT]):
             return f"version {version} is unknown"
         return self.check_tensors(result)
 
+    def update_weight(self, result: Result) -> float:
+        """Every client counts the same with ``equal_weight``, else by its example count."""
+        return 1.0 if self.config.equal_weight else super().update_weight(result)
+
     def check_tensors(self, result: Result) -> str | None:
         """Return why the update's tensors are malformed, or None (subclasses override)."""
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Sequence
 
 import torch
 
@@ -78,3 +79,36 @@ def block_ends(params: FlatParams, target: int = 0) -> list[int]:
         filled += entry.numel
     ends.append(params.total)
     return ends
+
+
+Span = tuple[int, int]
+
+
+def module_order_blocks(
+    params: FlatParams, order: Sequence[str], target: int = 0
+) -> list[tuple[Span, ...]]:
+    """Group parameters into blocks in the model's module order, as Ferret's reference does.
+
+    The reference scans ``named_parameters()`` (module order: ``layers.2`` before ``layers.10``,
+    attention before the MLP); the stream stays in the RNG contract's name order, so a block is
+    a set of ``[start, end)`` spans of the stream (adjacent spans merged). Same closing rule and
+    default ``target`` as :func:`block_ends`.
+    """
+    entries = [params.layout.entry(name) for name in order]
+    if sorted(e.name for e in entries) != sorted(params.layout.names):
+        raise ValueError("order must name every parameter of the stream exactly once")
+    if target <= 0:
+        target = max(1, int(0.9 * statistics.median(e.numel for e in params.layout)))
+    groups: list[list[Span]] = [[]]
+    filled = 0
+    for entry in entries:
+        if filled and entry.numel and filled + entry.numel > target:
+            groups.append([])
+            filled = 0
+        filled += entry.numel
+        spans = groups[-1]
+        if spans and spans[-1][1] == entry.offset:
+            spans[-1] = (spans[-1][0], entry.offset + entry.numel)
+        else:
+            spans.append((entry.offset, entry.offset + entry.numel))
+    return [tuple(s for s in group if s[1] > s[0]) for group in groups]

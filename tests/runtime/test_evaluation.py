@@ -9,7 +9,7 @@ import torch
 
 from fedft.runtime.batching import format_prompt
 from fedft.runtime.data import Example
-from fedft.runtime.evaluation import generate_answers, held_out_loss, rouge_l
+from fedft.runtime.evaluation import generate_answers, held_out_loss, rouge_l, rouge_l_papers
 from fedft.runtime.models import ModelBundle
 
 
@@ -101,3 +101,20 @@ def test_rouge_l_rejects_bad_input() -> None:
         rouge_l(["a"], ["a", "b"])
     with pytest.raises(ValueError, match="no predictions"):
         rouge_l([], [])
+
+
+def test_rouge_l_papers_is_rouge_1_0_1_without_stemming() -> None:
+    assert rouge_l_papers(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(
+        1.0, abs=1e-7
+    )
+    # rouge 1.0.1 counts unique tokens: LCS {the, cat, on, mat} over 5 distinct words each.
+    assert rouge_l_papers(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(
+        0.8, abs=1e-7
+    )
+    # rouge-score counts every token (LCS 5 of 6) and stems; the papers' metric does neither.
+    assert rouge_l(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(5 / 6)
+    assert rouge_l_papers(["running"], ["run"]) == 0.0
+    assert rouge_l(["running"], ["run"]) == 1.0
+    assert rouge_l_papers(["", "..."], ["a b", "a b"]) == 0.0  # no words: 0, not an error
+    with pytest.raises(ValueError, match="differ in length"):
+        rouge_l_papers(["a"], ["a", "b"])

@@ -66,7 +66,8 @@ def test_three_rounds_reduce_eval_loss_and_write_the_report(tmp_path: Path) -> N
         < data["rounds"][0]["eval_loss"]
         < data["initial"]["eval_loss"]
     )
-    assert set(data["final"]) == {"eval_loss", "rouge_l", "bytes_total"}
+    assert set(data["final"]) == {"eval_loss", "rouge_l", "rouge_l_papers", "bytes_total"}
+    assert 0.0 <= data["final"]["rouge_l_papers"] <= 1.0
     assert data["final"]["bytes_total"] == report.bytes_total
     assert all(r["participants"] == 4 for r in data["rounds"])
     png = (tmp_path / "a" / "report.png").read_bytes()

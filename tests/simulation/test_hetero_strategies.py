@@ -123,3 +123,14 @@ def test_device_mix_must_match_the_clients(tmp_path: Path) -> None:
         spec(tmp_path, "legend", device_mix="fast:1,slow:2")
     with pytest.raises(UsageError, match="unknown tier"):
         spec(tmp_path, "legend", device_mix="turbo:4")
+
+
+def test_flexlora_trains_every_layer_at_the_devices_rank(tmp_path: Path) -> None:
+    run_with_progress(spec(tmp_path / "flex", "flexlora"), quiet=True)
+    data = json.loads((tmp_path / "flex" / "report.json").read_text())
+    assert data["rounds"][-1]["eval_loss"] < data["initial"]["eval_loss"]
+    clients = data["rounds"][0]["clients"]
+    fast = [c for c in clients.values() if c["tier"] == "fast"]
+    slow = [c for c in clients.values() if c["tier"] == "slow"]
+    assert all(c["lora_depth"] == 4 for c in clients.values())
+    assert max(c["ranks"][0] for c in slow) < min(c["ranks"][0] for c in fast)

@@ -60,3 +60,14 @@ def test_clients_come_from_the_federation_when_given() -> None:
 def test_bad_run_configs_are_usage_errors(config: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         spec_from_run_config(config)
+
+
+def test_a_paper_preset_round_trips_through_the_run_config() -> None:
+    from fedft.core.config import parse_overrides
+    from fedft.strategies.ferret import FerretConfig
+
+    options = parse_overrides(FerretConfig, ["preset=paper"])
+    assert options["max_grad_norm"] is None  # "unclipped" as the preset says it
+    spec = SimulationSpec(strategy="ferret", strategy_options=options, model="tiny")
+    back = spec_from_run_config(spec_to_run_config(spec))
+    assert FerretConfig.from_dict(back.strategy_options) == FerretConfig.from_dict(options)

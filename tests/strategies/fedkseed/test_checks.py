@@ -82,3 +82,13 @@ def test_pro_levels_rise_for_seeds_with_large_gradients() -> None:
     restored = FedKSeedProServer(FedKSeedProConfig(seeds=8, local_steps=STEPS), seed=0)
     restored.load_state_dict(s.state_dict())
     assert torch.equal(restored.configure(2, [ClientInfo("a", 3)])[0].payload.tensors["p"], levels)
+
+
+@pytest.mark.parametrize("server_cls", [FedKSeedServer, FedKSeedProServer])
+def test_equal_weight_counts_every_client_the_same(server_cls: type[FedKSeedServer]) -> None:
+    config_cls = FedKSeedProConfig if server_cls is FedKSeedProServer else FedKSeedConfig
+    by_examples = server_cls(config_cls(seeds=8, local_steps=STEPS), seed=0)
+    equal = server_cls(config_cls(seeds=8, local_steps=STEPS, equal_weight=True), seed=0)
+    update = result({})
+    assert by_examples.update_weight(update) == 3.0
+    assert equal.update_weight(update) == 1.0

@@ -117,3 +117,94 @@ def test_malformed_updates_are_refused(result: Result, reason: str) -> None:
     assert problem is not None
     assert reason in problem
     assert server.check_update(1, make_result([0, 3], [0, 2], [1.0, 2.0])) is None
+
+
+def test_module_block_order_follows_the_models_module_order(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    bundle = tiny_bundle()
+    client = FerretClient(CONFIG.replace(block_order="module"))
+    trainer = trainer_for(bundle, 3, "a")
+    client.prepare(trainer)
+    params, geometry = client.geometry(trainer)
+    by_offset = {entry.offset: entry for entry in params.layout}
+    walked: list[str] = []
+    for spans in geometry.all_spans():
+        for start, end in spans:
+            at = start
+            while at < end:
+                walked.append(by_offset[at].name)
+                at += by_offset[at].numel
+    module_order = [n for n, _ in bundle.model.named_parameters()]
+    assert walked == module_order
+    assert walked != sorted(walked)  # the name-sorted default groups them differently
+    assert geometry.ends[-1] == params.total
+    name_geometry = FerretClient(CONFIG).geometry(trainer)[1]
+    # Norm weights sit between the projections in module order, so small tensors group apart.
+    assert name_geometry.spans == ()
+    assert name_geometry.ends != geometry.ends
+
+
+def test_module_block_order_round_trips(tiny_bundle: Callable[[], ModelBundle]) -> None:
+    config = CONFIG.replace(block_order="module", equal_weight=True, max_grad_norm=None)
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    bundle = tiny_bundle()
+    trainer = trainer_for(bundle, 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    assert server.aggregate(1, [Result("a", reply)], [])["accepted"] == 1
+    params, geometry = client.geometry(trainer)
+    w0 = params.snapshot()
+    client.load_global(server.global_state(), trainer)
+    moved = params.snapshot() - w0
+    # The replay touches exactly the blocks the client projected onto, nothing outside them.
+    touched = set(reply.tensors["b"].tolist())
+    for block in range(len(geometry.ends)):
+        part = torch.cat([moved[s:e] for s, e in geometry.block_spans(block)])
+        assert bool(part.abs().sum() > 0) == (block in touched)
+
+
+def test_server_lr_schedules() -> None:
+    linear = CONFIG.replace(server_lr=10.0, server_lr_schedule="linear", schedule_rounds=4)
+    assert [linear.server_lr_at(r) for r in (1, 3, 5, 9)] == [10.0, 5.0, 0.0, 0.0]
+    cosine = linear.replace(server_lr_schedule="cosine")
+    assert cosine.server_lr_at(1) == 10.0
+    assert cosine.server_lr_at(3) == pytest.approx(5.0)
+    assert CONFIG.server_lr_at(7) == CONFIG.server_lr
+
+
+def test_basis_clip_caps_each_reconstructed_vector(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    config = CONFIG.replace(lr=1.0, optimizer="sgd", max_grad_norm=None, basis_clip=1e-3)
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    trainer = trainer_for(tiny_bundle(), 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    metrics = server.aggregate(1, [Result("a", reply)], [])
+    assert int(metrics["clipped_bases"]) > 0
+    sizes = server.block_sizes
+    assert sizes is not None
+    coeffs = server.global_state().tensors["coeffs"]
+    norms = coeffs.abs() * sizes.to(torch.float64).sqrt()
+    assert float(norms.max()) <= 1e-3 * (1 + 1e-9)
+    restored = FerretServer(config, seed=1)
+    restored.load_state_dict(server.state_dict())
+    assert restored.block_sizes is not None
+    assert torch.equal(restored.block_sizes, sizes)
+
+
+def test_exact_coefficients_round(tiny_bundle: Callable[[], ModelBundle]) -> None:
+    config = CONFIG.replace(coefficients="exact", block_order="module")
+    client, server = FerretClient(config), FerretServer(config, seed=1)
+    trainer = trainer_for(tiny_bundle(), 4, "a")
+    client.prepare(trainer)
+    server.initialize(client.initial_state(trainer))
+    (task,) = server.configure(1, [ClientInfo("a", 4)])
+    reply = hop(client.run(hop(task.payload), Payload(), trainer))
+    assert reply.tensors["c"].numel() > 0
+    assert server.aggregate(1, [Result("a", reply)], [])["accepted"] == 1

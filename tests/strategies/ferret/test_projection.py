@@ -158,3 +158,42 @@ def test_reconstruction_is_unbiased_over_random_bases(kind: str) -> None:
     assert mean_error < 0.2 * single
     assert mean_error < 0.2
     assert cosine > 0.97
+
+
+def rebuild(
+    proj: Projection, seeds: list[int], blocks: list[list[tuple[int, int]]], d: int, kind: str
+) -> torch.Tensor:
+    """Sum over (seed, block) of coefficient * z over the block's spans, in float64."""
+    out = torch.zeros(d, dtype=torch.float64)
+    for k, b, c in zip(proj.index.tolist(), proj.block.tolist(), proj.coeff.tolist(), strict=True):
+        for s, e in blocks[b]:
+            out[s:e] += c * perturbation(seeds[k], s, e - s, kind).double()
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exact_coefficients_are_the_least_squares_fit(kind: str) -> None:
+    seeds = pool_seeds(7, 16)
+    blocks = [[(0, 4), (10, 12)], [(4, 10)]]
+    delta = torch.randn(12, generator=torch.Generator().manual_seed(2))
+    delta[4:10] *= 0.01  # a small block gets MIN_BASES bases only
+    proj = project_blocks(
+        delta, [6, 12], seeds, kind, torch.Generator().manual_seed(0), spans=blocks, exact=True
+    )
+    rebuilt = rebuild(proj, seeds, blocks, 12, kind)
+    for b, spans in enumerate(blocks):
+        used = [
+            k for k, kb in zip(proj.index.tolist(), proj.block.tolist(), strict=True) if kb == b
+        ]
+        basis = torch.stack(
+            [
+                torch.cat([perturbation(seeds[k], s, e - s, kind).double() for s, e in spans])
+                for k in used
+            ]
+        )
+        residual = torch.cat([delta[s:e].double() - rebuilt[s:e] for s, e in spans])
+        # The residual is orthogonal to every basis used; with bases spanning the block it is 0.
+        assert float((basis @ residual).abs().max()) < 1e-9
+        if int(torch.linalg.matrix_rank(basis)) == basis.shape[1]:
+            assert float(residual.abs().max()) < 1e-9
+    assert len([b for b in proj.block.tolist() if b == 0]) == 16

@@ -87,3 +87,44 @@ def test_aggregate_and_resume() -> None:
     restored.load_state_dict(payload_from_bytes(payload_to_bytes(server.state_dict())))
     again = restored.global_state().tensors
     assert all(torch.allclose(after[n], again[n]) for n in after)
+
+
+def test_self_pruning_caps_the_rank_of_a_device_whose_tail_shrank() -> None:
+    config = HetLoRAConfig.from_dict(
+        {"max_rank": 8, "min_rank": 2, "target_modules": ["q_proj"], "prune_gamma": 0.25}
+    )
+    server = HetLoRAServer(config, seed=1)
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for m in MODULES:
+        tensors[m + ".lora_A.weight"] = torch.randn(8, D, generator=g)
+        tensors[m + ".lora_B.weight"] = torch.zeros(D, 8)
+    server.initialize(Payload(tensors=tensors))
+    # As after a first round: B is no longer zero, so the tail has a norm to lose.
+    server.global_factors = {
+        m: (0.1 * torch.randn(D, 8, generator=g, dtype=torch.float64), a)
+        for m, (_, a) in server.global_factors.items()
+    }
+    clients = [ClientInfo("shrinks", 5, props(1.0)), ClientInfo("grows", 5, props(1.0))]
+    results = []
+    for task in server.configure(1, clients):
+        trained = {}
+        for name, value in task.payload.tensors.items():
+            tail = value.clone()
+            factor = 0.5 if task.client_id == "shrinks" else 2.0
+            if name.endswith("lora_A.weight"):
+                tail[6:] *= factor  # the last gamma * 8 = 2 components
+            else:
+                tail[:, 6:] *= factor
+            trained[name] = tail
+        results.append(
+            Result(task.client_id, Payload(tensors=trained, metrics={"num_examples": 5}))
+        )
+    assert server.aggregate(1, results, [])["accepted"] == 2
+    assert server.rank_caps == {"shrinks": 6}
+    plan = {t.client_id: Layout.from_config(t.payload.config) for t in server.configure(2, clients)}
+    assert set(plan["shrinks"].ranks) == {6}
+    assert set(plan["grows"].ranks) == {8}
+    restored = HetLoRAServer(config, seed=1)
+    restored.load_state_dict(server.state_dict())
+    assert restored.rank_caps == {"shrinks": 6}

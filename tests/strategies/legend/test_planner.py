@@ -89,3 +89,34 @@ def test_devices_without_a_profile_keep_full_depth() -> None:
         balance=0.1,
     )
     assert plan["unknown"].depth == 8
+
+
+def test_memory_counts_the_base_weights() -> None:
+    # 350 MB hold 3 layers of 100 MB activations; 200 MB of weights leave room for just 1.
+    heavy = DeviceProfile(
+        fwd_s=0.1, bwd_layer_s=0.05, num_layers=8, memory_mb=350.0,
+        act_layer_mb=100.0, link_mbps=1e4, base_mb=200.0,
+    )  # fmt: skip
+    plan = plan_layouts(
+        {"roomy": device(1.0), "heavy": heavy},
+        LAYERS,
+        COST,
+        min_rank=2,
+        max_rank=8,
+        min_depth=1,
+        balance=10.0,
+    )
+    assert plan["heavy"].depth == 1
+    assert COST.memory_mb(heavy, plan["heavy"]) <= heavy.memory_mb
+    assert DeviceProfile.from_properties(heavy.to_properties()) == heavy
+
+
+def test_a_straggler_at_min_depth_that_is_still_far_the_slowest_loses_rank() -> None:
+    # A slow link: at depth 1 the device still moves the top layer's factors at rank 8.
+    cost = CostModel(dict.fromkeys(LAYERS, 200_000), local_steps=1)
+    profiles = {"f0": device(1.0), "f1": device(1.0), "s": device(1.0, link_mbps=1.0)}
+    plan = plan_layouts(profiles, LAYERS, cost, min_rank=2, max_rank=8, min_depth=1, balance=0.1)
+    assert plan["s"].depth == 1
+    assert plan["s"].ranks == (2,)  # the old loop stopped here at rank 8
+    at_rank_8 = cost.seconds(profiles["s"], Layout.top(LAYERS, (8,)))
+    assert cost.seconds(profiles["s"], plan["s"]) < at_rank_8 / 3
