@@ -56,12 +56,13 @@ class Encoding:
             raise ValueError("summands must be positive")
         limit = min(2**ring_bits, 2**53)
         room = limit / (summands * 2 * max_weight * clip)
-        frac = min(52, math.floor(math.log2(room)) - 1)  # one bit spare for ceil() in span
+        frac = min(52, math.floor(math.log2(room)))
+        # span rounds up, so the log estimate may be one bit too generous: step down.
+        while frac >= 0 and summands * cls(ring_bits, frac, clip, max_weight).span >= limit:
+            frac -= 1
         if frac < 0:
             raise EncodingOverflowError(f"{summands} summands do not fit a {ring_bits}-bit ring")
-        enc = cls(ring_bits, frac, clip, max_weight)
-        enc.check_headroom(summands)
-        return enc
+        return cls(ring_bits, frac, clip, max_weight)
 
     @property
     def dtype(self) -> np.dtype[np.unsignedinteger]:

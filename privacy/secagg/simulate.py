@@ -35,7 +35,8 @@ class SecAggStats:
     config: RoundConfig
     survivors: tuple[int, ...] = ()
     total_weight: float = 0.0
-    # (client, stage) -> bytes the client sent / received in that stage.
+    # (client, stage) -> bytes the client sent in that stage / received to start it (the keys
+    # before "share", the shares before "mask", the request before "unmask").
     sent: dict[tuple[int, str], int] = field(default_factory=dict)
     received: dict[tuple[int, str], int] = field(default_factory=dict)
     client_cpu: dict[int, float] = field(default_factory=dict)
