@@ -69,7 +69,10 @@ class SecAggServer:
         self._invited: set[int] = set()
         self._sealed: dict[int, Mapping[int, bytes]] = {}
         self._delivered: dict[int, frozenset[int]] = {}
-        self._masked: dict[int, NDArray[np.unsignedinteger]] = {}
+        # Masked inputs are summed on arrival (wrapping in the ring): memory stays one vector
+        # whatever the number of clients, and no single input is kept.
+        self._masked: set[int] = set()
+        self._total = np.zeros(config.length + 1, dtype=config.encoding.dtype)
         self._requests: dict[int, UnmaskRequest] = {}
         self._responses: dict[int, UnmaskResponse] = {}
 
@@ -157,7 +160,8 @@ class SecAggServer:
         enc = self.config.encoding
         if msg.vector.dtype != enc.dtype or msg.vector.shape != (self.config.length + 1,):
             raise StageError(f"client {msg.sender} sent a malformed masked input")
-        self._masked[msg.sender] = msg.vector
+        self._masked.add(msg.sender)
+        self._total += msg.vector
 
     def _holders(self, owner: int, among: Mapping[int, object] | set[int]) -> list[int]:
         return [v for v in among if owner in self._delivered.get(v, ())]
@@ -201,9 +205,7 @@ class SecAggServer:
         t = cfg.threshold
         alive = sorted(self._masked)
         size = cfg.length + 1
-        total = np.zeros(size, dtype=enc.dtype)
-        for u in alive:
-            total += self._masked[u]
+        total = self._total
         for u in alive:
             shares = {v: r.seed_shares[u] for v, r in self._responses.items() if u in r.seed_shares}
             if len(shares) < t:

@@ -70,6 +70,8 @@ def secure_sum(
 ) -> tuple[NDArray[np.float64], SecAggStats]:
     """Securely sum ``weights[i] * clip(vectors[i])``; return the sum and the round's stats.
 
+    ``vectors`` may be any sequence (a lazy one keeps memory at one vector per client in flight).
+
     Client i gets id i. ``dropouts`` maps a stage name (see STAGES) to the clients that vanish
     before sending that stage's message. The default encoding is ``Encoding.fit`` for N clients
     with clip 1 and max_weight max(weights). ``seed`` fixes the stochastic rounding only (the
@@ -80,13 +82,12 @@ def secure_sum(
     w = [1.0] * n if weights is None else [float(x) for x in weights]
     if len(w) != n:
         raise ValueError("one weight per vector")
-    arrays = [np.asarray(v, dtype=np.float64).reshape(-1) for v in vectors]
     if encoding is None:
         encoding = Encoding.fit(n, max_weight=max(*w, 1e-12))
     cfg = RoundConfig(
         round_context(session, server_round),
         tuple(range(n)),
-        arrays[0].size,
+        int(np.asarray(vectors[0]).size),
         encoding,
         neighbours,
         threshold,
@@ -128,7 +129,9 @@ def secure_sum(
             up("share", shared, server.receive_shares)
         shares = down("mask", _timed(server_cpu, 0, server.close_shares))
         for i, shares_msg in shares.items():
-            call = partial(clients[i].masked_input, shares_msg, arrays[i], w[i])
+            # Read each vector only when its client needs it: ``vectors`` may be lazy.
+            vector = np.asarray(vectors[i], dtype=np.float64).reshape(-1)
+            call = partial(clients[i].masked_input, shares_msg, vector, w[i])
             up("mask", _timed(cpu, i, call), server.receive_masked)
         requests = down("unmask", _timed(server_cpu, 0, server.close_masked))
         for i, request in requests.items():
