@@ -63,7 +63,7 @@ class SecAggClient:
         self._identity = identity
         self._directory = directory
         # Stochastic rounding noise only; its predictability would not weaken the masks.
-        self._rng = rng if rng is not None else np.random.default_rng(int.from_bytes(os.urandom(8)))
+        self._rng = rng if rng is not None else np.random.default_rng()  # OS-seeded
         self._enc_key = crypto.new_x25519()
         self._mask_key = crypto.new_x25519()
         self._seed = os.urandom(shamir.SECRET_BYTES)
