@@ -26,8 +26,8 @@ import numpy as np
 from fedft.privacy.secagg.encoding import Encoding
 from fedft.privacy.secagg.simulate import secure_sum
 
-# FedKSeed's update vector is one scalar per seed (K = 4096); fedavg_lora on SmolLM2-135M
-# (rank 8, q/v projections of 30 layers) is 2,442,240 values, 9.77 MB in float32.
+# FedKSeed's update vector is one scalar per seed (K = 4096); fedavg_lora's adapter on
+# SmolLM2-135M in the embedded demo has 2.44 M parameters, 9.8 MB in float32 (docs/results.md).
 SIZES = {"fedkseed": 4096, "lora": 2_442_240}
 MAX_WEIGHT = 64.0
 

@@ -197,6 +197,12 @@ class SecAggServer:
             raise StageError(f"client {msg.sender} answered a different request")
         self._responses[msg.sender] = msg
 
+    def _rebuild(self, shares: Mapping[int, bytes], what: str) -> bytes:
+        try:
+            return shamir.combine(shares, self.config.threshold)
+        except ValueError:  # a share out of range: some holder sent garbage
+            raise SecAggError(f"the shares of {what} are inconsistent") from None
+
     def finish(self) -> Aggregate:
         """End stage 4: rebuild the secrets, strip every mask, return the survivors' sum."""
         self._close(ServerStage.UNMASK)
@@ -210,14 +216,14 @@ class SecAggServer:
             shares = {v: r.seed_shares[u] for v, r in self._responses.items() if u in r.seed_shares}
             if len(shares) < t:
                 raise self._fail(f"{len(shares)} seed shares of client {u} came back; need {t}")
-            seed = shamir.combine(shares, t)
+            seed = self._rebuild(shares, f"client {u}'s self-mask seed")
             total -= crypto.mask(crypto.self_mask_key(seed, cfg.context, u), size, enc.ring_bits)
         dropped = sorted({d for r in self._responses.values() for d in r.key_shares})
         for d in dropped:
             shares = {v: r.key_shares[d] for v, r in self._responses.items() if d in r.key_shares}
             if len(shares) < t:
                 raise self._fail(f"{len(shares)} key shares of client {d} came back; need {t}")
-            key = shamir.combine(shares, t)
+            key = self._rebuild(shares, f"client {d}'s mask key")
             if crypto.public_of(key) != self._adverts[d].mask_public:
                 raise SecAggError(f"the shares of client {d}'s mask key are inconsistent")
             for v in alive:

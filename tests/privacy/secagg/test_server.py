@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fedft.privacy.secagg.encoding import Encoding
-from fedft.privacy.secagg.errors import BelowThresholdError, StageError
+from fedft.privacy.secagg.errors import BelowThresholdError, SecAggError, StageError
 from fedft.privacy.secagg.messages import AdvertiseKeys
 from fedft.privacy.secagg.simulate import STAGES, secure_sum
 
@@ -80,3 +82,19 @@ def test_the_server_refuses_out_of_turn_and_foreign_messages() -> None:
         r.server.receive_advertise(AdvertiseKeys(77, ad.enc_public, ad.mask_public, ad.signature))
     with pytest.raises(StageError):
         r.server.close_shares()
+
+
+def test_a_wrong_mask_key_share_is_detected() -> None:
+    r = make_round(6)
+    deliveries = share(r)
+    for i, msg in deliveries.items():
+        if i != 5:  # client 5 shared its keys, then dropped
+            r.server.receive_masked(r.clients[i].masked_input(msg, np.zeros(8), 1.0))
+    requests = r.server.close_masked()
+    for i, req in requests.items():
+        resp = r.clients[i].unmask(req)
+        if i == min(requests):  # a cheating holder: its share of 5's key is garbage
+            resp = dataclasses.replace(resp, key_shares={5: bytes(66)})
+        r.server.receive_unmask(resp)
+    with pytest.raises(SecAggError, match="inconsistent"):
+        r.server.finish()
