@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
 import torch
 
+from fedft.core.payload import MetricValue, Payload
+from fedft.core.strategy import ClientInfo, LinearUpdates, Result
 from fedft.privacy.secagg.encoding import Encoding
 from fedft.privacy.secagg.simulate import STAGES, secure_sum
+from fedft.strategies.fedavg_lora import FedAvgLoRAConfig, FedAvgLoRAServer
+from fedft.strategies.fedkseed import FedKSeedConfig, FedKSeedServer
+from fedft.strategies.fedkseed_pro import FedKSeedProConfig, FedKSeedProServer
+from fedft.strategies.ferret import FerretConfig, FerretServer
 
 
 def test_integer_vectors_sum_exactly() -> None:
@@ -47,3 +56,62 @@ def test_bytes_are_counted_per_client_and_stage_and_grow_with_the_degree_only() 
     assert small.client_bytes(0) == large.client_bytes(0)
     assert all(cpu > 0 for cpu in large.client_cpu.values())
     assert large.server_cpu > 0
+
+
+def _strategy(name: str) -> LinearUpdates[Any]:
+    if name == "fedavg_lora":
+        return FedAvgLoRAServer(FedAvgLoRAConfig(), seed=1)
+    if name == "fedkseed":
+        return FedKSeedServer(FedKSeedConfig(seeds=8, local_steps=6, lr=0.01), seed=2)
+    if name == "fedkseed_pro":
+        return FedKSeedProServer(FedKSeedProConfig(seeds=8, local_steps=6, lr=0.01), seed=2)
+    return FerretServer(FerretConfig(seeds=8), seed=2)
+
+
+def _initial_and_results(name: str, n: int) -> tuple[Payload, list[Result]]:
+    g = torch.Generator().manual_seed(5)
+    if name == "fedavg_lora":
+        base = {"m.lora_A": torch.zeros(4, 8), "m.lora_B": torch.zeros(8, 4)}
+        made = [
+            {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in base.items()} for _ in range(n)
+        ]
+        return Payload(tensors=base), [
+            Result(f"c{i}", Payload(tensors=t, metrics={"num_examples": 3 + i}))
+            for i, t in enumerate(made)
+        ]
+    ends = torch.tensor([10, 20] if name == "ferret" else [20])
+    out = []
+    for i in range(n):
+        if name == "ferret":
+            tensors = {
+                "i": torch.tensor([0, 3, 5], dtype=torch.int16),
+                "b": torch.tensor([0, 1, 1], dtype=torch.int16),
+                "c": torch.randn(3, generator=g),
+            }
+        else:
+            tensors = {"g": torch.randn(6, generator=g)}
+            if name == "fedkseed_pro":  # it samples its seeds, so it names them
+                tensors["i"] = torch.randint(0, 8, (6,), generator=g, dtype=torch.int16)
+        metrics: dict[str, MetricValue] = {"num_examples": 3 + i, "version": 0}
+        out.append(Result(f"c{i}", Payload(tensors=tensors, metrics=metrics)))
+    return Payload(tensors={"ends": ends}), out
+
+
+@pytest.mark.parametrize("name", ["fedavg_lora", "fedkseed", "fedkseed_pro", "ferret"])
+def test_any_linear_updates_strategy_gets_its_own_mean_through_secagg(name: str) -> None:
+    n = 5
+    initial, results = _initial_and_results(name, n)
+    plain, secure = _strategy(name), _strategy(name)
+    for server in (plain, secure):
+        server.initialize(initial)
+        server.configure(1, [ClientInfo(f"c{i}", 10) for i in range(n)])
+    plain.aggregate(1, results, [])
+    # The host's job, with no strategy-specific code: vectors and weights in, mean out.
+    vectors = [secure.update_vector(1, r) for r in results]
+    weights = [secure.update_weight(r) for r in results]
+    enc = Encoding.fit(n, clip=8.0, max_weight=16.0)
+    total, st = secure_sum(vectors, weights, encoding=enc, seed=0)
+    secure.apply_update(1, torch.from_numpy(total / st.total_weight))
+    for key, want in plain.global_state().tensors.items():
+        got = secure.global_state().tensors[key]
+        assert torch.allclose(got.double(), want.double(), atol=1e-5), key
