@@ -57,11 +57,15 @@ def _header(handle: Any) -> tuple[dict[str, Any], int]:
 
 
 def tensor_names(files: list[Path]) -> set[str]:
-    """Return every tensor name stored in ``files`` (headers only are read)."""
+    """Return every tensor name stored in ``files`` whose dtype we read (headers only are read).
+
+    A name with another dtype (fp8, say) is left out, so the caller falls back to a full load.
+    """
     names: set[str] = set()
     for file in files:
         with open(file, "rb") as handle:
-            names.update(_header(handle)[0])
+            table = _header(handle)[0]
+        names.update(name for name, entry in table.items() if entry["dtype"] in _DTYPES)
     return names
 
 
@@ -142,6 +146,7 @@ def load_quantized(
     wanted = {name for name, _ in model.named_parameters()}
     wanted |= {name for name, _ in model.named_buffers() if name in model.state_dict()}
     stored = tensor_names(files)
+    # Every stored name must be one of the model's, and every parameter must be stored.
     if not stored <= set(model.state_dict()) or not wanted <= stored:
         logger.info("checkpoint names differ from the model's; quantizing after a full load")
         return None
