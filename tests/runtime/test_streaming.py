@@ -74,3 +74,34 @@ def test_a_checkpoint_that_cannot_stream_is_quantized_after_loading(
     assert bundle.quant is not None
     assert bundle.quant.layers > 0
     assert any(isinstance(m, QuantLinear) for m in bundle.model.modules())
+
+
+def test_tied_lm_head_stays_tied_and_equal(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fedft.runtime.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reference = load_model(str(tmp_path))
+    quantize_bundle(reference, "nf4")
+    streamed = load_model(str(tmp_path), quant="nf4")
+    model: torch.nn.Module = streamed.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight.dtype == torch.float32
+    ref_state, got_state = _state(reference.model), _state(model)
+    assert ref_state.keys() == got_state.keys()
+    for name, tensor in ref_state.items():
+        assert torch.equal(got_state[name], tensor), name
