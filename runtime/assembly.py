@@ -100,9 +100,11 @@ def assemble_client(spec: RunSpec, *, bundle: ModelBundle | None = None) -> Clie
     strategy, config = resolve_strategy(spec.strategy, spec.options)
     device = resolve_device(spec.device)  # before loading: a missing GPU fails fast
     if bundle is None:
-        bundle = load_model(spec.model)
+        bundle = load_model(spec.model, quant=spec.quant)  # quantized as it streams in
     memory = quantize(bundle, spec.quant)
     place(bundle, device)
+    if spec.gradient_checkpointing:
+        checkpoint_layers(bundle)
     client_half: ClientStrategy[Any] = strategy.client_cls(config)
     local_dp = None
     if spec.local_dp is not None:
@@ -147,3 +149,19 @@ def place(bundle: ModelBundle, device: torch.device) -> None:
     bundle.device = device
     if device.type != "cpu":
         bundle.model.to(device)
+
+
+def checkpoint_layers(bundle: ModelBundle) -> None:
+    """Turn on gradient checkpointing of the decoder layers (active while the model trains)."""
+    model = bundle.model
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UsageError(f"{bundle.source}: this model does not support gradient checkpointing")
+    # Non-reentrant: gradients reach LoRA weights even though the embeddings' output does not
+    # require grad, and the recomputation replays dropout's RNG state.
+    kwargs = {"use_reentrant": False}
+    enable: Any = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:  # transformers 5's name; the old one warns
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        enable = model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs=kwargs)

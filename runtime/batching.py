@@ -65,24 +65,83 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+# Tokens per LM-head chunk: SmolLM2's 49,152-entry vocabulary makes each chunk's fp32 logits
+# 50 MB, where a batch of 8 x 128 tokens would take 200 MB (and as much again for its softmax).
+LOSS_CHUNK_TOKENS = 256
+# Causal LMs whose logits are exactly ``lm_head(model(...).last_hidden_state)`` (no scaling or
+# soft-capping after the head); the others take the full-logits path.
+_PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """Return the decoder stack and LM head of a (possibly PEFT-wrapped) causal LM, if plain."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    if not isinstance(decoder, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+        return None
+    return decoder, head
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of one chunk of tokens through the LM head, in fp32."""
+    logits = head(hidden).float()
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
+def chunked_head_loss(
+    head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, chunk: int
+) -> torch.Tensor:
+    """Sum the LM-head cross-entropy of ``hidden`` (tokens x dim) ``chunk`` tokens at a time.
+
+    With gradients on, each chunk is checkpointed: backward recomputes its logits, so at most
+    one chunk's logits exist at any time, forward or backward. (A fused Triton linear+CE kernel
+    would also skip the recomputation on a GPU; the torch path is exact and runs everywhere.)
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    total = hidden[:0].sum().float()  # 0, yet on the graph: a batch without answers backprops
+    for start in range(0, hidden.shape[0], chunk):
+        h, y = hidden[start : start + chunk], labels[start : start + chunk]
+        if torch.is_grad_enabled():
+            part = checkpoint(_chunk_loss, head, h, y, use_reentrant=False)
+        else:
+            part = _chunk_loss(head, h, y)
+        total = total + part
+    return total
+
+
 def token_losses(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk: int = LOSS_CHUNK_TOKENS
 ) -> tuple[torch.Tensor, int]:
     """Return the summed next-token loss over answer tokens and how many tokens it covers.
 
     Summing (rather than averaging per batch) makes a held-out loss independent of batching.
-    Batches are built on the CPU and moved to the model's device here, in one place.
+    Batches are built on the CPU and moved to the model's device here, in one place. The LM
+    head runs only on answer tokens, ``chunk`` at a time, so the ``batch x seq x vocab`` logits
+    never exist (models outside ``_PLAIN_HEAD_TYPES`` take the full-logits path).
     """
     device = next(model.parameters()).device
     if device.type != "cpu":
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1, :].float()
     shift_labels = batch["labels"][:, 1:]
-    total = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return total, int((shift_labels != IGNORE_INDEX).sum())
+    count = int((shift_labels != IGNORE_INDEX).sum())
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total = torch.nn.functional.cross_entropy(
+            logits[:, :-1, :].float().reshape(-1, logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        return total, count
+    decoder, head = parts
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
+    keep = shift_labels != IGNORE_INDEX
+    return chunked_head_loss(head, hidden[:, :-1][keep], shift_labels[keep], chunk=chunk), count

@@ -184,17 +184,37 @@ def resolve_model(spec: str) -> Path:
     return path
 
 
-def load_model(spec: str, *, dtype: torch.dtype = torch.float32) -> ModelBundle:
-    """Load a causal LM and its tokenizer from a preset name or a local folder, offline."""
+def load_model(
+    spec: str, *, dtype: torch.dtype = torch.float32, quant: str = "none"
+) -> ModelBundle:
+    """Load a causal LM and its tokenizer from a preset name or a local folder, offline.
+
+    With ``quant`` nf4 or int8 the frozen base is quantized while it loads, layer by layer, so
+    the full-precision model never sits in memory (``fedft.runtime.streaming``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(spec)
+    summary = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        built = None
+        if quant != "none":
+            from fedft.runtime.quantization import load_quantized_model
+
+            built = load_quantized_model(path, quant, dtype=dtype)
+        if built is None:
+            model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        else:
+            model, summary = built
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load model from {path}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return ModelBundle(model=model, tokenizer=tokenizer, source=spec, path=path)
+    bundle = ModelBundle(model=model, tokenizer=tokenizer, source=spec, path=path, quant=summary)
+    if quant != "none" and summary is None:
+        from fedft.runtime.quantization import quantize_bundle
+
+        quantize_bundle(bundle, quant)  # a checkpoint that cannot stream: quantize after loading
+    return bundle

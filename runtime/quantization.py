@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +77,24 @@ def quantize_model(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantLinear.from_linear(getattr(parent, child), scheme))
     return QuantSummary(scheme, len(targets), before, model_bytes(model))
+
+
+def load_quantized_model(
+    path: Path, scheme: str, *, dtype: torch.dtype, skip: tuple[str, ...] = DEFAULT_SKIP
+) -> tuple[torch.nn.Module, QuantSummary] | None:
+    """Build the model at ``path`` quantized while it streams in (the fp32 model never exists).
+
+    None when the checkpoint cannot be streamed; the caller loads it whole and quantizes after.
+    """
+    from fedft.runtime.streaming import load_quantized
+
+    check_quant(scheme)
+    built = load_quantized(path, scheme, dtype=dtype, skip=skip)
+    if built is None:
+        return None
+    model, layers, saved = built
+    after = model_bytes(model)
+    return model, QuantSummary(scheme, layers, after + saved, after)
 
 
 def quantize_bundle(bundle: ModelBundle, scheme: str) -> QuantSummary:

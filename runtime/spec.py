@@ -27,6 +27,9 @@ class RunSpec:
     quant: str = "none"
     device: str = "auto"
     max_length: int = 128
+    # Recompute each decoder layer's activations in backward instead of keeping them: less
+    # memory for LoRA training, about one more forward pass of time (HF gradient checkpointing).
+    gradient_checkpointing: bool = False
     dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
     robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median

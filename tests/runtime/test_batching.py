@@ -178,3 +178,89 @@ def test_token_losses_with_no_labels_is_zero(tiny_bundle: Callable[[], ModelBund
         total, count = token_losses(bundle.model, collate([item], 0))
     assert count == 0
     assert float(total) == 0.0
+
+
+def _full_logits_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss as computed before chunking: every position's logits, then cross-entropy."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def _loss_and_grads(
+    model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()  # type: ignore[no-untyped-call]
+    return loss.detach(), [p.grad.clone() for p in params if p.grad is not None]
+
+
+@pytest.mark.parametrize("base", ["fp32", "nf4"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_chunked_loss_equals_full_logits_forward_and_backward(
+    tiny_bundle: Callable[[], ModelBundle], base: str, lora: bool
+) -> None:
+    from fedft.core.trainer import LoraSpec
+    from fedft.runtime.quantization import quantize_bundle
+    from fedft.runtime.trainer import LocalTrainer
+
+    bundle = tiny_bundle()
+    if base == "nf4":
+        quantize_bundle(bundle, "nf4")
+    if lora:
+        spec = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"))
+        LocalTrainer(bundle, []).add_lora(spec)
+        with torch.no_grad():  # B starts at zero; make the adapters matter
+            for name, param in bundle.model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.02, generator=torch.Generator().manual_seed(1))
+    model = bundle.model
+    tok = bundle.tokenizer
+    items = [
+        encode(tok, Example(f"Question number {i}?", "An answer " * (i + 1)), max_length=64)
+        for i in range(4)
+    ]
+    batch = collate(items, tok.pad_token_id)
+    want, want_grads = _loss_and_grads(model, lambda: _full_logits_loss(model, batch))
+    # A chunk of 7 tokens leaves a ragged last chunk.
+    got, got_grads = _loss_and_grads(model, lambda: token_losses(model, batch, chunk=7)[0])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert len(got_grads) == len(want_grads) > 0
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_without_answer_tokens_is_zero_and_backprops(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    bundle = tiny_bundle()
+    batch = collate([Encoded(input_ids=[5, 6, 7], labels=[IGNORE_INDEX] * 3)], 0)
+    total, count = token_losses(bundle.model, batch)
+    assert count == 0
+    assert float(total) == 0.0
+    total.backward()  # type: ignore[no-untyped-call]
+
+
+def test_lm_head_sees_at_most_one_chunk_of_answer_tokens(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    bundle = tiny_bundle()
+    tok = bundle.tokenizer
+    items = [encode(tok, Example("Why?", "Because " * 6), max_length=64) for _ in range(3)]
+    batch = collate(items, tok.pad_token_id)
+    shapes: list[tuple[int, ...]] = []
+    head = bundle.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    try:
+        total, count = token_losses(bundle.model, batch, chunk=16)
+        total.backward()  # type: ignore[no-untyped-call]
+    finally:
+        handle.remove()
+    assert sum(rows for rows, _ in shapes) == 2 * count  # forward, then recomputed in backward
+    assert max(rows for rows, _ in shapes) == 16
