@@ -253,14 +253,15 @@ class ClientDaemon:
         if self.options.model and self.options.model != "server":
             # The model is known before we meet the coordinator: profile it first, so the
             # enrollment or first heartbeat already carries the device's capacity.
-            bundle = load_model(self.options.model)
-            quantize(bundle, self.options.quant)
+            # Quantized as it streams in: the full-precision base never sits in memory.
+            bundle = load_model(self.options.model, quant=self.options.quant)
+            quantize(bundle, self.options.quant)  # no-op unless the loader could not stream
             place(bundle, device)
             self.measure(LocalTrainer(bundle, self.examples, max_length=self.options.max_length))
         identity = self._identity()
         run = self._run_description()
         if bundle is None:
-            bundle = load_model(self._model_spec(run))
+            bundle = load_model(self._model_spec(run), quant=self.options.quant)
         runtime = assemble_client(
             RunSpec(
                 strategy=run.strategy,

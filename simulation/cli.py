@@ -112,6 +112,15 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
     ("--availability", str, "SPEC", AVAILABILITY_HELP),
     (
+        "--robust",
+        str,
+        "norm|trimmed|median",
+        "robust aggregation instead of the weighted mean: norm (clip each update to "
+        "--robust-bound, then average), trimmed (coordinate-wise trimmed mean) or median",
+    ),
+    ("--robust-bound", float, "B", "robust: L2 bound every update is clipped to first"),
+    ("--robust-trim", float, "F", "robust trimmed: share of values dropped at each end"),
+    (
         "--participation",
         str,
         "none|fedau",

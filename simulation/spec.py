@@ -18,6 +18,7 @@ from fedft.simulation.availability import parse_availability
 from fedft.simulation.partition import parse_partition
 
 if TYPE_CHECKING:
+    from fedft.privacy.robust import RobustConfig
     from fedft.runtime.spec import RunSpec
 
 ENGINES = ("inprocess", "grpc", "flower")
@@ -65,6 +66,10 @@ class SimulationSpec:
     # weights those that take part ("fedau": fedft.strategies.participation).
     availability: str = "always"
     participation: str = "none"
+    # Robust aggregation (fedft.privacy.robust): norm bounding, trimmed mean or median.
+    robust: str | None = None
+    robust_bound: float | None = None
+    robust_trim: float = 0.1
     # --engine flower only: Ray resources per virtual client and an optional cluster address.
     cpus_per_client: float = 1.0
     gpus_per_client: float = 0.0
@@ -99,6 +104,12 @@ class SimulationSpec:
         parse_availability(self.availability)
         if self.participation != "none" and self.dp_noise is not None:
             raise UsageError("--participation fedau cannot be combined with --dp-noise")
+        if self.robust is not None:
+            self.robust_config()  # validates the --robust flags
+            if self.dp_noise is not None:
+                raise UsageError("--robust and --dp-noise do not combine: DP clips every update")
+            if self.participation != "none":
+                raise UsageError("--participation fedau and --robust do not combine")
         if self.device_mix:
             from fedft.simulation.devices import parse_device_mix
 
@@ -126,6 +137,14 @@ class SimulationSpec:
         """The client-side DP settings, or None."""
         return local_dp_config_from_flags(clip=self.local_dp_clip, noise=self.local_dp_noise)
 
+    def robust_config(self) -> RobustConfig | None:
+        """The robust aggregation the flags ask for, or None."""
+        if self.robust is None:
+            return None
+        from fedft.privacy.robust import RobustConfig
+
+        return RobustConfig(self.robust, bound=self.robust_bound, trim=self.robust_trim)
+
     def run_spec(self) -> RunSpec:
         """The host-neutral description the assembly point builds every engine's run from."""
         from fedft.runtime.spec import RunSpec
@@ -141,4 +160,5 @@ class SimulationSpec:
             dp=self.dp_config(),
             local_dp=self.local_dp_config(),
             participation=self.participation,
+            robust=self.robust_config(),
         )
