@@ -68,6 +68,11 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 # Tokens per LM-head chunk: SmolLM2's 49,152-entry vocabulary makes each chunk's fp32 logits
 # 50 MB, where a batch of 8 x 128 tokens would take 200 MB (and as much again for its softmax).
 LOSS_CHUNK_TOKENS = 256
+# Chunk only when the full fp32 logits would take more than this: small vocabularies keep the
+# plain path, whose sums do not depend on how many answer tokens a batch holds (a GEMM shape that
+# varies with the batch sums in an order that follows the thread count, and engines run their
+# clients with different thread counts).
+LOSS_CHUNK_MIN_BYTES = 32 << 20
 # Causal LMs whose logits are exactly ``lm_head(model(...).last_hidden_state)`` (no scaling or
 # soft-capping after the head); the others take the full-logits path.
 _PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -115,14 +120,15 @@ def chunked_head_loss(
 
 
 def token_losses(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk: int = LOSS_CHUNK_TOKENS
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk: int | None = None
 ) -> tuple[torch.Tensor, int]:
     """Return the summed next-token loss over answer tokens and how many tokens it covers.
 
     Summing (rather than averaging per batch) makes a held-out loss independent of batching.
     Batches are built on the CPU and moved to the model's device here, in one place. The LM
     head runs only on answer tokens, ``chunk`` at a time, so the ``batch x seq x vocab`` logits
-    never exist (models outside ``_PLAIN_HEAD_TYPES`` take the full-logits path).
+    never exist (models outside ``_PLAIN_HEAD_TYPES`` take the full-logits path). Without
+    ``chunk`` this happens only when those logits would exceed ``LOSS_CHUNK_MIN_BYTES``.
     """
     device = next(model.parameters()).device
     if device.type != "cpu":
@@ -130,7 +136,13 @@ def token_losses(
     shift_labels = batch["labels"][:, 1:]
     count = int((shift_labels != IGNORE_INDEX).sum())
     parts = _decoder_and_head(model)
-    if parts is None:
+    if parts is not None and chunk is None:
+        vocab = int(getattr(parts[1], "out_features", 0) or 0)
+        if batch["input_ids"].numel() * vocab * 4 > LOSS_CHUNK_MIN_BYTES:
+            chunk = LOSS_CHUNK_TOKENS
+        else:
+            parts = None
+    if parts is None or chunk is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         total = torch.nn.functional.cross_entropy(
             logits[:, :-1, :].float().reshape(-1, logits.size(-1)),

@@ -241,7 +241,7 @@ def test_chunked_loss_without_answer_tokens_is_zero_and_backprops(
 ) -> None:
     bundle = tiny_bundle()
     batch = collate([Encoded(input_ids=[5, 6, 7], labels=[IGNORE_INDEX] * 3)], 0)
-    total, count = token_losses(bundle.model, batch)
+    total, count = token_losses(bundle.model, batch, chunk=4)  # the chunked path, forced
     assert count == 0
     assert float(total) == 0.0
     total.backward()  # type: ignore[no-untyped-call]
@@ -264,3 +264,19 @@ def test_lm_head_sees_at_most_one_chunk_of_answer_tokens(
         handle.remove()
     assert sum(rows for rows, _ in shapes) == 2 * count  # forward, then recomputed in backward
     assert max(rows for rows, _ in shapes) == 16
+
+
+def test_small_vocabularies_keep_the_full_logits_path(
+    tiny_bundle: Callable[[], ModelBundle],
+) -> None:
+    bundle = tiny_bundle()
+    items = [encode(bundle.tokenizer, Example("Why?", "Because " * 6), max_length=64)]
+    batch = collate(items, bundle.tokenizer.pad_token_id)
+    shapes: list[tuple[int, ...]] = []
+    head = bundle.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    try:
+        token_losses(bundle.model, batch)
+    finally:
+        handle.remove()
+    assert shapes == [(*batch["input_ids"].shape, shapes[0][-1])]  # every position once
