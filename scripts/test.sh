@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 ./scripts/dev-install.sh
 ./scripts/check.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One thread per process, as the grpc engine's clients and Flower's Ray actors run: the tests that
+# compare engines then compare the same arithmetic (a 2-thread GEMM sums in another order), and
+# parallel kernels do not stall on a shared 2-core machine.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # A throwaway PostgreSQL cluster for the tests marked `postgres` (a URL already set is used as is).
 if [ -z "${FEDFT_TEST_POSTGRES_URL:-}" ]; then
   pgdir=$(mktemp -d "${TMPDIR:-/tmp}/fedft-pg.XXXXXX")
