@@ -10,7 +10,7 @@ from pathlib import Path
 from fedft.core.config import ConfigError, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
-from fedft.privacy.config import SECRET
+from fedft.privacy.config import SECRET, check_server_wrappers
 from fedft.privacy.robust import RobustConfig
 from fedft.runtime.assembly import ClientRuntime, assemble_client
 from fedft.runtime.spec import RunSpec
@@ -57,8 +57,10 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
         # A deployment's sample must be secret for amplification by sampling to hold.
         privacy = dataclasses.replace(privacy, sampling=SECRET)
     robust = robust_config(args)
-    if robust is not None and privacy is not None:
-        raise UsageError("--robust and --dp-noise do not combine: DP already clips every update")
+    participation = getattr(args, "participation", "none")
+    check_server_wrappers(
+        dp=privacy is not None, robust=robust is not None, fedau=participation == "fedau"
+    )
     state = open_state(args.db)
     # The coordinator only needs the model for the initial global state and exports: CPU.
     runtime = assemble_client(
@@ -75,7 +77,7 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             initial=runtime.initial_state(),
             privacy=privacy,
             robust=robust,
-            participation=getattr(args, "participation", "none"),
+            participation=participation,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -143,3 +143,14 @@ def local_dp_config_from_flags(*, clip: float | None, noise: float) -> LocalDPCo
             raise UsageError("--local-dp-noise needs --local-dp-clip")
         return None
     return LocalDPConfig(clip=clip, noise_multiplier=noise)
+
+
+def check_server_wrappers(*, dp: bool, robust: bool, fedau: bool) -> None:
+    """Refuse server-side wrappers that do not combine: one rule for every host, before any work."""
+    if robust and dp:
+        raise UsageError("--robust and --dp-noise do not combine: DP already clips every update")
+    if fedau and dp:
+        # DP's sensitivity assumes each clipped update enters the sum with weight 1.
+        raise UsageError("--participation fedau cannot be combined with --dp-noise")
+    if fedau and robust:
+        raise UsageError("--participation fedau and --robust do not combine")

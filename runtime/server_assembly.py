@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedft.core.config import StrategyConfig
-from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec
 from fedft.core.strategy import ServerStrategy
+from fedft.privacy.config import check_server_wrappers
 from fedft.runtime.spec import RunSpec, resolve_strategy
 from fedft.strategies.participation import FedAUServer, check_participation
 
@@ -49,19 +49,13 @@ def wrap_server(
     ``participation="fedau"`` weights each update by its client's estimated 1/p (FedAU).
     """
     check_participation(participation)
+    check_server_wrappers(
+        dp=dp is not None, robust=robust is not None, fedau=participation == "fedau"
+    )
     if participation == "fedau":
-        if robust is not None:
-            raise UsageError("--participation fedau and --robust do not combine")
-        if dp is not None:
-            # DP's sensitivity assumes each clipped update enters the sum with weight 1.
-            raise UsageError("--participation fedau cannot be combined with server-side DP")
         return FedAUServer(server_half, seed=seed, name=name), None
     dp_server = None
     if robust is not None:
-        if dp is not None:
-            raise UsageError(
-                "--robust and --dp-noise do not combine: DP already clips every update"
-            )
         from fedft.privacy.robust import RobustServer
 
         server_half = RobustServer(server_half, robust, seed=seed, name=name)

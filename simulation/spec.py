@@ -11,6 +11,7 @@ from fedft.core.errors import UsageError
 from fedft.privacy.config import (
     DPConfig,
     LocalDPConfig,
+    check_server_wrappers,
     dp_config_from_flags,
     local_dp_config_from_flags,
 )
@@ -102,14 +103,12 @@ class SimulationSpec:
         check_device_name(self.device)
         parse_partition(self.partition)
         parse_availability(self.availability)
-        if self.participation != "none" and self.dp_noise is not None:
-            raise UsageError("--participation fedau cannot be combined with --dp-noise")
-        if self.robust is not None:
-            self.robust_config()  # validates the --robust flags
-            if self.dp_noise is not None:
-                raise UsageError("--robust and --dp-noise do not combine: DP clips every update")
-            if self.participation != "none":
-                raise UsageError("--participation fedau and --robust do not combine")
+        self.robust_config()  # validates the --robust flags
+        check_server_wrappers(
+            dp=self.dp_noise is not None,
+            robust=self.robust is not None,
+            fedau=self.participation == "fedau",
+        )
         if self.device_mix:
             from fedft.simulation.devices import parse_device_mix
 
