@@ -37,7 +37,7 @@ from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
-from fedft.runtime.assembly import assemble_client, place, quantize
+from fedft.runtime.assembly import assemble_client, place
 from fedft.runtime.data import load_dataset
 from fedft.runtime.device import LinkMeter, measure_profile
 from fedft.runtime.models import PRESETS, load_model
@@ -253,9 +253,8 @@ class ClientDaemon:
         if self.options.model and self.options.model != "server":
             # The model is known before we meet the coordinator: profile it first, so the
             # enrollment or first heartbeat already carries the device's capacity.
-            # Quantized as it streams in: the full-precision base never sits in memory.
+            # Quantized as it loads (streamed where it can): the fp32 base never sits in memory.
             bundle = load_model(self.options.model, quant=self.options.quant)
-            quantize(bundle, self.options.quant)  # no-op unless the loader could not stream
             place(bundle, device)
             self.measure(LocalTrainer(bundle, self.examples, max_length=self.options.max_length))
         identity = self._identity()
