@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from fedft.core.errors import UsageError
-from fedft.core.payload import MetricValue, Payload
-from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
+from fedft.core.payload import MetricValue
+from fedft.core.strategy import Failure, Result, ServerStrategy
+from fedft.core.wrapper import LinearWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -73,30 +74,16 @@ def combine(vectors: torch.Tensor, config: RobustConfig) -> torch.Tensor:
     return vectors.mean(dim=0)
 
 
-class RobustServer(ServerStrategy[Any]):
+class RobustServer(LinearWrapper):
     """Aggregates ``inner``'s accepted update vectors with a :class:`RobustConfig` rule."""
+
+    wraps_as = "robust aggregation"
 
     def __init__(
         self, inner: ServerStrategy[Any], config: RobustConfig, *, seed: int, name: str = ""
     ):
-        # ``name`` is the registered strategy name, for the error a user sees; hosts pass it.
-        if not isinstance(inner, LinearUpdates):
-            raise UsageError(
-                f"strategy {name or type(inner).__name__} does not expose its update "
-                "vectors (fedft.core.strategy.LinearUpdates), so robust aggregation cannot wrap it"
-            )
-        super().__init__(inner.config, seed=seed)
-        self.inner = inner
-        self.linear: LinearUpdates[Any] = inner
+        super().__init__(inner, seed=seed, name=name)
         self.robust = config
-
-    def initialize(self, initial: Payload) -> None:
-        """Initialize the wrapped strategy."""
-        self.inner.initialize(initial)
-
-    def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
-        """The wrapped strategy samples and builds tasks."""
-        return self.inner.configure(server_round, clients)
 
     def aggregate(
         self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
@@ -122,19 +109,3 @@ class RobustServer(ServerStrategy[Any]):
             metrics.update(self.linear.apply_update(server_round, step))
             metrics["robust.step_norm"] = float(step.norm())
         return metrics
-
-    def check_update(self, server_round: int, result: Result) -> str | None:
-        """The wrapped strategy decides what a well-formed update is."""
-        return self.inner.check_update(server_round, result)
-
-    def global_state(self) -> Payload:
-        """The wrapped strategy's global state."""
-        return self.inner.global_state()
-
-    def state_dict(self) -> Payload:
-        """The wrapped strategy's checkpoint (the rule keeps no state of its own)."""
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Payload) -> None:
-        """Restore the wrapped strategy."""
-        self.inner.load_state_dict(state)

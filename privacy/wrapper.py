@@ -21,7 +21,8 @@ from fedft.core.errors import UsageError
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.rng import derive_seed
 from fedft.core.sampling import client_seed
-from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.core.wrapper import LinearWrapper, without_prefix
 from fedft.privacy.canaries import CanaryBank, CanaryPlan, CanaryRecord, included
 from fedft.privacy.config import SECRET, DPConfig
 from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, LedgerEntry
@@ -33,7 +34,7 @@ PREFIX = "dp."
 _SEED_MASK = (1 << 64) - 1
 
 
-class DPServer(ServerStrategy[Any]):
+class DPServer(LinearWrapper):
     """DP-FedAvg (McMahan et al. 2018) with optional adaptive clipping, around ``inner``.
 
     Adjacency is add/remove-one-client; the sum's sensitivity is the clip norm C, so the noise
@@ -51,15 +52,7 @@ class DPServer(ServerStrategy[Any]):
         noise: SecureGaussian | None = None,
         name: str = "",
     ):
-        # ``name`` is the registered strategy name, for the error a user sees; hosts pass it.
-        if not isinstance(inner, LinearUpdates):
-            raise UsageError(
-                f"strategy {name or type(inner).__name__} does not expose its update "
-                "vectors (fedft.core.strategy.LinearUpdates), so DP cannot wrap it"
-            )
-        super().__init__(inner.config, seed=seed)
-        self.inner = inner
-        self.linear: LinearUpdates[Any] = inner
+        super().__init__(inner, seed=seed, name=name)
         self.dp = dp
         self.noise = noise or SecureGaussian()
         self.clipper = AdaptiveClip(dp.clip, dp.target_quantile, dp.clip_lr)
@@ -207,14 +200,6 @@ class DPServer(ServerStrategy[Any]):
         return CanaryRecord(self.plan, self.delta.clone(), self.max_cosines)
 
     # --- delegation and checkpoints ----------------------------------------------------------
-    def check_update(self, server_round: int, result: Result) -> str | None:
-        """The wrapped strategy decides what a well-formed update is."""
-        return self.inner.check_update(server_round, result)
-
-    def global_state(self) -> Payload:
-        """The wrapped strategy's global state."""
-        return self.inner.global_state()
-
     def state_dict(self) -> Payload:
         """The wrapped checkpoint plus the clip norm, population and canary state (``dp.*``)."""
         state = self.inner.state_dict()
@@ -270,8 +255,4 @@ def dp_settings_from_state(state: Payload) -> DPConfig | None:
 
 def inner_state(state: Payload) -> Payload:
     """A :class:`DPServer` checkpoint without its ``dp.*`` entries: the wrapped strategy's."""
-    return Payload(
-        tensors={k: v for k, v in state.tensors.items() if not k.startswith(PREFIX)},
-        config={k: v for k, v in state.config.items() if not k.startswith(PREFIX)},
-        metrics=dict(state.metrics),
-    )
+    return without_prefix(state, PREFIX)

@@ -28,7 +28,8 @@ import torch
 
 from fedft.core.errors import UsageError
 from fedft.core.payload import MetricValue, Payload
-from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, ServerStrategy, Task
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
+from fedft.core.wrapper import LinearWrapper, without_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +58,17 @@ class ClientHistory:
         self.interval_sum += interval
 
 
-class FedAUServer(ServerStrategy[Any]):
+class FedAUServer(LinearWrapper):
     """FedAU around a :class:`LinearUpdates` server half (``--participation fedau``)."""
+
+    wraps_as = "--participation fedau"
 
     def __init__(
         self, inner: ServerStrategy[Any], *, seed: int, cutoff: int = DEFAULT_CUTOFF, name: str = ""
     ) -> None:
-        if not isinstance(inner, LinearUpdates):
-            raise UsageError(
-                f"strategy {name or type(inner).__name__} does not expose its update vectors "
-                "(fedft.core.strategy.LinearUpdates), so --participation fedau cannot wrap it"
-            )
+        super().__init__(inner, seed=seed, name=name)
         if cutoff < 1:
             raise UsageError(f"FedAU cutoff must be >= 1, got {cutoff}")
-        super().__init__(inner.config, seed=seed)
-        self.inner = inner
-        self.linear: LinearUpdates[Any] = inner
         self.cutoff = cutoff
         self.history: dict[str, ClientHistory] = {}
         self.start_round = 0  # the first round this wrapper saw; absences count from there
@@ -159,18 +155,6 @@ class FedAUServer(ServerStrategy[Any]):
         return metrics
 
     # --- delegation and checkpoints ------------------------------------------------------------
-    def initialize(self, initial: Payload) -> None:
-        """Initialize the wrapped strategy; no client is known yet."""
-        self.inner.initialize(initial)
-
-    def check_update(self, server_round: int, result: Result) -> str | None:
-        """The wrapped strategy decides what a well-formed update is."""
-        return self.inner.check_update(server_round, result)
-
-    def global_state(self) -> Payload:
-        """The wrapped strategy's global state."""
-        return self.inner.global_state()
-
     def state_dict(self) -> Payload:
         """The wrapped checkpoint plus every client's participation history (``fedau.state``)."""
         state = self.inner.state_dict()
@@ -204,11 +188,7 @@ class FedAUServer(ServerStrategy[Any]):
 
 def inner_state(state: Payload) -> Payload:
     """A checkpoint without its ``fedau.*`` entries: the wrapped strategy's own."""
-    return Payload(
-        tensors=dict(state.tensors),
-        config={k: v for k, v in state.config.items() if not k.startswith(PREFIX)},
-        metrics=dict(state.metrics),
-    )
+    return without_prefix(state, PREFIX)
 
 
 def participation_from_state(state: Payload) -> str:
