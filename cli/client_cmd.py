@@ -7,12 +7,8 @@ import re
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from fedft.core.device import DEVICE_HELP
-
-if TYPE_CHECKING:
-    from fedft.privacy.config import LocalDPConfig
 
 DESCRIPTION = """\
 Run an edge client. On first start it enrolls with --token (a one-time token from the operator)
@@ -112,27 +108,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
-    p.add_argument(
-        "--local-dp-clip",
-        type=float,
-        default=None,
-        metavar="C",
-        help="local DP: clip every update sent to L2 norm C before it leaves this device",
-    )
-    p.add_argument(
-        "--local-dp-noise",
-        type=float,
-        default=0.0,
-        metavar="Z",
-        help="local DP: Gaussian noise of std Z * C on every update sent (default: %(default)s)",
-    )
-    p.add_argument(
-        "--quant",
-        choices=("none", "nf4", "int8"),
-        default="none",
-        help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat) or int8, "
-        "block-wise with one fp32 scale per 64 weights (default: %(default)s)",
-    )
+    from fedft.cli.run_flags import add_local_dp_flags, add_quant_flag
+
+    add_local_dp_flags(p)
+    add_quant_flag(p)
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP)
     p.add_argument(
         "--simulate-device",
@@ -155,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the client daemon until the coordinator's run is finished."""
     from rich.console import Console
 
+    from fedft.cli.run_flags import local_dp_config_from_args
     from fedft.client.daemon import ClientDaemon, DaemonOptions
     from fedft.client.tls import channel_credentials
     from fedft.core.device import check_device_name
@@ -181,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
-        local_dp=_local_dp(args),
+        local_dp=local_dp_config_from_args(args),
         quant=args.quant,
         simulate_device=args.simulate_device,
         simulate_absent_rounds=_rounds(args.simulate_absent_rounds),
@@ -194,13 +174,6 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     return daemon.run()
-
-
-def _local_dp(args: argparse.Namespace) -> LocalDPConfig | None:
-    """The client-side DP the flags ask for, or None."""
-    from fedft.privacy.config import local_dp_config_from_flags
-
-    return local_dp_config_from_flags(clip=args.local_dp_clip, noise=args.local_dp_noise)
 
 
 def _rounds(text: str) -> frozenset[int]:

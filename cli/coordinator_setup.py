@@ -7,13 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedft.core.config import ConfigError, parse_overrides
+from fedft.cli.run_flags import dp_config_from_args, robust_config_from_args
+from fedft.core.config import parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.privacy.config import SECRET, check_server_wrappers
-from fedft.privacy.robust import RobustConfig
 from fedft.runtime.assembly import ClientRuntime, assemble_client
-from fedft.runtime.spec import RunSpec
+from fedft.runtime.spec import RunSpec, resolve_strategy
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
 
@@ -32,12 +32,8 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     The server package never imports the client runtime (tests/test_layering.py): the initial
     global state is computed here, by the client half on a host-side trainer, and handed over.
     """
-    import fedft.strategies  # noqa: F401 - registers the built-ins even without entry points
-
-    spec = get_strategy(args.strategy)
-    options = parse_overrides(spec.config_cls, args.opt)
+    run = server_run_spec(args)
     try:
-        spec.make_config(options)  # bad options fail before the state is opened
         settings = CoordinatorSettings(
             rounds=args.rounds,
             round_timeout_s=args.round_timeout,
@@ -48,48 +44,54 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
             max_num_examples=getattr(args, "max_examples", 1_000_000),
             max_update_norm=getattr(args, "max_update_norm", None),
         )
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    from fedft.cli.dp_flags import dp_config_from_args
-
-    privacy = dp_config_from_args(args) if hasattr(args, "dp_noise") else None
-    if privacy is not None:
-        # A deployment's sample must be secret for amplification by sampling to hold.
-        privacy = dataclasses.replace(privacy, sampling=SECRET)
-    robust = robust_config(args)
-    participation = getattr(args, "participation", "none")
-    check_server_wrappers(
-        dp=privacy is not None, robust=robust is not None, fedau=participation == "fedau"
-    )
     state = open_state(args.db)
     # The coordinator only needs the model for the initial global state and exports: CPU.
-    runtime = assemble_client(
-        RunSpec(strategy=args.strategy, options=options, model=args.model, device="cpu")
-    )
+    runtime = assemble_client(dataclasses.replace(run, device="cpu"))
     try:
         coordinator = Coordinator(
             state,
-            spec,
-            options,
-            seed=args.seed,
+            runtime.strategy,
+            dict(run.options),
+            seed=run.seed,
             settings=settings,
-            model=args.model,
+            model=run.model,
             initial=runtime.initial_state(),
-            privacy=privacy,
-            robust=robust,
-            participation=participation,
+            privacy=run.dp,
+            robust=run.robust,
+            participation=run.participation,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return CoordinatorSetup(coordinator, runtime)
 
 
-def robust_config(args: argparse.Namespace) -> RobustConfig | None:
-    """The robust aggregation the --robust flags ask for, or None."""
-    rule = getattr(args, "robust", None)
-    if rule is None:
-        return None
-    return RobustConfig(rule, bound=args.robust_bound, trim=args.robust_trim)
+def server_run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run ``fedft serve``'s flags describe: strategy and options, model, seed, wrappers.
+
+    Bad options fail here, before any state is opened or model loaded.
+    """
+    strategy = get_strategy(args.strategy)
+    options = parse_overrides(strategy.config_cls, args.opt)
+    resolve_strategy(args.strategy, options)  # a bad option is a usage error, said now
+    privacy = dp_config_from_args(args)
+    if privacy is not None:
+        # A deployment's sample must be secret for amplification by sampling to hold.
+        privacy = dataclasses.replace(privacy, sampling=SECRET)
+    robust = robust_config_from_args(args)
+    check_server_wrappers(
+        dp=privacy is not None, robust=robust is not None, fedau=args.participation == "fedau"
+    )
+    return RunSpec(
+        strategy=args.strategy,
+        options=options,
+        model=args.model,
+        seed=args.seed,
+        dp=privacy,
+        robust=robust,
+        participation=args.participation,
+    )
 
 
 def export_global(setup: CoordinatorSetup, folder: Path) -> None:

@@ -177,42 +177,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
-    robust = p.add_argument_group(
-        "robust aggregation",
-        "replace the strategy's weighted mean by a rule one malicious client cannot steer far "
-        "(strategies that expose update vectors; not together with --dp-noise)",
-    )
-    robust.add_argument(
-        "--robust",
-        choices=("norm", "trimmed", "median"),
-        default=None,
-        help="norm: clip each update to --robust-bound and average; trimmed: coordinate-wise "
-        "trimmed mean; median: coordinate-wise median",
-    )
-    robust.add_argument(
-        "--robust-bound",
-        type=float,
-        default=None,
-        metavar="B",
-        help="L2 bound every update is clipped to first (required by norm)",
-    )
-    robust.add_argument(
-        "--robust-trim",
-        type=float,
-        default=0.1,
-        metavar="F",
-        help="trimmed: share of values dropped at each end per coordinate (default: %(default)s)",
-    )
-    p.add_argument(
-        "--participation",
-        default="none",
-        choices=("none", "fedau"),
-        help="fedau: weight each update by its client's estimated participation interval "
-        "(about 1/p, FedAU); the estimates live in the checkpoint, so a restart keeps them "
-        "(default: %(default)s)",
-    )
-    from fedft.cli.dp_flags import add_dp_flags
+    from fedft.cli.run_flags import add_dp_flags, add_participation_flag, add_robust_flags
 
+    add_robust_flags(p)
+    add_participation_flag(p)
     add_dp_flags(p)
     p.set_defaults(handler=run)
 

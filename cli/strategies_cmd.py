@@ -33,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import fedft.strategies  # noqa: F401 - registers built-ins
     from fedft.core.registry import available_strategies, get_strategy
 
     console = Console()

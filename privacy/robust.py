@@ -14,6 +14,8 @@ Weights are ignored on purpose: a self-reported ``num_examples`` is itself an at
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -23,13 +25,15 @@ from typing import Any
 import torch
 
 from fedft.core.errors import UsageError
-from fedft.core.payload import MetricValue
+from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import Failure, Result, ServerStrategy
-from fedft.core.wrapper import LinearWrapper
+from fedft.core.wrapper import LinearWrapper, without_prefix
 
 logger = logging.getLogger(__name__)
 
 RULES = ("norm", "trimmed", "median")
+PREFIX = "robust."
+SETTINGS_KEY = PREFIX + "settings"
 
 
 @dataclass(frozen=True)
@@ -109,3 +113,26 @@ class RobustServer(LinearWrapper):
             metrics.update(self.linear.apply_update(server_round, step))
             metrics["robust.step_norm"] = float(step.norm())
         return metrics
+
+    def state_dict(self) -> Payload:
+        """The wrapped checkpoint plus the rule it aggregates with (``robust.settings``).
+
+        A restarted coordinator reads the rule back (:func:`robust_from_state`), so a restart
+        cannot silently change or drop it mid-run.
+        """
+        state = self.inner.state_dict()
+        config = dict(state.config)
+        config[SETTINGS_KEY] = json.dumps(dataclasses.asdict(self.robust), sort_keys=True)
+        return Payload(tensors=dict(state.tensors), config=config, metrics=dict(state.metrics))
+
+    def load_state_dict(self, state: Payload) -> None:
+        """Restore the wrapped strategy from :meth:`state_dict` output."""
+        self.inner.load_state_dict(without_prefix(state, PREFIX))
+
+
+def robust_from_state(state: Payload) -> RobustConfig | None:
+    """The robust rule a :class:`RobustServer` checkpoint was made with, or None."""
+    text = state.config.get(SETTINGS_KEY)
+    if not isinstance(text, str):
+        return None
+    return RobustConfig(**json.loads(text))

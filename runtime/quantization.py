@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from fedft.core.errors import UsageError
+from fedft.core.run_options import QUANT_CHOICES
 from fedft.runtime.models import ModelBundle
 
-QUANT_CHOICES = ("none", "nf4", "int8")
 # The output head stays in full precision, as in QLoRA: it is small next to the stack and its
 # rounding hurts the loss most.
 DEFAULT_SKIP = ("lm_head",)

@@ -44,8 +44,6 @@ class RunSpec:
 
 def resolve_strategy(name: str, options: Mapping[str, Any]) -> tuple[StrategySpec, StrategyConfig]:
     """Look the strategy up and build its validated config; bad options are a usage error."""
-    import fedft.strategies  # noqa: F401 - registers the built-ins even without entry points
-
     strategy = get_strategy(name)
     try:
         config = strategy.make_config(dict(options))

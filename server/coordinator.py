@@ -17,13 +17,14 @@ from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
 from fedft.privacy.config import DPConfig
-from fedft.privacy.robust import RobustConfig
+from fedft.privacy.robust import RobustConfig, robust_from_state
 from fedft.privacy.wrapper import dp_settings_from_state
 from fedft.runtime.server_assembly import wrap_server
 from fedft.server import metrics as prom
 from fedft.server.enrollment import ClientDirectory
 from fedft.server.influence import InfluenceBounds
 from fedft.server.intake import Intake, Rejected
+from fedft.server.round_view import MISSING, UPDATES
 from fedft.server.settings import CoordinatorSettings
 from fedft.server.state.base import State
 from fedft.server.state.records import (
@@ -111,13 +112,20 @@ class Coordinator:
                 )
             self.config, seed = resumed, stored.seed
             self.settings = dataclasses.replace(settings, rounds=stored.rounds)
-            # DP settings and FedAU's interval estimates live in the checkpoint: a restart can
-            # neither drop nor change them.
+            # DP settings, the robust rule and FedAU's interval estimates live in the
+            # checkpoint: a restart can neither drop nor change them.
             checkpoint = payload_from_bytes(state.latest_checkpoint()[1])
-            kept = (dp_settings_from_state(checkpoint), participation_from_state(checkpoint))
-            if kept != (privacy, participation):
-                logger.warning("resuming run %s with its stored DP/participation", stored.run_id)
-            privacy, participation = kept
+            kept = (
+                dp_settings_from_state(checkpoint),
+                robust_from_state(checkpoint),
+                participation_from_state(checkpoint),
+            )
+            if kept != (privacy, robust, participation):
+                logger.warning(
+                    "resuming run %s with its stored DP, robust and participation settings",
+                    stored.run_id,
+                )
+            privacy, robust, participation = kept
         # The assembly point wraps the server half as every engine does (DP, robust
         # aggregation, FedAU); each round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
@@ -375,8 +383,8 @@ class Coordinator:
                 checkpoint = payload_to_bytes(self.server_half.state_dict())
             summary: dict[str, MetricValue] = {
                 **metrics,
-                "updates": len(updates),
-                "missing": len(failures),
+                UPDATES: len(updates),
+                MISSING: len(failures),
                 REJECTED: rejected_count(failures),
             }
             self.state.close_round(

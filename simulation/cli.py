@@ -6,6 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from fedft.cli.run_flags import (
+    add_dp_flags,
+    add_local_dp_flags,
+    add_participation_flag,
+    add_quant_flag,
+    add_robust_flags,
+)
 from fedft.core.device import DEVICE_HELP
 from fedft.simulation.availability import AVAILABILITY_HELP
 from fedft.simulation.devices import DEVICE_MIX_HELP
@@ -66,67 +73,28 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "held-out prompts answered by the final model for Rouge-L; 0 skips",
     ),
     ("--max-new-tokens", int, "N", "answer length for Rouge-L generation"),
-    (
-        "--dp-noise",
-        float,
-        "Z",
-        "client-level DP: noise multiplier z (noise std on the clipped sum = z * clip); "
-        "writes OUT/ledger.jsonl and OUT/audit.json",
-    ),
-    ("--dp-clip", float, "C", "DP: L2 clip norm of each client's update (initial one if adaptive)"),
-    (
-        "--dp-sampling-rate",
-        float,
-        "Q",
-        "DP: each client (and canary) joins a round independently with probability Q",
-    ),
-    (
-        "--dp-count-stddev",
-        float,
-        "S",
-        "DP, adaptive clipping: noise std on the count of unclipped clients "
-        "(default: expected participants / 20); the noise multiplier must stay below 2 S",
-    ),
-    (
-        "--canaries",
-        int,
-        "N",
-        "DP audit: insert N canary clients (random unit updates) and keep N unseen ones; "
-        "the audit estimates epsilon from them",
-    ),
-    (
-        "--local-dp-clip",
-        float,
-        "C",
-        "client-side DP: clip every reply's update to L2 norm C on the device",
-    ),
-    ("--local-dp-noise", float, "Z", "client-side DP: Gaussian noise of std Z * C on every reply"),
-    (
-        "--quant",
-        str,
-        "none|nf4|int8",
-        "quantize the frozen base for LoRA strategies: nf4 (4-bit NormalFloat, QLoRA) or int8, "
-        "block-wise with one fp32 scale per 64 weights; the report records the memory saved",
-    ),
     ("--device", str, "auto|cpu|cuda|cuda:N", DEVICE_HELP),
     ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
     ("--availability", str, "SPEC", AVAILABILITY_HELP),
-    (
-        "--robust",
-        str,
-        "norm|trimmed|median",
-        "robust aggregation instead of the weighted mean: norm (clip each update to "
-        "--robust-bound, then average), trimmed (coordinate-wise trimmed mean) or median",
-    ),
-    ("--robust-bound", float, "B", "robust: L2 bound every update is clipped to first"),
-    ("--robust-trim", float, "F", "robust trimmed: share of values dropped at each end"),
-    (
-        "--participation",
-        str,
-        "none|fedau",
-        "fedau: weight each update by its client's estimated participation interval (about "
-        "1/p, FedAU, Wang & Ji 2024), so rarely-present clients are not under-represented",
-    ),
+)
+
+
+# Spec fields set by the flags fedft.cli.run_flags declares for serve and client too.
+SHARED_FIELDS = (
+    "quant",
+    "participation",
+    "robust",
+    "robust_bound",
+    "robust_trim",
+    "dp_noise",
+    "dp_clip",
+    "dp_adaptive",
+    "dp_sampling_rate",
+    "dp_count_stddev",
+    "canaries",
+    "canary_iterates",
+    "local_dp_clip",
+    "local_dp_noise",
 )
 
 
@@ -205,17 +173,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="join a running Ray cluster (started with `ray start --head`) instead of starting "
         "a local one; RAY_ADDRESS works too (default: local Ray)",
     )
-    p.add_argument(
-        "--dp-adaptive",
-        action="store_true",
-        help="DP: adapt the clip norm to the median update norm (Andrew et al. 2021)",
-    )
-    p.add_argument(
-        "--canary-iterates",
-        action="store_true",
-        help="DP audit: also score canaries against every round's update (all-iterates threat "
-        "model), not only the final model",
-    )
+    add_quant_flag(p)
+    add_participation_flag(p)
+    add_robust_flags(p)
+    add_dp_flags(p, note="; writes OUT/ledger.jsonl, OUT/audit.json and OUT/audit.png")
+    add_local_dp_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")
     p.set_defaults(handler=run)
 
@@ -232,13 +194,12 @@ def spec_from_args(args: argparse.Namespace) -> SimulationSpec:
     from fedft.simulation.engine import build_strategy
 
     values = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SPEC_FLAGS}
+    values.update({name: getattr(args, name) for name in SHARED_FIELDS})
     default_out = Path("runs") / f"{args.strategy}-{Path(args.model).name}-seed{args.seed}"
     base = SimulationSpec(
         **values,
         engine=args.engine,
         out=args.out or default_out,
-        dp_adaptive=args.dp_adaptive,
-        canary_iterates=args.canary_iterates,
         cpus_per_client=args.cpus_per_client,
         gpus_per_client=args.gpus_per_client,
         ray_address=args.ray_address,

@@ -42,25 +42,3 @@ def assign_tiers(mix: str, client_ids: Sequence[str]) -> dict[str, str]:
 
 
 __all__ = ["TIERS", "assign_tiers", "parse_device_mix", "tier_profile", "virtual_seconds"]
-
-
-def adapter_layout(tensors: dict[str, object], config: dict[str, object]) -> tuple[int, list[int]]:
-    """LoRA depth and per-layer ranks (bottom to top) a task hands a client.
-
-    Read from the adapter tensors themselves (the largest ``lora_A`` rank in each layer), so
-    uniform strategies report theirs too; the task config's ``lora_ranks`` wins when present.
-    """
-    import re
-
-    import torch
-
-    ranks = config.get("lora_ranks")
-    if isinstance(ranks, list) and ranks:
-        return len(ranks), [int(r) for r in ranks]
-    per_layer: dict[int, int] = {}
-    for name, t in tensors.items():
-        match = re.search(r"\.layers\.(\d+)\..*lora_A", name)
-        if match is not None and isinstance(t, torch.Tensor) and t.dim() == 2:
-            layer = int(match.group(1))
-            per_layer[layer] = max(per_layer.get(layer, 0), int(t.shape[0]))
-    return len(per_layer), [per_layer[k] for k in sorted(per_layer)]

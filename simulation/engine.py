@@ -12,6 +12,7 @@ from typing import Any
 from fedft.core.config import StrategyConfig
 from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
 from fedft.core.hosting import REJECTED, accepted_results, rejected_count
+from fedft.core.layout import reported_layout
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
@@ -31,9 +32,9 @@ from fedft.runtime.spec import resolve_strategy
 from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
-from fedft.simulation.devices import adapter_layout, assign_tiers
+from fedft.simulation.devices import assign_tiers
 from fedft.simulation.provenance import model_facts, provenance
-from fedft.simulation.report import Report, RoundRecord
+from fedft.simulation.report import Report, RoundReport
 from fedft.simulation.spec import SimulationSpec
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _no_progress(event: str, done: int, total: int) -> None:
+def no_progress(event: str, done: int, total: int) -> None:
+    """A progress callback that shows nothing (the default of every engine)."""
     return None
 
 
@@ -81,7 +83,7 @@ def build_strategy(spec: SimulationSpec) -> tuple[StrategySpec, StrategyConfig]:
 class InProcessEngine:
     """Runs a registered strategy over N virtual clients that share one loaded model."""
 
-    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
+    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = no_progress):
         self.spec = spec
         self.progress = progress
         run = spec.run_spec()
@@ -152,7 +154,7 @@ class InProcessEngine:
                 seconds = cpu
                 reply.metrics[TASK_SECONDS] = float(seconds)  # same bytes as the grpc engine
             result = Result(task.client_id, wire.up_hop(reply))
-            depth, ranks = adapter_layout(dict(task.payload.tensors), dict(task.payload.config))
+            depth, ranks = reported_layout(result.payload.metrics)  # as the strategy says
             records[task.client_id] = {
                 "lora_depth": depth,
                 "ranks": ranks,
@@ -229,7 +231,7 @@ class InProcessEngine:
                 # plus the server's own work (configure, aggregate); evaluation is not counted.
                 seconds = server + max((r["seconds"] for r in records.values()), default=0.0)
             report.rounds.append(
-                RoundRecord(
+                RoundReport(
                     round=server_round,
                     eval_loss=eval_loss,
                     bytes_up=wire.up,
@@ -262,7 +264,7 @@ def finish_report(
     spec: SimulationSpec,
     evaluator: LocalTrainer,
     rouge_set: list[Example],
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
     *,
     clients_dir: Path | None = None,
 ) -> Report:

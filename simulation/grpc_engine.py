@@ -12,23 +12,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from fedft.core.device import CPU_SECONDS, CUDA_PROPERTY, TASK_SECONDS
+from fedft.cli.run_flags import client_flags, serve_flags
+from fedft.core.device import CPU_SECONDS, TASK_SECONDS
 from fedft.core.errors import FedftError
 from fedft.core.identity import hash_token, new_token
-from fedft.core.serde import payload_from_bytes
+from fedft.core.layout import reported_layout
 from fedft.core.strategy import ServerStrategy
-from fedft.privacy.config import DPConfig
 from fedft.runtime.assembly import assemble_client
 from fedft.runtime.server_assembly import assemble_server
+from fedft.server.round_view import RoundView, checkpoint_at, round_view
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
-from fedft.server.state.records import ROUND_DONE, TokenRecord, TrafficRecord
+from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
 from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
-from fedft.simulation.devices import adapter_layout, assign_tiers
-from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
-from fedft.simulation.report import Report, RoundRecord
+from fedft.simulation.devices import assign_tiers
+from fedft.simulation.engine import ProgressFn, finish_report, no_progress
+from fedft.simulation.report import Report, RoundReport
 from fedft.simulation.spec import SimulationSpec
 
 STARTUP_TIMEOUT_S = 300.0
@@ -57,10 +58,10 @@ class GrpcEngine:
     both engines write the same ``report.json``.
     """
 
-    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
+    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = no_progress):
         self.spec = spec
         self.progress = progress
-        run = spec.run_spec()
+        self.run_spec = run = spec.run_spec()
         # The parent evaluates each round's checkpoint with the same runtime as the clients.
         self.runtime = assemble_client(run)
         self.strategy, self.config = self.runtime.strategy, self.runtime.config
@@ -106,15 +107,11 @@ class GrpcEngine:
 
     def _start_coordinator(self) -> int:
         spec = self.spec
-        options = [f"--opt={k}={_cli_value(v)}" for k, v in spec.strategy_options.items()]
         args = [
-            "serve", "--strategy", spec.strategy, *options, "--rounds", str(spec.rounds),
-            "--model", spec.model, "--seed", str(spec.seed), "--db", self.db_url,
+            "serve", *serve_flags(self.run_spec), "--rounds", str(spec.rounds), "--db", self.db_url,
             "--bind", "127.0.0.1:0", "--certs", str(self.workdir / "certs"),
             "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
         ]  # fmt: skip
-        args += _dp_args(self.dp)
-        args += ["--participation", spec.participation]
         if spec.availability.strip() != "always":
             args += ["--round-timeout", str(AWAY_ROUND_TIMEOUT_S)]
         env = self._environment()
@@ -142,16 +139,9 @@ class GrpcEngine:
                 "client", "--server", f"127.0.0.1:{port}",
                 "--ca", str(self.workdir / "certs" / "ca.pem"),
                 "--token", tokens[cid], "--client-id", cid, "--data", str(path),
-                "--state-dir", str(self.workdir / "clients" / cid), "--model", self.spec.model,
-                "--max-length", str(self.spec.max_length), "--poll", "2", "--max-backoff", "2",
-                "--quant", self.spec.quant, "--device", self.spec.device,
+                "--state-dir", str(self.workdir / "clients" / cid), *client_flags(self.run_spec),
+                "--poll", "2", "--max-backoff", "2",
             ]  # fmt: skip
-            local_dp = self.spec.local_dp_config()
-            if local_dp is not None:
-                args += [
-                    f"--local-dp-clip={local_dp.clip!r}",
-                    f"--local-dp-noise={local_dp.noise_multiplier!r}",
-                ]
             if cid in tiers:
                 args += ["--simulate-device", tiers[cid]]
             away = [str(r) for r, present in enumerate(schedule, start=1) if cid not in present]
@@ -179,7 +169,7 @@ class GrpcEngine:
 
     # --- the run -------------------------------------------------------------------------------
     def _evaluate_checkpoint(self, state: State, round_number: int) -> float:
-        self.server_half.load_state_dict(payload_from_bytes(state.get_checkpoint(round_number)))
+        self.server_half.load_state_dict(checkpoint_at(state, round_number))
         return self.runtime.evaluate(self.server_half.global_state(), self.data.eval_set)
 
     def _wait_for_round(self, state: State, round_number: int) -> None:
@@ -256,92 +246,46 @@ class GrpcEngine:
                 raise EngineFailure("the coordinator did not initialise its run in time")
             time.sleep(POLL_S)
 
-    def _round_record(self, state: State, number: int) -> RoundRecord:
-        record = state.get_round(number)
-        if record is None or record.closed_at is None:
-            raise EngineFailure(f"round {number} is not closed")
-        traffic = state.list_traffic(number)
-        return RoundRecord(
+    def _round_record(self, state: State, number: int) -> RoundReport:
+        try:
+            view = round_view(state, number)
+        except ValueError as exc:
+            raise EngineFailure(str(exc)) from None
+        return RoundReport(
             round=number,
             eval_loss=self._evaluate_checkpoint(state, number),
-            # The payload bytes inside the messages: what the in-process engine counts too.
-            bytes_up=sum(t.payload_up for t in traffic),
-            bytes_down=sum(t.payload_down for t in traffic),
-            participants=len(state.tasks_for_round(number)),
-            seconds=round(record.closed_at - record.started_at, 3),
-            metrics={
-                k: v
-                for k, v in record.metrics.items()
-                if isinstance(v, (int, float)) and k not in ("updates", "missing")
-            },
-            clients=self._client_records(state, number, traffic),
+            bytes_up=view.bytes_up,
+            bytes_down=view.bytes_down,
+            participants=view.participants,
+            seconds=view.seconds,
+            metrics=view.metrics,
+            clients=self._client_records(view),
             # The clients present this round; the coordinator offered every live client, and
             # the away ones sat the round out (counted missing at the deadline).
             available=self.availability.available(number) if self.availability.simulated else None,
         )
 
-    def _client_records(
-        self, state: State, number: int, traffic: list[TrafficRecord]
-    ) -> dict[str, dict[str, Any]]:
-        """Per client: the layout its task named, the seconds it reported, its payload bytes."""
+    def _client_records(self, view: RoundView) -> dict[str, dict[str, Any]]:
+        """Per client: the layout its reply reports, the seconds it took, its payload bytes."""
         tiers = (
             assign_tiers(self.spec.device_mix, list(self.data.clients))
             if self.spec.device_mix
             else {}
         )
-        # Each daemon says in its profile whether it trains on a CUDA GPU.
-        devices = {
-            c.client_id: "cuda" if c.properties[CUDA_PROPERTY] else "cpu"
-            for c in state.list_clients()
-            if CUDA_PROPERTY in c.properties
-        }
-        seconds: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        for update in state.updates_for_round(number):
-            metrics = payload_from_bytes(state.get_blob(update.payload_sha)).metrics
-            if metrics.get(TASK_SECONDS) is not None:
-                seconds[update.client_id] = round(float(metrics[TASK_SECONDS]), 4)
-            if metrics.get(CPU_SECONDS) is not None:
-                cpu[update.client_id] = round(float(metrics[CPU_SECONDS]), 6)
         records: dict[str, dict[str, Any]] = {}
-        for task in state.tasks_for_round(number):
-            payload = payload_from_bytes(b"".join(state.get_blob(sha) for sha in task.payload_shas))
-            depth, ranks = adapter_layout(dict(payload.tensors), dict(payload.config))
-            moved = sum(
-                t.payload_up + t.payload_down for t in traffic if t.client_id == task.client_id
-            )
-            records[task.client_id] = {
+        for cid, metrics in view.replies.items():
+            depth, ranks = reported_layout(metrics)
+            seconds, cpu = metrics.get(TASK_SECONDS), metrics.get(CPU_SECONDS)
+            records[cid] = {
                 "lora_depth": depth,
                 "ranks": ranks,
-                "seconds": seconds.get(task.client_id),
-                "bytes": moved,
-                **({"device": devices[task.client_id]} if task.client_id in devices else {}),
+                "seconds": None if seconds is None else round(float(seconds), 4),
+                "bytes": view.client_bytes[cid],
+                **({"device": view.devices[cid]} if cid in view.devices else {}),
                 **(
-                    {"tier": tiers[task.client_id], "cpu_seconds": cpu.get(task.client_id)}
-                    if task.client_id in tiers
+                    {"tier": tiers[cid], "cpu_seconds": None if cpu is None else round(cpu, 6)}
+                    if cid in tiers
                     else {}
                 ),
             }
         return records
-
-
-def _dp_args(dp: DPConfig | None) -> list[str]:
-    """The `fedft serve` flags that ask for ``dp``."""
-    if dp is None:
-        return []
-    args = [
-        f"--dp-noise={dp.noise_multiplier!r}",
-        f"--dp-clip={dp.clip!r}",
-        f"--dp-sampling-rate={dp.sampling_rate!r}",
-        f"--canaries={dp.canaries}",
-    ]
-    if dp.count_stddev is not None:
-        args.append(f"--dp-count-stddev={dp.count_stddev!r}")
-    flags = [("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates)]
-    return args + [flag for flag, on in flags if on]
-
-
-def _cli_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)

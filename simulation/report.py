@@ -13,7 +13,7 @@ from fedft.core.payload import MetricValue
 
 
 @dataclass
-class RoundRecord:
+class RoundReport:
     """What one round did: global eval loss, bytes each way, participants, wall time."""
 
     round: int
@@ -44,7 +44,7 @@ class Report:
     engine: str
     config: dict[str, Any]
     initial: dict[str, float] = field(default_factory=dict)
-    rounds: list[RoundRecord] = field(default_factory=list)
+    rounds: list[RoundReport] = field(default_factory=list)
     final: dict[str, float | int | None] = field(default_factory=dict)
     # Model weight memory (--quant): scheme, quantized layers, bytes before/after, fraction saved.
     memory: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +80,7 @@ class Report:
 def read_report(path: Path) -> Report:
     """Load a ``report.json`` written by :meth:`Report.write` (NaN losses come back as NaN)."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    rounds = [RoundRecord(**r) for r in data.pop("rounds", [])]
+    rounds = [RoundReport(**r) for r in data.pop("rounds", [])]
     report = Report(**data, rounds=rounds)
     report.initial = {k: _from_json(v) for k, v in report.initial.items()}
     for record in report.rounds:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
+from fedft.core.run_options import PARTICIPATION_CHOICES, QUANT_CHOICES
 from fedft.privacy.config import (
     DPConfig,
     LocalDPConfig,
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from fedft.runtime.spec import RunSpec
 
 ENGINES = ("inprocess", "grpc", "flower")
-# Same values as fedft.runtime.quantization.QUANT_CHOICES (a test keeps them equal); not imported
-# so that building the CLI parser does not import torch.
-QUANTS = ("none", "nf4", "int8")
-# Same values as fedft.strategies.participation.PARTICIPATION_CHOICES (a test keeps them equal).
-PARTICIPATIONS = ("none", "fedau")
 
 
 @dataclass(frozen=True)
@@ -87,10 +83,10 @@ class SimulationSpec:
             (self.eval_examples >= 1, "--eval-examples must be >= 1"),
             (self.rouge_examples >= 0, "--rouge-examples must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
-            (self.quant in QUANTS, f"--quant must be one of {', '.join(QUANTS)}"),
+            (self.quant in QUANT_CHOICES, f"--quant must be one of {', '.join(QUANT_CHOICES)}"),
             (
-                self.participation in PARTICIPATIONS,
-                f"--participation must be one of {', '.join(PARTICIPATIONS)}",
+                self.participation in PARTICIPATION_CHOICES,
+                f"--participation must be one of {', '.join(PARTICIPATION_CHOICES)}",
             ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),

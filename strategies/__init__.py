@@ -1,13 +1,9 @@
-"""Built-in federated strategies; importing this package registers them."""
+"""Built-in federated strategies, found like any plugin through their entry points.
 
-from fedft.strategies import (
-    fedavg_lora,
-    fedkseed,
-    fedkseed_pro,
-    ferret,
-    flexlora,
-    hetlora,
-    legend,
-)
+``pyproject.toml`` lists each one's ``register``; :func:`fedft.core.registry.get_strategy` loads
+them on first use, so importing this package registers nothing by itself.
+"""
 
-__all__ = ["fedavg_lora", "fedkseed", "fedkseed_pro", "ferret", "flexlora", "hetlora", "legend"]
+# The built-ins' registered names, for tests and docs that must not depend on which third-party
+# plugins happen to be installed (a test keeps this equal to the entry points).
+BUILT_IN = ("fedavg_lora", "fedkseed", "fedkseed_pro", "ferret", "flexlora", "hetlora", "legend")

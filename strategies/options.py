@@ -13,6 +13,7 @@ from typing import TypeVar
 import torch
 
 from fedft.core.config import ConfigError, StrategyConfig, option
+from fedft.core.layout import adapter_ranks, report_layout
 from fedft.core.payload import ConfigValue, Payload, config_float, config_int
 from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.strategy import ClientInfo
@@ -181,7 +182,10 @@ class LoRATrainingOptions(FirstOrderOptions):
 
 
 def train_lora(trainer: Trainer, task: Payload, local_state: Payload | None = None) -> Payload:
-    """Load the task's adapter, train as its config says (see ``task_config``), reply with it."""
+    """Load the task's adapter, train as its config says (see ``task_config``), reply with it.
+
+    The reply's metrics report the adapter's layout (``fedft.core.layout``) for the host's report.
+    """
     trainer.load_lora_state(task.tensors)
     config = task.config
     stats = local_train(
@@ -193,7 +197,7 @@ def train_lora(trainer: Trainer, task: Payload, local_state: Payload | None = No
         lr=config_float(config, "lr"),
         seed=config_int(config, "seed"),
     )
-    return Payload(
+    reply = Payload(
         tensors=trainer.lora_state(),
         metrics={
             "num_examples": trainer.num_examples,
@@ -201,3 +205,5 @@ def train_lora(trainer: Trainer, task: Payload, local_state: Payload | None = No
             "steps": stats.steps,
         },
     )
+    report_layout(reply.metrics, adapter_ranks(reply.tensors))
+    return reply

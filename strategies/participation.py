@@ -28,6 +28,7 @@ import torch
 
 from fedft.core.errors import UsageError
 from fedft.core.payload import MetricValue, Payload
+from fedft.core.run_options import PARTICIPATION_CHOICES
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
 from fedft.core.wrapper import LinearWrapper, without_prefix
 
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "fedau."
 STATE_KEY = PREFIX + "state"
-PARTICIPATION_CHOICES = ("none", "fedau")
 DEFAULT_CUTOFF = 50  # K: the value of the paper's cutoff experiments (reference code README)
 
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from fedft.core.errors import UsageError
-from fedft.simulation.engine import ProgressFn, _no_progress
+from fedft.simulation.engine import ProgressFn, no_progress
 from fedft.simulation.flower import ensure_flower
 from fedft.simulation.report import Report
 from fedft.simulation.spec import SimulationSpec
@@ -54,7 +54,7 @@ def backend_config(spec: SimulationSpec) -> dict[str, Any]:
 class FlowerEngine:
     """Runs a registered strategy over N virtual Flower SuperNodes on Ray."""
 
-    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = _no_progress):
+    def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = no_progress):
         ensure_flower()
         from fedft.simulation.flower.server_app import FlowerServer
 

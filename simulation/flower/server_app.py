@@ -21,10 +21,10 @@ from fedft.runtime.assembly import assemble_client
 from fedft.runtime.server_assembly import assemble_server
 from fedft.simulation.availability import report_entry, simulation_availability
 from fedft.simulation.data_split import split_data
-from fedft.simulation.engine import ProgressFn, _no_progress, finish_report
+from fedft.simulation.engine import ProgressFn, finish_report, no_progress
 from fedft.simulation.flower.run_config import spec_from_run_config
 from fedft.simulation.flower.strategy import FedftStrategy
-from fedft.simulation.report import Report, RoundRecord
+from fedft.simulation.report import Report, RoundReport
 from fedft.simulation.spec import SimulationSpec
 
 
@@ -35,7 +35,7 @@ class FlowerServer:
         self,
         spec: SimulationSpec,
         *,
-        progress: ProgressFn = _no_progress,
+        progress: ProgressFn = no_progress,
         node_wait_s: float = 300.0,
         timeout_s: float = 3600.0,
     ) -> None:
@@ -88,7 +88,7 @@ class FlowerServer:
             if self.recorder is not None and self.dp_server is not None:
                 self.recorder.after_round(self.dp_server)
             self.report.rounds.append(
-                RoundRecord(
+                RoundReport(
                     round=server_round,
                     eval_loss=loss,
                     bytes_up=traffic.up,

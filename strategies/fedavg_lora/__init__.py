@@ -9,13 +9,10 @@ __all__ = ["FedAvgLoRAClient", "FedAvgLoRAConfig", "FedAvgLoRAServer", "register
 
 
 def register() -> None:
-    """Register ``fedavg_lora`` (called on import and by entry-point discovery)."""
+    """Register ``fedavg_lora`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="fedavg_lora",
         config_cls=FedAvgLoRAConfig,
         server_cls=FedAvgLoRAServer,
         client_cls=FedAvgLoRAClient,
     )
-
-
-register()

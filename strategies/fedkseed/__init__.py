@@ -9,7 +9,7 @@ __all__ = ["FedKSeedClient", "FedKSeedConfig", "FedKSeedServer", "register"]
 
 
 def register() -> None:
-    """Register ``fedkseed`` (called on import and by entry-point discovery)."""
+    """Register ``fedkseed`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="fedkseed",
         config_cls=FedKSeedConfig,
@@ -17,6 +17,3 @@ def register() -> None:
         summary="zeroth-order full-parameter tuning; one scalar per step goes up (Qin et al.)",
         client_cls=FedKSeedClient,
     )
-
-
-register()

@@ -9,7 +9,7 @@ __all__ = ["FedKSeedProClient", "FedKSeedProConfig", "FedKSeedProServer", "regis
 
 
 def register() -> None:
-    """Register ``fedkseed_pro`` (called on import and by entry-point discovery)."""
+    """Register ``fedkseed_pro`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="fedkseed_pro",
         config_cls=FedKSeedProConfig,
@@ -17,6 +17,3 @@ def register() -> None:
         summary="FedKSeed with seeds sampled by their learned importance",
         client_cls=FedKSeedProClient,
     )
-
-
-register()

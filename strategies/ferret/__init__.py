@@ -9,7 +9,7 @@ __all__ = ["FerretClient", "FerretConfig", "FerretServer", "register"]
 
 
 def register() -> None:
-    """Register ``ferret`` (called on import and by entry-point discovery)."""
+    """Register ``ferret`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="ferret",
         config_cls=FerretConfig,
@@ -17,6 +17,3 @@ def register() -> None:
         summary="first-order local steps, sent as projections onto seeded bases (Shu et al.)",
         client_cls=FerretClient,
     )
-
-
-register()

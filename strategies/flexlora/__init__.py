@@ -9,7 +9,7 @@ __all__ = ["FlexLoRAClient", "FlexLoRAConfig", "FlexLoRAServer", "register"]
 
 
 def register() -> None:
-    """Register ``flexlora`` (called on import and by entry-point discovery)."""
+    """Register ``flexlora`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="flexlora",
         config_cls=FlexLoRAConfig,
@@ -17,6 +17,3 @@ def register() -> None:
         summary="rank per device, exact sum of s B A, truncated SVD per rank (Bai et al.)",
         client_cls=FlexLoRAClient,
     )
-
-
-register()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedft.strategies.hetero_lora.client import HeteroLoRAClient
+from fedft.strategies.hetero_base.client import HeteroLoRAClient
 
 
 class FlexLoRAClient(HeteroLoRAClient):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedft.core.config import Preset
-from fedft.strategies.hetero_lora.exact import ExactConfig
+from fedft.strategies.hetero_base.exact import ExactConfig
 from fedft.strategies.options import ALL_LINEAR
 
 # FlexLoRA's main.py (alibaba/FederatedScope, branch FlexLoRA): alpha 16, dropout 0.05, all

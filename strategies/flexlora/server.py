@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from fedft.core.strategy import ClientInfo
 from fedft.strategies.flexlora.config import FlexLoRAConfig
-from fedft.strategies.hetero_lora.exact import ExactServerBase
-from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_base.exact import ExactServerBase
+from fedft.strategies.hetero_base.layout import Layout
 
 
 class FlexLoRAServer(ExactServerBase[FlexLoRAConfig]):

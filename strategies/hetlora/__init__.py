@@ -1,7 +1,7 @@
 """HetLoRA baseline: per-device rank, zero-padding and norm-weighted aggregation.
 
 ``hetlora`` is the registered strategy (Cho et al., HetLoRA). It is built on
-``fedft.strategies.hetero_lora``, the shared, unregistered base of the heterogeneous-LoRA
+``fedft.strategies.hetero_base``, the shared, unregistered base of the heterogeneous-LoRA
 strategies (``legend`` uses it too); the two names are otherwise unrelated.
 """
 
@@ -14,13 +14,10 @@ __all__ = ["HetLoRAClient", "HetLoRAConfig", "HetLoRAServer", "register"]
 
 
 def register() -> None:
-    """Register ``hetlora`` (called on import and by entry-point discovery)."""
+    """Register ``hetlora`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="hetlora",
         config_cls=HetLoRAConfig,
         server_cls=HetLoRAServer,
         client_cls=HetLoRAClient,
     )
-
-
-register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedft.core.config import option
-from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
+from fedft.strategies.hetero_base.config import HeteroLoRAConfig
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from fedft.core.layout import layer_of
 from fedft.core.payload import ConfigValue, MetricValue, Payload
 from fedft.core.strategy import ClientInfo, Result
-from fedft.strategies.hetero_lora.aggregate import Factor, ZeroPadAggregator
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import join_modules, layer_of, split_modules
-from fedft.strategies.hetero_lora.server_base import HeteroServerBase, speed_rank
+from fedft.strategies.hetero_base.aggregate import Factor, ZeroPadAggregator
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.modules import join_modules, split_modules
+from fedft.strategies.hetero_base.server_base import HeteroServerBase, speed_rank
 from fedft.strategies.hetlora.config import HetLoRAConfig
 
 __all__ = ["HetLoRAServer", "speed_rank"]

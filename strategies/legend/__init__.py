@@ -9,13 +9,10 @@ __all__ = ["LegendClient", "LegendConfig", "LegendServer", "register"]
 
 
 def register() -> None:
-    """Register ``legend`` (called on import and by entry-point discovery)."""
+    """Register ``legend`` (the ``fedft.strategies`` entry point)."""
     register_strategy(
         name="legend",
         config_cls=LegendConfig,
         server_cls=LegendServer,
         client_cls=LegendClient,
     )
-
-
-register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedft.core.config import option
-from fedft.strategies.hetero_lora.exact import ExactConfig
+from fedft.strategies.hetero_base.exact import ExactConfig
 
 
 @dataclass(frozen=True)

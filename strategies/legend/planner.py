@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedft.core.device import DeviceProfile
-from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_base.layout import Layout
 
 BYTES_PER_VALUE = 4  # fp32 factors on the wire
 OPTIMIZER_BYTES = 16  # fp32 weight, gradient and two AdamW moments per trainable value

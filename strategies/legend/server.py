@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedft.core.strategy import ClientInfo
-from fedft.strategies.hetero_lora.exact import ExactServerBase
-from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_base.exact import ExactServerBase
+from fedft.strategies.hetero_base.layout import Layout
 from fedft.strategies.legend.config import LegendConfig
 from fedft.strategies.legend.planner import CostModel, plan_layouts
 
@@ -16,7 +16,7 @@ class LegendServer(ExactServerBase[LegendConfig]):
 
     The planning (depth = top layers with LoRA, ranks rising to the output, a greedy loop that
     shrinks the predicted straggler) is LEGEND's; the aggregation is FlexLoRA's exact rule
-    (arXiv 2402.11505, see :mod:`fedft.strategies.hetero_lora.exact`), restricted per module to
+    (arXiv 2402.11505, see :mod:`fedft.strategies.hetero_base.exact`), restricted per module to
     the devices that trained it, since LEGEND's own rule is not public.
     """
 

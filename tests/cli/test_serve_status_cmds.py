@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedft's strategies
 from fedft.cli.main import main
 from fedft.core.identity import generate_key, hash_token, new_token, public_key_bytes
 from fedft.core.payload import Payload

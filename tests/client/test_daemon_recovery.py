@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.client.connection import profile_message
 from fedft.client.daemon import ClientDaemon, DaemonOptions
 from fedft.core.identity import generate_key, hash_token, new_token

@@ -23,7 +23,6 @@ from fedft.server.state.records import TokenRecord
 
 @pytest.fixture
 def connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Connection]:
-    import fedft.strategies  # noqa: F401
 
     state = open_state("memory")
     token = new_token()

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import fedft.strategies  # noqa: F401 - registers the built-in strategies
 from fedft.core.config import ConfigError, StrategyConfig, option, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import available_strategies, get_strategy

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-import fedft.strategies  # noqa: F401 - registers the built-in strategies
 from fedft.core import registry
 from fedft.core.config import StrategyConfig, option
 from fedft.core.errors import UsageError
@@ -107,6 +106,7 @@ class PlainConfig(StrategyConfig):
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Give each test its own copy of the registry; the real one is restored afterwards."""
+    registry.discover()  # the built-ins first, so the copy keeps them
     table = dict(registry._registry)
     monkeypatch.setattr(registry, "_registry", table)
     monkeypatch.setattr(registry, "_discovered", True)
@@ -236,6 +236,18 @@ def test_fedavg_lora_is_registered() -> None:
     assert spec.name == "fedavg_lora"
     assert spec.summary
     assert "fedavg_lora" in available_strategies()
+
+
+def test_built_ins_are_exactly_the_declared_entry_points() -> None:
+    from importlib.metadata import distribution
+
+    from fedft.strategies import BUILT_IN
+
+    declared = {
+        ep.name for ep in distribution("fedft").entry_points if ep.group == ENTRY_POINT_GROUP
+    }
+    assert declared == set(BUILT_IN)
+    assert set(BUILT_IN) <= set(available_strategies())
 
 
 def test_fedavg_lora_comes_back_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,3 +78,41 @@ def test_grpc_engine_runs_a_seed_strategy_like_the_in_process_engine(tmp_path: P
         assert mine.eval_loss == pytest.approx(theirs.eval_loss, abs=1e-5)
         assert mine.metrics["accepted"] == 2
     assert grpc_report.rounds[-1].eval_loss < grpc_report.initial["eval_loss"]
+
+
+def test_grpc_engine_hands_every_run_setting_to_its_processes(tmp_path: Path) -> None:
+    """Robust aggregation, quantization and per-client layouts reach the real processes.
+
+    The grpc engine once started `fedft serve` without --robust: the run was silently plain
+    FedAvg. Median aggregation is deterministic, so both engines must land on the same model.
+    """
+
+    def robust_spec(out: Path, engine: str) -> SimulationSpec:
+        return SimulationSpec(
+            model="tiny",
+            clients=3,
+            rounds=2,
+            seed=0,
+            out=out,
+            engine=engine,
+            rouge_examples=0,
+            eval_examples=16,
+            robust="median",
+            quant="int8",
+        )
+
+    grpc_report = GrpcEngine(robust_spec(tmp_path / "grpc", "grpc")).run()
+    local_report = InProcessEngine(robust_spec(tmp_path / "local", "inprocess")).run()
+    remote = load_file(tmp_path / "grpc" / "adapter" / "adapter_model.safetensors")
+    local = load_file(tmp_path / "local" / "adapter" / "adapter_model.safetensors")
+    for name, tensor in local.items():
+        torch.testing.assert_close(remote[name], tensor, rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(grpc_report.rounds, local_report.rounds, strict=True):
+        assert "robust.step_norm" in mine.metrics
+        assert mine.metrics["robust.step_norm"] == pytest.approx(
+            theirs.metrics["robust.step_norm"], rel=1e-5
+        )
+        # Each reply reports its layout: the tiny model's 4 layers at the default rank 8.
+        for record in (*mine.clients.values(), *theirs.clients.values()):
+            assert (record["lora_depth"], record["ranks"]) == (4, [8, 8, 8, 8])
+    assert grpc_report.memory == local_report.memory  # the same int8 base in both

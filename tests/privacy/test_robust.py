@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import Result
-from fedft.privacy.robust import RobustConfig, RobustServer, combine
+from fedft.privacy.robust import RobustConfig, RobustServer, combine, robust_from_state
 
 SPEC = get_strategy("fedavg_lora")
 GLOBAL = {"m.lora_A": torch.zeros(4, 16), "m.lora_B": torch.ones(16, 4)}
@@ -105,3 +106,36 @@ def test_the_coordinator_aggregates_through_the_wrapper() -> None:
         robust=RobustConfig("median"),
     )
     assert isinstance(coordinator.server_half, RobustServer)
+
+
+@pytest.mark.parametrize("restart_with", [None, RobustConfig("norm", bound=0.5)])
+def test_a_restart_keeps_the_stored_rule(restart_with: RobustConfig | None, tmp_path: Path) -> None:
+    from fedft.server.coordinator import Coordinator, CoordinatorSettings
+    from fedft.server.state.factory import open_state
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    rule = RobustConfig("trimmed", bound=2.0, trim=0.2)
+
+    def start(robust: RobustConfig | None) -> Coordinator:
+        return Coordinator(
+            open_state(url),
+            SPEC,
+            {},
+            seed=0,
+            settings=CoordinatorSettings(rounds=1),
+            model="m",
+            initial=Payload(tensors=dict(GLOBAL)),
+            robust=robust,
+        )
+
+    first = start(rule)
+    checkpoint = first.server_half.state_dict()
+    assert robust_from_state(checkpoint) == rule
+    first.state.close()
+    # Restarted without the flag, or with another rule: the run's own rule is kept.
+    second = start(restart_with)
+    assert isinstance(second.server_half, RobustServer)
+    assert second.server_half.robust == rule
+    # The wrapped strategy loads its own checkpoint, without the wrapper's entries.
+    assert robust_from_state(second.server_half.inner.state_dict()) is None
+    second.state.close()

@@ -6,7 +6,6 @@ import dataclasses
 
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import ClientInfo

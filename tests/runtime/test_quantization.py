@@ -15,9 +15,8 @@ from fedft.kernels.quant_linear import QuantLinear
 from fedft.runtime.batching import collate, encode
 from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
-from fedft.runtime.quantization import QUANT_CHOICES, model_bytes, quantize_bundle
+from fedft.runtime.quantization import model_bytes, quantize_bundle
 from fedft.runtime.trainer import LocalTrainer
-from fedft.simulation.spec import QUANTS
 
 SPEC = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"))
 MAX_LENGTH = 48
@@ -26,10 +25,6 @@ MAX_LENGTH = 48
 @pytest.fixture
 def examples(chatterbot_examples: list[Example]) -> list[Example]:
     return chatterbot_examples[::41][:32]
-
-
-def test_choices_agree_with_the_simulation_spec() -> None:
-    assert QUANTS == QUANT_CHOICES
 
 
 @pytest.mark.parametrize("scheme", ["nf4", "int8"])

@@ -21,7 +21,6 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_to_bytes

@@ -7,22 +7,22 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.identity import generate_key, hash_token, public_key_bytes
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.sampling import client_seed, sample_clients
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo
-from fedft.server.coordinator import Assignment, Coordinator, CoordinatorSettings, Rejected
+from fedft.server.coordinator import Assignment, Coordinator, Rejected
 from fedft.server.state.base import State
-from fedft.server.state.factory import open_state
 from fedft.server.state.memory import InMemoryState
 from fedft.server.state.records import ROUND_DONE, ROUND_OPEN, TokenRecord
 
@@ -72,35 +72,6 @@ INITIAL = adapter(0)
 
 def update(tensors: dict[str, torch.Tensor], num_examples: int = 10) -> bytes:
     return payload_to_bytes(Payload(tensors=tensors, metrics={"num_examples": num_examples}))
-
-
-def make(
-    state: State,
-    clock: Any,
-    *,
-    rounds: int = 2,
-    min_clients: int = 2,
-    options: dict[str, Any] | None = None,
-    seed: int = SEED,
-    spec: Any = SPEC,
-) -> Coordinator:
-    settings = CoordinatorSettings(
-        rounds=rounds,
-        round_timeout_s=TIMEOUT,
-        min_clients=min_clients,
-        liveness_s=LIVENESS,
-        restart_grace_s=GRACE,
-    )
-    return Coordinator(
-        state,
-        spec,
-        dict(options or {}),
-        seed=seed,
-        settings=settings,
-        model="synthetic",
-        initial=Payload(tensors=INITIAL),
-        clock=clock,
-    )
 
 
 def add_token(coordinator: Coordinator, token: str, *, expires_in: float | None = None) -> None:
@@ -173,18 +144,36 @@ def reject_code(call: Any) -> str:
     return info.value.code
 
 
+Make = Callable[..., Coordinator]
+
+
+@pytest.fixture
+def make(make_coordinator: Make) -> Make:
+    """This file's coordinators: two rounds of two clients, under the timings above."""
+    return partial(
+        make_coordinator,
+        seed=SEED,
+        initial=INITIAL,
+        rounds=2,
+        min_clients=2,
+        round_timeout_s=TIMEOUT,
+        liveness_s=LIVENESS,
+        restart_grace_s=GRACE,
+    )
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def coordinator(clock: FakeClock) -> Coordinator:
+def coordinator(make: Make, clock: FakeClock) -> Coordinator:
     return make(InMemoryState(), clock)
 
 
 @pytest.fixture
-def open_round(clock: FakeClock) -> tuple[Coordinator, dict[str, Assignment]]:
+def open_round(make: Make, clock: FakeClock) -> tuple[Coordinator, dict[str, Assignment]]:
     """Round 1 of 2 open with tasks for edge-a and edge-b."""
     coordinator = make(InMemoryState(), clock)
     for client_id in ("edge-a", "edge-b"):
@@ -353,7 +342,9 @@ def test_heartbeat_with_a_negative_count_is_invalid(
     assert snapshot(coordinator.state) == before
 
 
-def test_tasks_go_to_sampled_clients_with_the_strategy_payload(clock: FakeClock) -> None:
+def test_tasks_go_to_sampled_clients_with_the_strategy_payload(
+    make: Make, clock: FakeClock
+) -> None:
     options = {"fraction": 0.5, "local_steps": 3, "batch_size": 2, "lr": 0.01}
     coordinator = make(InMemoryState(), clock, options=options)
     ids = [f"edge-{i}" for i in range(5)]
@@ -550,7 +541,7 @@ def test_round_closes_when_every_task_is_answered(
     assert payload.config["round"] == 2
 
 
-def test_round_closes_at_the_deadline_without_missing_clients(clock: FakeClock) -> None:
+def test_round_closes_at_the_deadline_without_missing_clients(make: Make, clock: FakeClock) -> None:
     coordinator = make(InMemoryState(), clock, min_clients=3)
     for client_id in ("edge-a", "edge-b", "edge-c"):
         enroll(coordinator, client_id)
@@ -583,7 +574,7 @@ def test_round_without_any_update_keeps_the_adapter(
     assert_tensors_equal(global_tensors(coordinator), INITIAL)
 
 
-def test_run_finishes_after_its_rounds(clock: FakeClock) -> None:
+def test_run_finishes_after_its_rounds(make: Make, clock: FakeClock) -> None:
     coordinator = make(InMemoryState(), clock, rounds=2)
     for client_id in ("edge-a", "edge-b"):
         enroll(coordinator, client_id)
@@ -604,7 +595,7 @@ def test_run_finishes_after_its_rounds(clock: FakeClock) -> None:
     assert coordinator.current_round() == 2
 
 
-def test_run_rounds_in_a_thread() -> None:
+def test_run_rounds_in_a_thread(make: Make) -> None:
     """The real loop: closes on the last update, and at the deadline when someone is missing."""
     clock = OffsetClock()
     coordinator = make(InMemoryState(), clock, rounds=2)
@@ -636,7 +627,7 @@ def test_run_rounds_in_a_thread() -> None:
     assert_tensors_equal(global_tensors(coordinator), adapter(2))
 
 
-def test_stop_releases_waiting_fetches() -> None:
+def test_stop_releases_waiting_fetches(make: Make) -> None:
     coordinator = make(InMemoryState(), OffsetClock())
     enroll(coordinator, "edge-a")
     threading.Timer(0.1, coordinator.stop).start()
@@ -648,9 +639,9 @@ def test_stop_releases_waiting_fetches() -> None:
 # --- restarts ----------------------------------------------------------------------------------
 
 
-def test_restart_resumes_the_open_round(tmp_path: Path, clock: FakeClock) -> None:
+def test_restart_resumes_the_open_round(make: Make, tmp_path: Path, clock: FakeClock) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    first = make(open_state(url), clock, min_clients=3)
+    first = make(url, clock, min_clients=3)
     for client_id, n in (("edge-a", 2), ("edge-b", 3), ("edge-c", 4)):
         enroll(first, client_id, num_examples=n)
     assert step(first)
@@ -661,7 +652,7 @@ def test_restart_resumes_the_open_round(tmp_path: Path, clock: FakeClock) -> Non
     first.state.close()  # the process dies mid-round
 
     clock.advance(TIMEOUT + 5)  # and stays down past the round's deadline
-    second = make(open_state(url), clock, min_clients=3)
+    second = make(url, clock, min_clients=3)
     assert second.run == run
     current = second._open_round()
     assert current is not None
@@ -683,7 +674,7 @@ def test_restart_resumes_the_open_round(tmp_path: Path, clock: FakeClock) -> Non
     second.state.close()
 
 
-def test_restart_keeps_a_far_deadline(clock: FakeClock) -> None:
+def test_restart_keeps_a_far_deadline(make: Make, clock: FakeClock) -> None:
     state = InMemoryState()
     first = make(state, clock)
     enroll(first, "edge-a")
@@ -699,7 +690,7 @@ def test_restart_keeps_a_far_deadline(clock: FakeClock) -> None:
 
 
 def test_restart_after_a_closed_round_resumes_its_checkpoint(
-    open_round: tuple[Coordinator, dict[str, Assignment]], clock: FakeClock
+    make: Make, open_round: tuple[Coordinator, dict[str, Assignment]], clock: FakeClock
 ) -> None:
     coordinator, tasks = open_round
     for client_id in ("edge-a", "edge-b"):
@@ -712,17 +703,17 @@ def test_restart_after_a_closed_round_resumes_its_checkpoint(
     assert restarted.current_round() == 2
 
 
-def test_resume_with_another_strategy_is_refused(clock: FakeClock) -> None:
+def test_resume_with_another_strategy_is_refused(make: Make, clock: FakeClock) -> None:
     state = InMemoryState()
     make(state, clock)
     other = dataclasses.replace(SPEC, name="other_strategy")
     with pytest.raises(ValueError, match="fedavg_lora"):
-        make(state, clock, spec=other)
+        make(state, clock, strategy=other)
     assert state.get_run().strategy == "fedavg_lora"  # type: ignore[union-attr]
 
 
 def test_resume_with_other_options_keeps_the_stored_run(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+    make: Make, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = InMemoryState()
     first = make(state, clock, rounds=2, options={"local_steps": 3, "lr": 0.01}, seed=SEED)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.cli.main import main
 from fedft.core.identity import generate_key, hash_token, public_key_bytes
 from fedft.core.payload import Payload
@@ -18,7 +19,7 @@ from fedft.privacy.accounting import epsilon
 from fedft.privacy.audit import audit
 from fedft.privacy.config import DPConfig
 from fedft.privacy.mechanisms import SecureGaussian
-from fedft.server.coordinator import Coordinator, CoordinatorSettings
+from fedft.server.coordinator import Coordinator
 from fedft.server.privacy_source import audit_input
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
@@ -37,24 +38,21 @@ class Clock:
         return self.now
 
 
-def make(
-    state: State,
-    privacy: DPConfig | None,
-    *,
-    rounds: int = 2,
-    initial: dict[str, torch.Tensor] = INITIAL,
-) -> Coordinator:
-    settings = CoordinatorSettings(rounds=rounds, round_timeout_s=60, min_clients=2, liveness_s=30)
-    return Coordinator(
-        state,
-        SPEC,
-        {},
-        seed=5,
-        settings=settings,
-        model="synthetic",
-        initial=Payload(tensors=initial),
+Make = Callable[..., Coordinator]
+
+
+@pytest.fixture
+def make(make_coordinator: Make) -> Make:
+    """Two rounds of two clients on a clock that never moves: only DP varies between tests."""
+    return partial(
+        make_coordinator,
         clock=Clock(),
-        privacy=privacy,
+        seed=5,
+        initial=INITIAL,
+        rounds=2,
+        round_timeout_s=60,
+        min_clients=2,
+        liveness_s=30,
     )
 
 
@@ -83,9 +81,11 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'coordinator.db'}"
 
 
-def test_ledger_is_stored_and_audited_from_the_database(db: str, tmp_path: Path) -> None:
+def test_ledger_is_stored_and_audited_from_the_database(
+    make: Make, db: str, tmp_path: Path
+) -> None:
     state = open_state(db)
-    coordinator = make(state, DP)
+    coordinator = make(state, privacy=DP)
     clients = []
     for cid in ("edge-a", "edge-b"):
         token = f"fedft_token-{cid}"
@@ -103,7 +103,7 @@ def test_ledger_is_stored_and_audited_from_the_database(db: str, tmp_path: Path)
     assert result["epsilon_empirical"]["canaries_seen"] == 6
 
     # A restart without the DP flags keeps the stored mechanism.
-    restarted = make(state, None)
+    restarted = make(state, privacy=None)
     assert restarted.dp_server is not None
     assert restarted.dp_server.dp == DP
     state.close()
@@ -135,7 +135,8 @@ def half_noise(self: SecureGaussian, size: int, std: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("broken", [True, False])
-def test_audit_of_the_database_flags_a_mechanism_that_adds_half_the_noise(
+def test_audit_of_the_database_flags_a_mechanism_that_adds_half_the_noise(  # noqa: PLR0917 - fixtures
+    make: Make,
     db: str,
     tmp_path: Path,
     broken: bool,
@@ -148,7 +149,7 @@ def test_audit_of_the_database_flags_a_mechanism_that_adds_half_the_noise(
     initial = {"m.lora_A": torch.zeros(8, 1250), "m.lora_B": torch.zeros(1250, 8)}
     dp = DPConfig(noise_multiplier=2.0, clip=0.5, canaries=1000, unseen_canaries=100)
     state = open_state(db)
-    coordinator = make(state, dp, rounds=5, initial=initial)
+    coordinator = make(state, privacy=dp, rounds=5, initial=initial)
     clients = enroll_two(state, coordinator)
     for number in range(1, 6):
         run_round(coordinator, clients, number, initial)
@@ -166,17 +167,19 @@ def test_audit_of_the_database_flags_a_mechanism_that_adds_half_the_noise(
         assert "WARNING" not in printed
 
 
-def test_a_run_without_dp_has_an_empty_ledger(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_without_dp_has_an_empty_ledger(
+    make: Make, db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = open_state(db)
-    make(state, None)
+    make(state, privacy=None)
     state.close()
     assert main(["audit", "--db", db]) == 2
     assert "ledger" in capsys.readouterr().err
 
 
-def test_an_empty_poisson_sample_is_still_a_noised_round(db: str) -> None:
+def test_an_empty_poisson_sample_is_still_a_noised_round(make: Make, db: str) -> None:
     state = open_state(db)
-    coordinator = make(state, DPConfig(noise_multiplier=1.0, clip=0.5, sampling_rate=1e-9))
+    coordinator = make(state, privacy=DPConfig(noise_multiplier=1.0, clip=0.5, sampling_rate=1e-9))
     for cid in ("edge-a", "edge-b"):
         token = f"fedft_token-{cid}"
         state.add_token(TokenRecord(hash_token(token), coordinator.clock()))

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from fedft.core.payload import Payload
-from fedft.server.coordinator import Coordinator, CoordinatorSettings
-from fedft.server.state.base import State
-from fedft.server.state.factory import open_state
+import pytest
+
+from fedft.server.coordinator import Coordinator
 from fedft.server.state.records import ROUND_DONE
 from fedft.strategies.participation import FedAUServer
 from tests.server.test_coordinator import (
     INITIAL,
     SEED,
-    SPEC,
     FakeClock,
+    Make,
     adapter,
     enroll,
     must_fetch,
@@ -23,18 +23,17 @@ from tests.server.test_coordinator import (
 )
 
 
-def make(state: State, clock: FakeClock, participation: str) -> Coordinator:
-    settings = CoordinatorSettings(rounds=4, round_timeout_s=60.0, min_clients=1, liveness_s=30.0)
-    return Coordinator(
-        state,
-        SPEC,
-        {},
+@pytest.fixture
+def make(make_coordinator: Make) -> Make:
+    """Four rounds that one client is enough to run, as FedAU's partial participation needs."""
+    return partial(
+        make_coordinator,
         seed=SEED,
-        settings=settings,
-        model="synthetic",
-        initial=Payload(tensors=INITIAL),
-        clock=clock,
-        participation=participation,
+        initial=INITIAL,
+        rounds=4,
+        round_timeout_s=60.0,
+        min_clients=1,
+        liveness_s=30.0,
     )
 
 
@@ -53,10 +52,10 @@ def one_round(coordinator: Coordinator, clock: FakeClock, present: list[str], nu
     clock.advance(31.0)  # everyone's liveness lapses before the next round
 
 
-def test_a_restarted_coordinator_keeps_the_fedau_estimates(tmp_path: Path) -> None:
+def test_a_restarted_coordinator_keeps_the_fedau_estimates(make: Make, tmp_path: Path) -> None:
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    first = make(open_state(url), clock, "fedau")
+    first = make(url, clock, participation="fedau")
     assert isinstance(first.server_half, FedAUServer)
     enroll(first, "edge-a")
     enroll(first, "edge-b")
@@ -69,7 +68,7 @@ def test_a_restarted_coordinator_keeps_the_fedau_estimates(tmp_path: Path) -> No
     assert weights == {"edge-a": 1.0, "edge-b": 1.5}
     first.state.close()
 
-    second = make(open_state(url), clock, "none")  # restarted without the flag: FedAU is kept
+    second = make(url, clock, participation="none")  # restarted without the flag: FedAU is kept
     assert isinstance(second.server_half, FedAUServer)
     assert second.server_half.weights() == weights
     assert second.server_half.history == first.server_half.history

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.client.connection import SERVICE, Connection, TaskMessage, profile_message
 from fedft.client.tls import channel_credentials
 from fedft.core.identity import (
@@ -26,13 +25,12 @@ from fedft.core.identity import (
     sign_request,
 )
 from fedft.core.payload import Payload
-from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.proto.v1 import payload_pb2
 from fedft.server.admission import AdmissionSettings
 from fedft.server.app import CoordinatorService
-from fedft.server.coordinator import Coordinator, CoordinatorSettings
+from fedft.server.coordinator import Coordinator
 from fedft.server.state.memory import InMemoryState
 from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
@@ -94,7 +92,9 @@ class Fuzzed:
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+def fuzzed(
+    tmp_path_factory: pytest.TempPathFactory, make_module_coordinator: Callable[..., Coordinator]
+) -> Iterator[Fuzzed]:
     """A coordinator with round 1 open and one task, for ``edge-fuzz``, that stays unanswered.
 
     A second, silent client holds the round's other task: a refused update completes its own
@@ -105,16 +105,14 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     model_dir = tmp_path_factory.mktemp("model")
     (model_dir / "config.json").write_text("{}")
     state = InMemoryState()
-    coordinator = Coordinator(
+    coordinator = make_module_coordinator(
         state,
-        get_strategy("fedavg_lora"),
-        {},
         seed=5,
-        settings=CoordinatorSettings(
-            rounds=1, round_timeout_s=600, min_clients=2, max_update_bytes=1 << 20
-        ),
-        model="synthetic",
-        initial=Payload(tensors=adapter()),
+        initial=adapter(),
+        rounds=1,
+        round_timeout_s=600,
+        min_clients=2,
+        max_update_bytes=1 << 20,
     )
     service = CoordinatorService(
         coordinator,

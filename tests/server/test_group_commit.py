@@ -12,19 +12,16 @@ from typing import Any
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.identity import generate_key, hash_token, public_key_bytes
 from fedft.core.payload import Payload
-from fedft.core.registry import get_strategy
 from fedft.core.serde import payload_to_bytes
 from fedft.server.commit import CommitFailed, GroupCommit
-from fedft.server.coordinator import Coordinator, CoordinatorSettings, Rejected
+from fedft.server.coordinator import Coordinator, Rejected
 from fedft.server.state.base import State, StateError
 from fedft.server.state.factory import open_state
 from fedft.server.state.memory import InMemoryState
 from fedft.server.state.records import ROUND_DONE, NewUpdate, TaskRecord, TokenRecord
 
-SPEC = get_strategy("fedavg_lora")
 START = 1_750_000_000.0
 TIMEOUT = 60.0
 
@@ -167,27 +164,33 @@ class FakeClock:
         return self.now
 
 
-def open_round(state: State, clients: int) -> tuple[Coordinator, FakeClock, list[TaskRecord]]:
-    """A coordinator with ``clients`` clients enrolled and round 1 open; their tasks by index."""
-    clock = FakeClock()
-    settings = CoordinatorSettings(rounds=1, round_timeout_s=TIMEOUT, min_clients=clients)
-    coordinator = Coordinator(
-        state,
-        SPEC,
-        {},
-        seed=1,
-        settings=settings,
-        model="synthetic",
-        initial=Payload(tensors=adapter(0)),
-        clock=clock,
-    )
-    for i in range(clients):
-        token = f"fedft_token-{i}"
-        state.add_token(TokenRecord(hash_token(token), clock()))
-        coordinator.enroll(token, public_key_bytes(generate_key()), f"edge-{i:02d}")
-    assert coordinator._start_next_round()
-    by_client = {t.client_id: t for t in state.tasks_for_round(1)}
-    return coordinator, clock, [by_client[f"edge-{i:02d}"] for i in range(clients)]
+OpenRound = Callable[[State, int], tuple[Coordinator, FakeClock, list[TaskRecord]]]
+
+
+@pytest.fixture
+def open_round(make_coordinator: Callable[..., Coordinator]) -> OpenRound:
+    """Open round 1 over a state with ``clients`` clients enrolled; return their tasks by index."""
+
+    def open_(state: State, clients: int) -> tuple[Coordinator, FakeClock, list[TaskRecord]]:
+        clock = FakeClock()
+        coordinator = make_coordinator(
+            state,
+            clock,
+            seed=1,
+            initial=adapter(0),
+            rounds=1,
+            round_timeout_s=TIMEOUT,
+            min_clients=clients,
+        )
+        for i in range(clients):
+            token = f"fedft_token-{i}"
+            state.add_token(TokenRecord(hash_token(token), clock()))
+            coordinator.enroll(token, public_key_bytes(generate_key()), f"edge-{i:02d}")
+        assert coordinator._start_next_round()
+        by_client = {t.client_id: t for t in state.tasks_for_round(1)}
+        return coordinator, clock, [by_client[f"edge-{i:02d}"] for i in range(clients)]
+
+    return open_
 
 
 def submit(coordinator: Coordinator, task: TaskRecord, seed: int) -> Any:
@@ -221,7 +224,9 @@ def batch_sizes(state: State, *, first_delay: float = 0.0) -> list[int]:
     return sizes
 
 
-def test_every_acknowledged_update_is_in_the_database(sqlite_url: str) -> None:
+def test_every_acknowledged_update_is_in_the_database(
+    open_round: OpenRound, sqlite_url: str
+) -> None:
     state = open_state(sqlite_url)
     coordinator, _, tasks = open_round(state, 16)
     sizes = batch_sizes(state, first_delay=0.2)
@@ -245,7 +250,9 @@ def test_every_acknowledged_update_is_in_the_database(sqlite_url: str) -> None:
         state.close()
 
 
-def test_a_failing_commit_acknowledges_nobody_in_its_batch(sqlite_url: str) -> None:
+def test_a_failing_commit_acknowledges_nobody_in_its_batch(
+    open_round: OpenRound, sqlite_url: str
+) -> None:
     state = open_state(sqlite_url)
     coordinator, _, tasks = open_round(state, 8)
     real = state.add_updates
@@ -282,7 +289,7 @@ def test_a_failing_commit_acknowledges_nobody_in_its_batch(sqlite_url: str) -> N
     state.close()
 
 
-def test_closing_waits_for_admitted_updates_and_refuses_new_ones() -> None:
+def test_closing_waits_for_admitted_updates_and_refuses_new_ones(open_round: OpenRound) -> None:
     state = InMemoryState()
     coordinator, clock, tasks = open_round(state, 3)
     real = state.add_updates

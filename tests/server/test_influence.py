@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import Result

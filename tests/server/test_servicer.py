@@ -15,7 +15,6 @@ import grpc
 import pytest
 import torch
 
-import fedft.strategies  # noqa: F401 - registers fedavg_lora
 from fedft.client.connection import SERVICE, Connection, NoTaskMessage, TaskMessage, profile_message
 from fedft.client.tls import channel_credentials
 from fedft.core.errors import UsageError
@@ -30,18 +29,16 @@ from fedft.core.identity import (
     sign_request,
 )
 from fedft.core.payload import Payload
-from fedft.core.registry import get_strategy
 from fedft.core.sampling import client_seed
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from fedft.server.app import CoordinatorService
-from fedft.server.coordinator import Coordinator, CoordinatorSettings
+from fedft.server.coordinator import Coordinator
 from fedft.server.state.memory import InMemoryState
 from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
 
-SPEC = get_strategy("fedavg_lora")
 SEED = 99
 TIMEOUT = 60.0
 MAX_UPDATE = 64 << 20
@@ -123,13 +120,24 @@ class Server:
         )
 
 
-def make_coordinator(
+Make = Callable[..., Coordinator]
+
+
+def build_coordinator(
+    make: Make,
     *,
     initial: dict[str, torch.Tensor] | None = None,
     rounds: int = 1,
     min_clients: int = 2,
 ) -> Coordinator:
-    settings = CoordinatorSettings(
+    """This file's coordinator, in memory on its own `OffsetClock`, built by a conftest factory."""
+    return make(
+        None,
+        OffsetClock(),
+        options={"local_steps": 2},
+        seed=SEED,
+        model="synthetic-model",
+        initial=adapter(0) if initial is None else initial,
         rounds=rounds,
         round_timeout_s=TIMEOUT,
         min_clients=min_clients,
@@ -137,20 +145,10 @@ def make_coordinator(
         heartbeat_interval_s=2.5,
         max_update_bytes=MAX_UPDATE,
     )
-    return Coordinator(
-        InMemoryState(),
-        SPEC,
-        {"local_steps": 2},
-        seed=SEED,
-        settings=settings,
-        model="synthetic-model",
-        initial=Payload(tensors=adapter(0) if initial is None else initial),
-        clock=OffsetClock(),
-    )
 
 
-def start(certs: Path, *, model_dir: Path | None = None, **settings: Any) -> Server:
-    coordinator = make_coordinator(**settings)
+def start(certs: Path, make: Make, *, model_dir: Path | None = None, **settings: Any) -> Server:
+    coordinator = build_coordinator(make, **settings)
     service = CoordinatorService(
         coordinator, address="127.0.0.1:0", cert_dir=certs, model_dir=model_dir, max_workers=16
     )
@@ -203,11 +201,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def server_factory(certs: Path) -> Iterator[Callable[..., Server]]:
+def server_factory(certs: Path, make_coordinator: Make) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def make(**kwargs: Any) -> Server:
-        server = start(certs, **kwargs)
+        server = start(certs, make_coordinator, **kwargs)
         started.append(server)
         return server
 
@@ -230,9 +228,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shared(certs: Path, model_dir: Path) -> Iterator[tuple[Server, Connection]]:
+def shared(
+    certs: Path, model_dir: Path, make_module_coordinator: Make
+) -> Iterator[tuple[Server, Connection]]:
     """One server for tests that only read, or only get refused: no round ever starts on it."""
-    server = start(certs, min_clients=1000, model_dir=model_dir)
+    server = start(certs, make_module_coordinator, min_clients=1000, model_dir=model_dir)
     conn = server.enroll("edge-shared", num_examples=3)
     yield server, conn
     server.stop()
@@ -240,10 +240,10 @@ def shared(certs: Path, model_dir: Path) -> Iterator[tuple[Server, Connection]]:
 
 @pytest.fixture(scope="module")
 def open_round(
-    certs: Path,
+    certs: Path, make_module_coordinator: Make
 ) -> Iterator[tuple[Server, dict[str, Connection], dict[str, TaskMessage]]]:
     """Round 1 open with tasks for edge-a and edge-b; its tests must only see refusals."""
-    server = start(certs)
+    server = start(certs, make_module_coordinator)
     conns = {c: server.enroll(c) for c in ("edge-a", "edge-b")}
     tasks = {c: fetch(conn) for c, conn in conns.items()}
     yield server, conns, tasks
@@ -434,13 +434,13 @@ def test_heartbeat_with_a_bad_profile_is_invalid_argument(
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0", ":0", "10.0.0.1:0", "example.org:0"])
-def test_insecure_is_refused_off_loopback(address: str) -> None:
+def test_insecure_is_refused_off_loopback(make_coordinator: Make, address: str) -> None:
     with pytest.raises(UsageError, match="loopback"):
-        CoordinatorService(make_coordinator(), address=address, cert_dir=None)
+        CoordinatorService(build_coordinator(make_coordinator), address=address, cert_dir=None)
 
 
-def test_insecure_works_on_loopback() -> None:
-    coordinator = make_coordinator(min_clients=1000)
+def test_insecure_works_on_loopback(make_coordinator: Make) -> None:
+    coordinator = build_coordinator(make_coordinator, min_clients=1000)
     token = new_token()
     coordinator.state.add_token(TokenRecord(hash_token(token), time.time()))
     service = CoordinatorService(coordinator, address="127.0.0.1:0", cert_dir=None)

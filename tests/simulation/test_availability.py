@@ -10,8 +10,7 @@ import pytest
 
 from fedft.core.errors import UsageError
 from fedft.simulation.availability import Availability, AvailabilitySpec, parse_availability
-from fedft.simulation.spec import PARTICIPATIONS, SimulationSpec
-from fedft.strategies.participation import PARTICIPATION_CHOICES
+from fedft.simulation.spec import SimulationSpec
 
 CLIENTS = {f"c{i:02d}": [f"cat{i % 4}"] for i in range(16)}
 
@@ -58,7 +57,6 @@ def test_simulation_spec_validates_the_flags(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--participation"):
         SimulationSpec(out=tmp_path, participation="fedbuff")
     assert SimulationSpec(out=tmp_path, participation="fedau").run_spec().participation == "fedau"
-    assert PARTICIPATIONS == PARTICIPATION_CHOICES
 
 
 def test_draws_are_seeded_and_rates_match_the_probabilities() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedft.simulation.report import Report, RoundRecord, plot_report, read_report
+from fedft.simulation.report import Report, RoundReport, plot_report, read_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -27,7 +27,7 @@ def make_report(rounds: int = 3) -> Report:
     )
     for r in range(1, rounds + 1):
         report.rounds.append(
-            RoundRecord(
+            RoundReport(
                 round=r,
                 eval_loss=5.6 - 0.3 * r,
                 bytes_up=1000 * r,
@@ -88,7 +88,7 @@ def test_write_replaces_an_earlier_report(tmp_path: Path) -> None:
     report = make_report(1)
     report.write(tmp_path)
     report.rounds.append(
-        RoundRecord(round=2, eval_loss=5.0, bytes_up=1, bytes_down=2, participants=1, seconds=0.1)
+        RoundReport(round=2, eval_loss=5.0, bytes_up=1, bytes_down=2, participants=1, seconds=0.1)
     )
     report.write(tmp_path)
     data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))

@@ -9,8 +9,8 @@ from fedft.core.payload import Payload
 from fedft.core.registry import get_strategy
 from fedft.core.strategy import ClientInfo, Result
 from fedft.strategies.flexlora import FlexLoRAConfig, FlexLoRAServer
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import split_modules
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.modules import split_modules
 
 D = 12
 MODULES = [f"base_model.model.model.layers.{layer}.self_attn.q_proj" for layer in range(3)]

@@ -8,8 +8,8 @@ from fedft.core.device import DeviceProfile
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Result
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import split_modules
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.modules import split_modules
 from fedft.strategies.hetlora import HetLoRAConfig, HetLoRAServer
 from fedft.strategies.hetlora.server import speed_rank
 

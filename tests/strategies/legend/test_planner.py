@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedft.core.device import DeviceProfile
-from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_base.layout import Layout
 from fedft.strategies.legend.planner import CostModel, plan_layouts, rank_profile
 
 LAYERS = list(range(8))

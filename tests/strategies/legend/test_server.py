@@ -8,8 +8,8 @@ from fedft.core.device import DeviceProfile
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Result
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import split_modules
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.modules import split_modules
 from fedft.strategies.legend import LegendConfig, LegendServer
 
 LAYERS = 4
@@ -205,7 +205,7 @@ def test_updates_must_match_the_layout_their_task_assigned() -> None:
 
 
 def test_factors_must_be_finite_in_float32_and_their_product_too() -> None:
-    """Issue 14, defect 3 (hetero_lora's base): 1e300 in float64 passed the finiteness check."""
+    """Issue 14, defect 3 (hetero_base's base): 1e300 in float64 passed the finiteness check."""
     server = make_server(max_rank=4)
     name = MODULES[0]
 

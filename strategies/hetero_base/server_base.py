@@ -11,12 +11,13 @@ from typing import TypeVar
 import torch
 
 from fedft.core.device import DeviceProfile
+from fedft.core.layout import layer_of
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
-from fedft.strategies.hetero_lora.aggregate import Factor
-from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.modules import layer_of, split_modules
+from fedft.strategies.hetero_base.aggregate import Factor
+from fedft.strategies.hetero_base.config import HeteroLoRAConfig
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.modules import split_modules
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,15 @@ from typing import TypeVar
 import torch
 
 from fedft.core.config import option
+from fedft.core.layout import layer_of
 from fedft.core.payload import MetricValue, Payload
-from fedft.strategies.hetero_lora.aggregate import ExactAggregator, Factor
-from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
-from fedft.strategies.hetero_lora.layout import Layout
-from fedft.strategies.hetero_lora.lowrank import DTYPE, LowRank
-from fedft.strategies.hetero_lora.modules import join_modules, layer_of
-from fedft.strategies.hetero_lora.redistribute import client_factors
-from fedft.strategies.hetero_lora.server_base import HeteroServerBase
+from fedft.strategies.hetero_base.aggregate import ExactAggregator, Factor
+from fedft.strategies.hetero_base.config import HeteroLoRAConfig
+from fedft.strategies.hetero_base.layout import Layout
+from fedft.strategies.hetero_base.lowrank import DTYPE, LowRank
+from fedft.strategies.hetero_base.modules import join_modules
+from fedft.strategies.hetero_base.redistribute import client_factors
+from fedft.strategies.hetero_base.server_base import HeteroServerBase
 
 _INIT = "init/"
 _LEFT = "global_left/"

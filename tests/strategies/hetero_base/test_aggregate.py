@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedft.strategies.hetero_lora.aggregate import ExactAggregator, ZeroPadAggregator
-from fedft.strategies.hetero_lora.redistribute import client_factors
+from fedft.strategies.hetero_base.aggregate import ExactAggregator, ZeroPadAggregator
+from fedft.strategies.hetero_base.redistribute import client_factors
 
 D_OUT, D_IN = 24, 16
 RANKS = [2, 4, 8, 3]
@@ -147,7 +147,7 @@ def test_naive_error_from_a_shared_start_is_second_order_in_the_drift() -> None:
 
 
 def test_layer_indices_from_llama_and_gpt2_names() -> None:
-    from fedft.strategies.hetero_lora.modules import layer_of
+    from fedft.core.layout import layer_of
 
     assert layer_of("base_model.model.model.layers.12.self_attn.q_proj") == 12
     assert layer_of("base_model.model.transformer.h.3.attn.c_attn") == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedft.strategies.hetero_lora.lowrank import DTYPE, LowRank, compact, stack, svd, truncate
+from fedft.strategies.hetero_base.lowrank import DTYPE, LowRank, compact, stack, svd, truncate
 
 
 def factors(seed: int, d_out: int, r: int, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedft.core.layout import LAYER_LIST
 from fedft.core.payload import ConfigValue
 from fedft.core.trainer import LoraSpec
-from fedft.strategies.hetero_lora.modules import LAYER_LIST
 
 
 @dataclass(frozen=True)

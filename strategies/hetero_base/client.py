@@ -5,8 +5,8 @@ from __future__ import annotations
 from fedft.core.payload import Payload
 from fedft.core.strategy import ClientStrategy
 from fedft.core.trainer import Trainer
-from fedft.strategies.hetero_lora.config import HeteroLoRAConfig
-from fedft.strategies.hetero_lora.layout import Layout
+from fedft.strategies.hetero_base.config import HeteroLoRAConfig
+from fedft.strategies.hetero_base.layout import Layout
 from fedft.strategies.options import train_lora
 
 
@@ -31,9 +31,7 @@ class HeteroLoRAClient(ClientStrategy[HeteroLoRAConfig]):
                 alpha=cfg.alpha, dropout=cfg.dropout, target_modules=cfg.target_modules
             )
         )
-        reply = train_lora(trainer, task, local_state)
-        reply.metrics["lora_depth"] = layout.depth
-        return reply
+        return train_lora(trainer, task, local_state)
 
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Install the global adapter (full depth, the global rank)."""

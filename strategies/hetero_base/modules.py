@@ -1,25 +1,13 @@
-"""PEFT adapter tensor names <-> per-module (B, A) factor pairs and their transformer layers."""
+"""PEFT adapter tensor names <-> per-module (B, A) factor pairs."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
-# Names of the transformer-block list in common architectures (Llama: layers, GPT-2: h).
-LAYER_LIST = r"(?:layers|layer|h|blocks)"
-_LAYER = re.compile(rf"\.{LAYER_LIST}\.(\d+)\.")
-
-
-def layer_of(module: str) -> int:
-    """Return the transformer layer index in a module name (``...layers.7.self_attn.q_proj``)."""
-    match = _LAYER.search(module + ".")
-    if match is None:
-        raise ValueError(f"cannot find a layer index in module name {module!r}")
-    return int(match.group(1))
 
 
 def split_modules(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedft.strategies.hetero_lora.lowrank import DTYPE, LowRank, truncate
+from fedft.strategies.hetero_base.lowrank import DTYPE, LowRank, truncate
 
 
 def client_factors(

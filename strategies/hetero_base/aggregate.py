@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from fedft.strategies.hetero_lora.lowrank import DTYPE, LowRank, compact, stack
+from fedft.strategies.hetero_base.lowrank import DTYPE, LowRank, compact, stack
 
 # (B, A, scale) of one module of one client: its update to W is scale * B @ A.
 Factor = tuple[torch.Tensor, torch.Tensor, float]

@@ -1,0 +1,239 @@
+"""The flags that describe a run's wrappers and base model, declared once for every command.
+
+``fedft serve`` takes the server-side ones (DP, robust aggregation, participation weights),
+``fedft client`` the client-side ones (quantization, local DP), ``fedft simulate`` both. The
+grpc simulation engine starts real ``serve`` and ``client`` processes and renders a
+:class:`~fedft.runtime.spec.RunSpec` back into these flags with :func:`serve_flags` and
+:func:`client_flags`, so a setting declared here reaches every engine (a round-trip test
+parses the rendered flags back into the same spec).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from fedft.core.run_options import PARTICIPATION_CHOICES, QUANT_CHOICES
+
+if TYPE_CHECKING:  # the privacy stack loads only when a flag asks for it
+    from fedft.privacy.config import DPConfig, LocalDPConfig
+    from fedft.privacy.robust import RobustConfig
+    from fedft.runtime.spec import RunSpec
+
+ROBUST_RULES = ("norm", "trimmed", "median")
+
+
+def add_dp_flags(p: argparse.ArgumentParser, *, note: str = "") -> None:
+    """Add --dp-noise, --dp-clip, --dp-adaptive, --dp-sampling-rate and --canaries."""
+    group = p.add_argument_group(
+        "client-level differential privacy",
+        "a server-side wrapper clips every client's update, adds Gaussian noise to the sum and "
+        "records each round in the privacy ledger (see `fedft audit`)" + note,
+    )
+    group.add_argument(
+        "--dp-noise",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="noise multiplier z: noise std on the clipped sum is z * clip (enables DP)",
+    )
+    group.add_argument(
+        "--dp-clip",
+        type=float,
+        default=None,
+        metavar="C",
+        help="L2 clip norm of each update (the initial one with --dp-adaptive)",
+    )
+    group.add_argument(
+        "--dp-adaptive",
+        action="store_true",
+        help="adapt the clip norm to the median update norm (Andrew et al. 2021)",
+    )
+    group.add_argument(
+        "--dp-sampling-rate",
+        type=float,
+        default=1.0,
+        metavar="Q",
+        help="each client (and canary) joins a round independently with probability Q "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--dp-count-stddev",
+        type=float,
+        default=None,
+        metavar="S",
+        help="adaptive clipping: noise std on the count of unclipped clients (default: expected "
+        "participants / 20); the noise multiplier must stay below 2 S",
+    )
+    group.add_argument(
+        "--canaries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="insert N canary clients (random unit updates) and keep N unseen, for the "
+        "empirical audit (default: %(default)s)",
+    )
+    group.add_argument(
+        "--canary-iterates",
+        action="store_true",
+        help="also score canaries against every round's update (all-iterates threat model), "
+        "not only the final model",
+    )
+
+
+def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
+    """Return the DP settings the flags ask for, or None without --dp-noise."""
+    from fedft.privacy.config import dp_config_from_flags
+
+    return dp_config_from_flags(
+        noise=args.dp_noise,
+        clip=args.dp_clip,
+        adaptive=args.dp_adaptive,
+        sampling_rate=args.dp_sampling_rate,
+        count_stddev=args.dp_count_stddev,
+        canaries=args.canaries,
+        all_iterates=args.canary_iterates,
+    )
+
+
+def add_robust_flags(p: argparse.ArgumentParser) -> None:
+    """Add --robust, --robust-bound and --robust-trim."""
+    group = p.add_argument_group(
+        "robust aggregation",
+        "replace the strategy's weighted mean by a rule one malicious client cannot steer far "
+        "(strategies that expose update vectors; not together with --dp-noise)",
+    )
+    group.add_argument(
+        "--robust",
+        choices=ROBUST_RULES,
+        default=None,
+        help="norm: clip each update to --robust-bound and average; trimmed: coordinate-wise "
+        "trimmed mean; median: coordinate-wise median",
+    )
+    group.add_argument(
+        "--robust-bound",
+        type=float,
+        default=None,
+        metavar="B",
+        help="L2 bound every update is clipped to first (required by norm)",
+    )
+    group.add_argument(
+        "--robust-trim",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="trimmed: share of values dropped at each end per coordinate (default: %(default)s)",
+    )
+
+
+def robust_config_from_args(args: argparse.Namespace) -> RobustConfig | None:
+    """The robust aggregation the --robust flags ask for, or None."""
+    if args.robust is None:
+        return None
+    from fedft.privacy.robust import RobustConfig
+
+    return RobustConfig(args.robust, bound=args.robust_bound, trim=args.robust_trim)
+
+
+def add_participation_flag(p: argparse.ArgumentParser) -> None:
+    """Add --participation."""
+    p.add_argument(
+        "--participation",
+        default="none",
+        choices=PARTICIPATION_CHOICES,
+        help="fedau: weight each update by its client's estimated participation interval "
+        "(about 1/p, FedAU, Wang & Ji 2024), so rarely-present clients are not "
+        "under-represented; the estimates live in the checkpoint (default: %(default)s)",
+    )
+
+
+def add_quant_flag(p: argparse.ArgumentParser) -> None:
+    """Add --quant."""
+    p.add_argument(
+        "--quant",
+        choices=QUANT_CHOICES,
+        default="none",
+        help="quantize the frozen base model for LoRA strategies: nf4 (4-bit NormalFloat, "
+        "QLoRA) or int8, block-wise with one fp32 scale per 64 weights (default: %(default)s)",
+    )
+
+
+def add_local_dp_flags(p: argparse.ArgumentParser) -> None:
+    """Add --local-dp-clip and --local-dp-noise."""
+    group = p.add_argument_group(
+        "local differential privacy",
+        "every update is clipped and noised on the device, before it leaves it",
+    )
+    group.add_argument(
+        "--local-dp-clip",
+        type=float,
+        default=None,
+        metavar="C",
+        help="clip every update sent to L2 norm C (enables local DP)",
+    )
+    group.add_argument(
+        "--local-dp-noise",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="Gaussian noise of std Z * C on every update sent (default: %(default)s)",
+    )
+
+
+def local_dp_config_from_args(args: argparse.Namespace) -> LocalDPConfig | None:
+    """The client-side DP the flags ask for, or None."""
+    from fedft.privacy.config import local_dp_config_from_flags
+
+    return local_dp_config_from_flags(clip=args.local_dp_clip, noise=args.local_dp_noise)
+
+
+def serve_flags(spec: RunSpec) -> list[str]:
+    """The ``fedft serve`` flags that ask for ``spec``'s strategy, model, seed and wrappers."""
+    args = [
+        f"--strategy={spec.strategy}",
+        *(f"--opt={k}={_opt_value(v)}" for k, v in spec.options.items()),
+        f"--model={spec.model}",
+        f"--seed={spec.seed}",
+        f"--participation={spec.participation}",
+    ]
+    dp = spec.dp
+    if dp is not None:
+        args += [
+            f"--dp-noise={dp.noise_multiplier!r}",
+            f"--dp-clip={dp.clip!r}",
+            f"--dp-sampling-rate={dp.sampling_rate!r}",
+            f"--canaries={dp.canaries}",
+        ]
+        if dp.count_stddev is not None:
+            args.append(f"--dp-count-stddev={dp.count_stddev!r}")
+        switches = (("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates))
+        args += [flag for flag, on in switches if on]
+    robust = spec.robust
+    if robust is not None:
+        args += [f"--robust={robust.rule}", f"--robust-trim={robust.trim!r}"]
+        if robust.bound is not None:
+            args.append(f"--robust-bound={robust.bound!r}")
+    return args
+
+
+def client_flags(spec: RunSpec) -> list[str]:
+    """The ``fedft client`` flags asking for ``spec``'s model, quantization, device, local DP."""
+    args = [
+        f"--model={spec.model}",
+        f"--quant={spec.quant}",
+        f"--device={spec.device}",
+        f"--max-length={spec.max_length}",
+    ]
+    if spec.local_dp is not None:
+        args += [
+            f"--local-dp-clip={spec.local_dp.clip!r}",
+            f"--local-dp-noise={spec.local_dp.noise_multiplier!r}",
+        ]
+    return args
+
+
+def _opt_value(value: object) -> str:
+    """A strategy option as ``--opt`` spells it (lists comma-separated)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
