@@ -82,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fedft: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        from fedft.cli.extras import missing_extra_hint
+
+        hint = missing_extra_hint(exc, getattr(args, "command", None))
+        if hint is None:
+            raise
+        print(f"fedft: error: {hint}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("fedft: interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@
 #   ./scripts/setup.sh --no-demo   install only
 #
 # Environment: PYTHON (interpreter to build the venv with, default python3),
-#              FEDFT_EXTRAS (extras to install besides dev, e.g. "gpu,flower").
+#              FEDFT_EXTRAS (extras to install besides server and dev, e.g. "gpu,flower").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-extras="dev${FEDFT_EXTRAS:+,$FEDFT_EXTRAS}"
+extras="server,dev${FEDFT_EXTRAS:+,$FEDFT_EXTRAS}"
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # torch is pinned in the same pip call: with no torch installed, anything depending on it would
 # pull a multi-GB CUDA build. 2.13.0 is the CPU wheel on this machine's disk.
