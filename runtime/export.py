@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedft.runtime.adapter_trim import trim_adapter
 from fedft.runtime.trainer import LocalTrainer
 
 # Where a preset's weights come from, as a model card and PEFT's config should name them.
@@ -45,6 +46,7 @@ def export_model(trainer: LocalTrainer, folder: Path, model: str, facts: Mapping
     trainer.bundle.tokenizer.save_pretrained(str(folder))
     config = folder / "adapter_config.json"
     if config.is_file():  # PEFT writes the absolute path of this machine's cache
+        trim_adapter(folder)  # the real ranks, without the zero padding of a shared rank
         data = json.loads(config.read_text(encoding="utf-8"))
         data["base_model_name_or_path"] = base_model_id(model)
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fedft.runtime.batching import collate, encode
 from fedft.runtime.export import base_model_id, model_card
@@ -44,18 +45,22 @@ print(json.dumps({"loss": float(loss) / int((labels != -100).sum()),
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("strategy", "options", "folder"),
+    ("strategy", "options", "folder", "extra"),
     [
-        ("fedavg_lora", {"local_steps": 2, "batch_size": 2}, "adapter"),
-        ("fedkseed", {"local_steps": 5, "seeds": 64, "lr": 5e-5}, "model"),
+        ("fedavg_lora", {"local_steps": 2, "batch_size": 2}, "adapter", {}),
+        # Per-device depth and rank: the export must carry the real ranks, not rank-64 padding.
+        ("legend", {"local_steps": 2, "batch_size": 2}, "adapter", {"device_mix": "fast:1,slow:1"}),
+        ("fedkseed", {"local_steps": 5, "seeds": 64, "lr": 5e-5}, "model", {}),
+        ("ferret", {"local_steps": 2, "seeds": 64, "lr": 1e-4}, "model", {}),
     ],
+    ids=["fedavg_lora", "legend", "fedkseed", "ferret"],
 )
 def test_exports_load_without_fedft_and_reproduce_the_eval_loss(
-    tmp_path: Path, strategy: str, options: dict[str, object], folder: str
+    tmp_path: Path, strategy: str, options: dict[str, object], folder: str, extra: dict[str, str]
 ) -> None:
     spec = SimulationSpec(
         strategy=strategy, strategy_options=options, model="tiny", clients=2, rounds=1,
-        seed=0, out=tmp_path / "run", rouge_examples=0, eval_examples=8, device="cpu",
+        seed=0, out=tmp_path / "run", rouge_examples=0, eval_examples=8, device="cpu", **extra,
     )  # fmt: skip
     engine = InProcessEngine(spec)
     engine.run()
@@ -65,6 +70,15 @@ def test_exports_load_without_fedft_and_reproduce_the_eval_loss(
     if folder == "adapter":
         config = json.loads((out / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == "fedft/tiny-llama"  # never a machine path
+        ranks = {
+            k: t.shape[0]
+            for k, t in load_file(out / "adapter_model.safetensors").items()
+            if "lora_A" in k
+        }
+        if strategy == "legend":  # the layers' real ranks, below the shared rank
+            assert config["rank_pattern"]
+            assert max(ranks.values()) < config["r"]
+            assert len(set(ranks.values())) > 1
 
     # The same held-out batch, scored by fedft and by a process that cannot import fedft.
     bundle = engine.bundle
