@@ -1,8 +1,8 @@
 """The flags that describe a run's wrappers and base model, declared once for every command.
 
 ``fedft serve`` takes the server-side ones (DP, robust aggregation, participation weights),
-``fedft client`` the client-side ones (quantization, local DP), ``fedft simulate`` both. The
-grpc simulation engine starts real ``serve`` and ``client`` processes and renders a
+``fedft client`` the client-side ones (quantization, checkpointing, local DP), ``fedft simulate``
+both. The grpc simulation engine starts real ``serve`` and ``client`` processes and renders a
 :class:`~fedft.runtime.spec.RunSpec` back into these flags with :func:`serve_flags` and
 :func:`client_flags`, so a setting declared here reaches every engine (a round-trip test
 parses the rendered flags back into the same spec).
@@ -158,6 +158,17 @@ def add_quant_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpointing_flag(p: argparse.ArgumentParser) -> None:
+    """Add --gradient-checkpointing."""
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each decoder layer's activations in backward instead of keeping them: "
+        "less training memory (docs/results.md, client memory), about one more forward pass of "
+        "time; the same gradients",
+    )
+
+
 def add_local_dp_flags(p: argparse.ArgumentParser) -> None:
     """Add --local-dp-clip and --local-dp-noise."""
     group = p.add_argument_group(
@@ -224,6 +235,8 @@ def client_flags(spec: RunSpec) -> list[str]:
         f"--device={spec.device}",
         f"--max-length={spec.max_length}",
     ]
+    if spec.gradient_checkpointing:
+        args.append("--gradient-checkpointing")
     if spec.local_dp is not None:
         args += [
             f"--local-dp-clip={spec.local_dp.clip!r}",

@@ -84,6 +84,7 @@ class DaemonOptions:
     local_dp: LocalDPConfig | None = None  # clip and noise every reply on this device
     max_backoff_s: float = 30.0
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     max_retries: int | None = None
     # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
     simulate_device: str | None = None
@@ -269,6 +270,7 @@ class ClientDaemon:
                 quant=self.options.quant,
                 device=self.options.device,
                 max_length=self.options.max_length,
+                gradient_checkpointing=self.options.gradient_checkpointing,
                 local_dp=self.options.local_dp,
             ),
             bundle=bundle,

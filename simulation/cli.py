@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from fedft.cli.run_flags import (
+    add_checkpointing_flag,
     add_dp_flags,
     add_local_dp_flags,
     add_participation_flag,
@@ -82,6 +83,7 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 # Spec fields set by the flags fedft.cli.run_flags declares for serve and client too.
 SHARED_FIELDS = (
     "quant",
+    "gradient_checkpointing",
     "participation",
     "robust",
     "robust_bound",
@@ -174,6 +176,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "a local one; RAY_ADDRESS works too (default: local Ray)",
     )
     add_quant_flag(p)
+    add_checkpointing_flag(p)
     add_participation_flag(p)
     add_robust_flags(p)
     add_dp_flags(p, note="; writes OUT/ledger.jsonl, OUT/audit.json and OUT/audit.png")

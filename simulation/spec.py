@@ -57,6 +57,7 @@ class SimulationSpec:
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
     quant: str = "none"
+    gradient_checkpointing: bool = False  # LoRA training recomputes activations: less memory
     device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
     # Which clients are reachable each round (fedft.simulation.availability) and how the server
@@ -150,6 +151,7 @@ class SimulationSpec:
             model=self.model,
             seed=self.seed,
             quant=self.quant,
+            gradient_checkpointing=self.gradient_checkpointing,
             device=self.device,
             max_length=self.max_length,
             dp=self.dp_config(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,9 @@ from fedft.runtime.spec import RunSpec
 from fedft.simulation.cli import SHARED_FIELDS
 from fedft.simulation.spec import SimulationSpec
 
-# RunSpec fields each renderer carries; the rest are named here with why they travel no flag.
+# RunSpec fields each renderer carries: together, every field.
 SERVE_FIELDS = {"strategy", "options", "model", "seed", "dp", "robust", "participation"}
-CLIENT_FIELDS = {"model", "quant", "device", "max_length", "local_dp"}
-NO_FLAG = {"gradient_checkpointing"}  # a RunSpec setting for library users; no command offers it
+CLIENT_FIELDS = {"model", "quant", "device", "max_length", "local_dp", "gradient_checkpointing"}
 
 DP = DPConfig(
     noise_multiplier=1.25,
@@ -39,7 +39,7 @@ def _serve(spec: RunSpec) -> RunSpec:
 
 def test_every_run_setting_reaches_a_process_or_is_named_as_flagless() -> None:
     fields = {f.name for f in dataclasses.fields(RunSpec)}
-    assert fields == SERVE_FIELDS | CLIENT_FIELDS | NO_FLAG
+    assert fields == SERVE_FIELDS | CLIENT_FIELDS
 
 
 @pytest.mark.parametrize(
@@ -70,14 +70,17 @@ def test_client_flags_parse_back_into_the_same_settings() -> None:
         quant="nf4",
         device="cpu",
         max_length=96,
+        gradient_checkpointing=True,
         local_dp=LocalDPConfig(clip=0.3, noise_multiplier=0.7),
     )
     argv = ["client", "--server", "127.0.0.1:1", "--insecure", "--data", "d.jsonl"]
     args = build_parser().parse_args([*argv, *client_flags(spec)])
     assert (args.model, args.quant, args.device, args.max_length) == ("tiny", "nf4", "cpu", 96)
+    assert args.gradient_checkpointing
     assert local_dp_config_from_args(args) == spec.local_dp
     plain = build_parser().parse_args([*argv, *client_flags(RunSpec(strategy="fedkseed"))])
     assert local_dp_config_from_args(plain) is None
+    assert not plain.gradient_checkpointing
 
 
 def test_simulate_defaults_are_the_specs() -> None:
@@ -85,3 +88,12 @@ def test_simulate_defaults_are_the_specs() -> None:
     defaults = SimulationSpec()
     for name in SHARED_FIELDS:
         assert getattr(args, name) == getattr(defaults, name), name
+
+
+def test_simulate_hands_checkpointing_to_the_assembly_point(tmp_path: Path) -> None:
+    from fedft.simulation.cli import spec_from_args
+
+    argv = ["simulate", "--model", "tiny", "--gradient-checkpointing", "--out", str(tmp_path)]
+    spec = spec_from_args(build_parser().parse_args(argv))
+    assert spec.run_spec().gradient_checkpointing
+    assert client_flags(spec.run_spec())[-1] == "--gradient-checkpointing"
