@@ -19,6 +19,9 @@ ADD_REMOVE = "add-remove"
 REPLACE_ONE = "replace-one"
 ADJACENCIES = (ADD_REMOVE, REPLACE_ONE)
 LEDGER_FILE = "ledger.jsonl"
+# The audit's outputs beside the ledger (fedft.privacy.report writes them).
+AUDIT_JSON = "audit.json"
+AUDIT_PNG = "audit.png"
 # The JSON types each field accepts (an int is a valid float).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
 

@@ -13,9 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedft.privacy.calibrated import ABOVE
-
-AUDIT_JSON = "audit.json"
-AUDIT_PNG = "audit.png"
+from fedft.privacy.ledger import AUDIT_JSON, AUDIT_PNG
 
 
 def _json_safe(value: Any) -> Any:

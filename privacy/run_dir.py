@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from fedft.core.errors import ProtocolError, UsageError
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.privacy.canaries import CanaryRecord
-from fedft.privacy.ledger import LEDGER_FILE, append_jsonl, read_jsonl
-from fedft.privacy.report import AUDIT_JSON, AUDIT_PNG
+from fedft.privacy.ledger import AUDIT_JSON, AUDIT_PNG, LEDGER_FILE, append_jsonl, read_jsonl
 from fedft.privacy.wrapper import DPServer
 
 if TYPE_CHECKING:  # the audit pulls in dp-accounting and scipy: a second runs without DP skip
