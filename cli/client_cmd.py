@@ -43,9 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--data",
         default="chatterbot",
-        metavar="PATH|chatterbot",
-        help="local training data: a JSONL file (see docs/data.md) or the embedded "
-        "chatterbot dialogs (default: %(default)s)",
+        metavar="PATH|chatterbot|sharegpt",
+        help="local training data: a JSONL file or ShareGPT-format .json (see docs/data.md), the "
+        "embedded chatterbot dialogs or the sharegpt package's conversations "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--model",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -49,6 +49,40 @@ def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded:
         input_ids=[*prompt_ids, *answer_ids],
         labels=[IGNORE_INDEX] * len(prompt_ids) + list(answer_ids),
     )
+
+
+class LazyEncoded(Sequence[Encoded]):
+    """Examples tokenized on first access, one at a time, each kept once it is.
+
+    A client holding tens of thousands of examples (ShareGPT) tokenizes only those it trains
+    on, instead of all of them inside its first task's (virtual) time.
+    """
+
+    def __init__(self, tokenizer: Any, examples: Sequence[Example], max_length: int):
+        self.tokenizer = tokenizer
+        self.examples = examples
+        self.max_length = max_length
+        self._cache: dict[int, Encoded] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @overload
+    def __getitem__(self, index: int) -> Encoded: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Encoded]: ...
+
+    def __getitem__(self, index: int | slice) -> Encoded | list[Encoded]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        item = self._cache.get(i)
+        if item is None:
+            item = self._cache[i] = encode(self.tokenizer, self.examples[i], self.max_length)
+        return item
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

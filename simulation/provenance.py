@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fedft.runtime.data import Example
+from fedft.runtime.data import DATASET_PRESETS, Example
 from fedft.simulation.data_split import split_data
 from fedft.simulation.report import Report
 from fedft.simulation.spec import SimulationSpec
@@ -108,7 +108,7 @@ def model_facts(report: Report, spec: SimulationSpec) -> dict[str, Any]:
         "engine": spec.engine,
         "rounds": spec.rounds,
         "clients": spec.clients,
-        "dataset": spec.dataset if spec.dataset == "chatterbot" else Path(spec.dataset).name,
+        "dataset": spec.dataset if spec.dataset in DATASET_PRESETS else Path(spec.dataset).name,
         "partition": spec.partition,
         "seed": spec.seed,
         "quantization": spec.quant,

@@ -26,7 +26,7 @@ def test_list_names_the_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
     suite = load_suite()
     assert suite.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("seed-k", "ferret-optimizer", "hetero", "quant"):
+    for name in ("seed-k", "ferret-optimizer", "hetero", "quant", "sharegpt"):
         assert name in out
 
 

@@ -50,6 +50,22 @@ def test_is_a_trainer(tiny_bundle: Callable[[], ModelBundle], examples: list[Exa
     assert trainer.num_examples == 64
     assert len(trainer.encoded) == 64
     assert trainer.encoded is trainer.encoded  # tokenized once
+    assert trainer.encoded[3] is trainer.encoded[3]
+    assert [e.input_ids for e in trainer.encoded[-2:]] == [
+        trainer.encoded[62].input_ids,
+        trainer.encoded[63].input_ids,
+    ]
+    with pytest.raises(IndexError):
+        trainer.encoded[64]
+
+
+def test_only_the_examples_trained_on_are_tokenized(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    trainer = LocalTrainer(tiny_bundle(), examples)
+    trainer.add_lora(LoraSpec(rank=2, target_modules=("q_proj",)))
+    trainer.train(steps=2, batch_size=3, lr=1e-3, seed=0)
+    assert len(trainer.encoded._cache) == 6  # two batches of three, not all 64
 
 
 def test_constructor_and_train_argument_checks(
