@@ -28,8 +28,19 @@ import time
 from typing import Any
 
 # LoRA with --quant none|int8|nf4; "old-nf4" loads fp32 and quantizes after (the path before
-# streaming); "nf4+ckpt" adds gradient checkpointing.
-CASES = ("none", "int8", "nf4", "nf4+ckpt", "old-nf4", "fedkseed", "inference")
+# streaming); "nf4+ckpt" adds gradient checkpointing; "+micro2" trains each step's batch two
+# examples at a time (RunSpec.micro_batch).
+CASES = (
+    "none",
+    "int8",
+    "nf4",
+    "nf4+ckpt",
+    "nf4+micro2",
+    "nf4+ckpt+micro2",
+    "old-nf4",
+    "fedkseed",
+    "inference",
+)
 
 
 def peak_mib() -> float:
@@ -50,7 +61,7 @@ def spec_for(case: str, args: argparse.Namespace) -> Any:
     from fedft.runtime.spec import RunSpec
 
     strategy = "fedkseed" if case in ("fedkseed", "inference") else "fedavg_lora"
-    quant = {"int8": "int8", "nf4": "nf4", "nf4+ckpt": "nf4", "old-nf4": "nf4"}.get(case, "none")
+    quant = "nf4" if "nf4" in case else "int8" if case == "int8" else "none"
     return RunSpec(
         strategy=strategy,
         options={"batch_size": args.batch_size, "local_steps": args.steps},
@@ -58,7 +69,8 @@ def spec_for(case: str, args: argparse.Namespace) -> Any:
         quant=quant,
         device="cpu",
         max_length=args.tokens,
-        gradient_checkpointing=case == "nf4+ckpt",
+        gradient_checkpointing="+ckpt" in case,
+        micro_batch=2 if "+micro2" in case else None,
     )
 
 

@@ -109,11 +109,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
-    from fedft.cli.run_flags import add_checkpointing_flag, add_local_dp_flags, add_quant_flag
+    from fedft.cli.run_flags import (
+        add_checkpointing_flag,
+        add_local_dp_flags,
+        add_micro_batch_flag,
+        add_quant_flag,
+    )
 
     add_local_dp_flags(p)
     add_quant_flag(p)
     add_checkpointing_flag(p)
+    add_micro_batch_flag(p)
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP)
     p.add_argument(
         "--simulate-device",
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         local_dp=local_dp_config_from_args(args),
         quant=args.quant,
         gradient_checkpointing=args.gradient_checkpointing,
+        micro_batch=args.micro_batch,
         simulate_device=args.simulate_device,
         simulate_absent_rounds=_rounds(args.simulate_absent_rounds),
         device=check_device_name(args.device),

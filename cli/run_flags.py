@@ -169,6 +169,19 @@ def add_checkpointing_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_micro_batch_flag(p: argparse.ArgumentParser) -> None:
+    """Add --micro-batch."""
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        metavar="M",
+        help="train each step's batch M examples at a time, accumulating the gradient: the same "
+        "step (to float rounding) in about M/batch of the activation memory (default: the "
+        "whole batch at once)",
+    )
+
+
 def add_local_dp_flags(p: argparse.ArgumentParser) -> None:
     """Add --local-dp-clip and --local-dp-noise."""
     group = p.add_argument_group(
@@ -237,6 +250,8 @@ def client_flags(spec: RunSpec) -> list[str]:
     ]
     if spec.gradient_checkpointing:
         args.append("--gradient-checkpointing")
+    if spec.micro_batch is not None:
+        args.append(f"--micro-batch={spec.micro_batch}")
     if spec.local_dp is not None:
         args += [
             f"--local-dp-clip={spec.local_dp.clip!r}",

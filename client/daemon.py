@@ -85,6 +85,7 @@ class DaemonOptions:
     max_backoff_s: float = 30.0
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
+    micro_batch: int | None = None  # examples per forward/backward within one step
     max_retries: int | None = None
     # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
     simulate_device: str | None = None
@@ -271,6 +272,7 @@ class ClientDaemon:
                 device=self.options.device,
                 max_length=self.options.max_length,
                 gradient_checkpointing=self.options.gradient_checkpointing,
+                micro_batch=self.options.micro_batch,
                 local_dp=self.options.local_dp,
             ),
             bundle=bundle,

@@ -72,7 +72,12 @@ class ClientRuntime:
 
     def trainer(self, examples: Sequence[Example]) -> LocalTrainer:
         """A trainer over ``examples`` on the shared model, prepared by the client half."""
-        trainer = LocalTrainer(self.bundle, examples, max_length=self.spec.max_length)
+        trainer = LocalTrainer(
+            self.bundle,
+            examples,
+            max_length=self.spec.max_length,
+            micro_batch=self.spec.micro_batch,
+        )
         self.client_half.prepare(trainer)
         return trainer
 

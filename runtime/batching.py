@@ -153,6 +153,11 @@ def chunked_head_loss(
     return total
 
 
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """How many next-token targets of ``batch`` are answer tokens (what the loss averages)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def token_losses(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk: int | None = None
 ) -> tuple[torch.Tensor, int]:
@@ -168,7 +173,7 @@ def token_losses(
     if device.type != "cpu":
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     shift_labels = batch["labels"][:, 1:]
-    count = int((shift_labels != IGNORE_INDEX).sum())
+    count = answer_tokens(batch)
     parts = _decoder_and_head(model)
     if parts is not None and chunk is None:
         vocab = int(getattr(parts[1], "out_features", 0) or 0)

@@ -30,6 +30,9 @@ class RunSpec:
     # Recompute each decoder layer's activations in backward instead of keeping them: less
     # memory for LoRA training, about one more forward pass of time (HF gradient checkpointing).
     gradient_checkpointing: bool = False
+    # Train each step's batch this many examples at a time, accumulating the gradient: the same
+    # step in less activation memory (None: the whole batch at once).
+    micro_batch: int | None = None
     dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
     robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median
@@ -40,6 +43,8 @@ class RunSpec:
 
         check_device_name(self.device)
         check_participation(self.participation)
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise UsageError(f"--micro-batch must be >= 1, got {self.micro_batch}")
 
 
 def resolve_strategy(name: str, options: Mapping[str, Any]) -> tuple[StrategySpec, StrategyConfig]:

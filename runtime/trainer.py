@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fedft.core.trainer import LoraSpec, TrainStats
-from fedft.runtime.batching import Encoded, LazyEncoded, collate, token_losses
+from fedft.runtime.batching import Encoded, LazyEncoded, answer_tokens, collate, token_losses
 from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
 
@@ -64,12 +64,24 @@ class LocalTrainer:
     between them.
     """
 
-    def __init__(self, bundle: ModelBundle, examples: Sequence[Example], *, max_length: int = 128):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        examples: Sequence[Example],
+        *,
+        max_length: int = 128,
+        micro_batch: int | None = None,
+    ):
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
+        if micro_batch is not None and micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
         self.bundle = bundle
         self.examples = list(examples)
         self.max_length = max_length
+        # Forward/backward this many examples at a time, accumulating one step's gradient:
+        # the same step in less activation memory (None: the whole batch at once).
+        self.micro_batch = micro_batch
         self._encoded: LazyEncoded | None = None
 
     @property
@@ -218,6 +230,11 @@ class LocalTrainer:
             for start in range(0, len(order), batch_size):
                 yield [data[i] for i in order[start : start + batch_size]]
 
+    def _micro_batches(self, items: list[Encoded]) -> list[list[Encoded]]:
+        """``items`` in consecutive chunks of ``micro_batch`` (one chunk without it)."""
+        size = self.micro_batch or len(items)
+        return [items[start : start + size] for start in range(0, len(items), size)]
+
     def _stream(self, batch_size: int, data_seed: int, offset: int) -> Iterator[list[Encoded]]:
         """Yield batches from one endless shuffled stream, starting ``offset`` examples in.
 
@@ -304,14 +321,18 @@ class LocalTrainer:
             torch.manual_seed(_seed63(seed))  # LoRA dropout, if any
             for _ in range(steps):
                 items = next(batches)
-                loss_sum, tokens = token_losses(self.model, collate(items, pad_id))
-                loss = loss_sum / max(tokens, 1)
+                parts = [collate(chunk, pad_id) for chunk in self._micro_batches(items)]
+                # Every part's loss is divided by the whole batch's answer tokens, so the
+                # accumulated gradient is the full batch's mean-token-loss gradient.
+                tokens = sum(answer_tokens(part) for part in parts)
                 step_fn.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                for part in parts:
+                    loss_sum, _ = token_losses(self.model, part)
+                    (loss_sum / max(tokens, 1)).backward()  # type: ignore[no-untyped-call]
+                    total_loss += float(loss_sum.detach())
                 if max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=foreach)
                 step_fn.step()
-                total_loss += float(loss_sum.detach())
                 total_tokens += tokens
                 seen += len(items)
         self.model.eval()

@@ -10,6 +10,7 @@ from fedft.cli.run_flags import (
     add_checkpointing_flag,
     add_dp_flags,
     add_local_dp_flags,
+    add_micro_batch_flag,
     add_participation_flag,
     add_quant_flag,
     add_robust_flags,
@@ -86,6 +87,7 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 SHARED_FIELDS = (
     "quant",
     "gradient_checkpointing",
+    "micro_batch",
     "participation",
     "robust",
     "robust_bound",
@@ -179,6 +181,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_quant_flag(p)
     add_checkpointing_flag(p)
+    add_micro_batch_flag(p)
     add_participation_flag(p)
     add_robust_flags(p)
     add_dp_flags(p, note="; writes OUT/ledger.jsonl, OUT/audit.json and OUT/audit.png")

@@ -58,6 +58,7 @@ class SimulationSpec:
     local_dp_noise: float = 0.0
     quant: str = "none"
     gradient_checkpointing: bool = False  # LoRA training recomputes activations: less memory
+    micro_batch: int | None = None  # examples per forward/backward within one local step
     device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
     # Which clients are reachable each round (fedft.simulation.availability) and how the server
@@ -90,6 +91,7 @@ class SimulationSpec:
                 f"--participation must be one of {', '.join(PARTICIPATION_CHOICES)}",
             ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
+            (self.micro_batch is None or self.micro_batch >= 1, "--micro-batch must be >= 1"),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
         for ok, message in problems:
@@ -152,6 +154,7 @@ class SimulationSpec:
             seed=self.seed,
             quant=self.quant,
             gradient_checkpointing=self.gradient_checkpointing,
+            micro_batch=self.micro_batch,
             device=self.device,
             max_length=self.max_length,
             dp=self.dp_config(),

@@ -391,3 +391,29 @@ def test_multi_tensor_optimizer_path_gives_identical_weights(
     slow = trained()
     assert adapters_equal(fast, slow)
     assert not adapters_equal(fast, make_trainer().lora_state())  # training did move them
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3])
+def test_micro_batches_take_the_same_steps_as_the_whole_batch(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example], micro_batch: int
+) -> None:
+    def trained(micro: int | None, optimizer: str) -> tuple[float, dict[str, torch.Tensor]]:
+        trainer = LocalTrainer(tiny_bundle(), examples, micro_batch=micro)
+        trainer.add_lora(LoraSpec(rank=4, target_modules=("q_proj", "v_proj")))
+        # Unclipped SGD shows any mis-scaled part (AdamW would normalise a uniform factor away).
+        stats = trainer.train(
+            steps=3, batch_size=4, lr=0.5 if optimizer == "sgd" else 1e-2, seed=7,
+            optimizer=optimizer, max_grad_norm=None,
+        )  # fmt: skip
+        return stats.loss, {k: v.clone() for k, v in trainer.lora_state().items()}
+
+    for optimizer in ("sgd", "adamw"):
+        whole_loss, whole = trained(None, optimizer)
+        loss, parts = trained(micro_batch, optimizer)
+        assert loss == pytest.approx(whole_loss, rel=1e-6)
+        assert any(float(t.abs().sum()) > 0 for n, t in whole.items() if "lora_B" in n)
+        for name, tensor in whole.items():
+            # Summation order differs by part; AdamW's normalisation amplifies that to ~1e-6.
+            torch.testing.assert_close(parts[name], tensor, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="micro_batch"):
+        LocalTrainer(tiny_bundle(), examples, micro_batch=0)
