@@ -28,8 +28,8 @@ import time
 from typing import Any
 
 # LoRA with --quant none|int8|nf4; "old-nf4" loads fp32 and quantizes after (the path before
-# streaming); "nf4+ckpt" adds gradient checkpointing; "+micro2" trains each step's batch two
-# examples at a time (RunSpec.micro_batch).
+# streaming); "nf4+ckpt" adds gradient checkpointing; "+microM" trains each step's batch M
+# examples at a time (RunSpec.micro_batch); --cases may name any such combination.
 CASES = (
     "none",
     "int8",
@@ -70,8 +70,16 @@ def spec_for(case: str, args: argparse.Namespace) -> Any:
         device="cpu",
         max_length=args.tokens,
         gradient_checkpointing="+ckpt" in case,
-        micro_batch=2 if "+micro2" in case else None,
+        micro_batch=_micro_batch(case),
     )
+
+
+def _micro_batch(case: str) -> int | None:
+    """M of a case's "+microM" part, or None."""
+    for part in case.split("+"):
+        if part.startswith("micro"):
+            return int(part.removeprefix("micro"))
+    return None
 
 
 def write_tasks(strategy: str, args: argparse.Namespace) -> None:
