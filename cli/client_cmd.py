@@ -120,6 +120,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_quant_flag(p)
     add_checkpointing_flag(p)
     add_micro_batch_flag(p)
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="fit training into SIZE (e.g. 1.5GiB): choose --quant, --gradient-checkpointing "
+        "and --micro-batch from an estimate of the peak, changing training as little as "
+        "possible, and report the budget in the device profile; needs --model",
+    )
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP)
     p.add_argument(
         "--simulate-device",
@@ -158,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         credentials = channel_credentials(args.ca)
     console = Console(stderr=True)
+    plan = memory_plan_from_args(args)
     options = DaemonOptions(
         server=args.server,
         data=args.data,
@@ -173,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         quant=args.quant,
         gradient_checkpointing=args.gradient_checkpointing,
         micro_batch=args.micro_batch,
+        memory_budget_mb=None if plan is None else plan[0],
+        memory_plan=None if plan is None else plan[1],
         simulate_device=args.simulate_device,
         simulate_absent_rounds=_rounds(args.simulate_absent_rounds),
         device=check_device_name(args.device),
@@ -184,6 +195,37 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     return daemon.run()
+
+
+def memory_plan_from_args(args: argparse.Namespace) -> tuple[float, str] | None:
+    """Apply ``--memory-budget``'s plan to ``args``; return (budget MiB, its description)."""
+    if args.memory_budget is None:
+        return None
+    from fedft.core.errors import UsageError
+    from fedft.runtime.memory_plan import (
+        MIB,
+        model_shape,
+        parse_budget,
+        plan_for_budget,
+        return_freed_memory,
+    )
+    from fedft.runtime.models import resolve_model
+
+    if args.quant != "none" or args.gradient_checkpointing or args.micro_batch is not None:
+        raise UsageError(
+            "--memory-budget chooses --quant, --gradient-checkpointing and --micro-batch itself; "
+            "leave them out"
+        )
+    if args.model in (None, "server"):
+        raise UsageError("--memory-budget needs --model: the plan is made before training starts")
+    budget = parse_budget(args.memory_budget)
+    plan = plan_for_budget(
+        budget, model_shape(resolve_model(args.model)), max_length=args.max_length
+    )
+    args.quant, args.gradient_checkpointing = plan.quant, plan.gradient_checkpointing
+    args.micro_batch = plan.micro_batch
+    return_freed_memory()  # the estimate assumes freed activations go back to the system
+    return budget / MIB, f"memory budget {budget / MIB:,.0f} MiB: {plan.describe()}"
 
 
 def _rounds(text: str) -> frozenset[int]:

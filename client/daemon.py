@@ -86,6 +86,9 @@ class DaemonOptions:
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     micro_batch: int | None = None  # examples per forward/backward within one step
+    # --memory-budget: the profile reports at most this much memory; the plan is logged.
+    memory_budget_mb: float | None = None
+    memory_plan: str | None = None
     max_retries: int | None = None
     # Simulation only: report as a device of this tier (fedft.core.device.TIERS) would.
     simulate_device: str | None = None
@@ -235,6 +238,10 @@ class ClientDaemon:
     def measure(self, trainer: LocalTrainer, batch_size: int = 8) -> DeviceProfile:
         """Run the micro-benchmark now (start-up, or on demand) and send it with the next call."""
         measured = measure_profile(trainer, batch_size=batch_size, link_mbps=self.link.mbps)
+        budget = self.options.memory_budget_mb
+        if budget is not None and budget < measured.memory_mb:
+            # Planners (legend) size the device's work by this: the budget, not the free RAM.
+            measured = dataclasses.replace(measured, memory_mb=budget)
         self._on_cuda = trainer.bundle.device.type == "cuda"
         tier = self.options.simulate_device
         self.profile = tier_profile(measured, tier) if tier else measured
@@ -252,6 +259,8 @@ class ClientDaemon:
         """Enroll if needed, then work on tasks until the run is finished; returns exit code 0."""
         bundle = None
         device = resolve_device(self.options.device)  # a missing GPU fails before any work
+        if self.options.memory_plan is not None:
+            self.report(self.options.memory_plan)
         if self.options.model and self.options.model != "server":
             # The model is known before we meet the coordinator: profile it first, so the
             # enrollment or first heartbeat already carries the device's capacity.

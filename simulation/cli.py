@@ -229,7 +229,12 @@ def run(args: argparse.Namespace) -> int:
     from fedft.simulation.console import run_with_progress
 
     spec = spec_from_args(args)
+    from fedft.cli.extras import require_server_modules
     from fedft.runtime.placement import resolve_device
+
+    # The report's plot and Rouge-L come after training: say a missing extra before it.
+    scoring = ("rouge_score", "rouge") if spec.rouge_examples > 0 else ()
+    require_server_modules("simulate", ("matplotlib", *scoring))
 
     resolve_device(spec.device)  # --device cuda without a GPU: one line, before any loading
     run_with_progress(spec, quiet=args.quiet)
