@@ -96,7 +96,7 @@ def test_server_commands_name_the_extra_in_one_line(
     assert "pip install 'fedft[server]'" in lines[0]
 
 
-def test_a_lean_client_trains_with_local_dp_against_a_full_coordinator(
+def test_a_lean_client_trains_with_local_dp_and_a_budget_against_a_full_coordinator(
     tmp_path: Path,
     processes: Processes,
     client_data: Callable[[int], Path],
@@ -118,7 +118,7 @@ def test_a_lean_client_trains_with_local_dp_against_a_full_coordinator(
         "client", "--server", f"127.0.0.1:{port}", "--insecure", "--token", token,
         "--client-id", "lean-0", "--data", str(client_data(0)), "--state-dir",
         str(tmp_path / "lean-state"), "--model", "tiny", "--poll", "1", "--max-backoff", "1",
-        "--local-dp-clip", "0.5", "--local-dp-noise", "0.1",
+        "--local-dp-clip", "0.5", "--local-dp-noise", "0.1", "--memory-budget", "700MiB",
         env=lean_env,
     )  # fmt: skip
 
@@ -132,4 +132,8 @@ def test_a_lean_client_trains_with_local_dp_against_a_full_coordinator(
     assert "Traceback" not in processes.log("lean")
     # The device kept its own privacy ledger without the accounting library.
     assert (tmp_path / "lean-state" / "ledger.jsonl").is_file()
+    # The budget chose the plan (the tiny model fits unchanged) and is the memory it reports.
+    assert "memory budget 700 MiB: --quant none" in processes.log("lean")
+    clients = {c.client_id: c for c in state.list_clients()}
+    assert clients["lean-0"].properties["device.memory_mb"] == 700.0
     state.close()
