@@ -110,6 +110,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
     from fedft.cli.run_flags import (
+        add_autocast_flag,
         add_checkpointing_flag,
         add_local_dp_flags,
         add_micro_batch_flag,
@@ -120,6 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_quant_flag(p)
     add_checkpointing_flag(p)
     add_micro_batch_flag(p)
+    add_autocast_flag(p)
     p.add_argument(
         "--memory-budget",
         default=None,
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         quant=args.quant,
         gradient_checkpointing=args.gradient_checkpointing,
         micro_batch=args.micro_batch,
+        autocast=args.autocast,
         memory_budget_mb=None if plan is None else plan[0],
         memory_plan=None if plan is None else plan[1],
         simulate_device=args.simulate_device,

@@ -169,6 +169,18 @@ def add_checkpointing_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_autocast_flag(p: argparse.ArgumentParser) -> None:
+    """Add --autocast."""
+    p.add_argument(
+        "--autocast",
+        choices=("none", "bf16"),
+        default="none",
+        help="bf16: run local training steps' forward under bf16 autocast (faster on GPUs "
+        "with bf16 units; weights, gradients and optimizer state stay fp32; evaluation stays "
+        "fp32) (default: %(default)s)",
+    )
+
+
 def add_micro_batch_flag(p: argparse.ArgumentParser) -> None:
     """Add --micro-batch."""
     p.add_argument(
@@ -252,6 +264,8 @@ def client_flags(spec: RunSpec) -> list[str]:
         args.append("--gradient-checkpointing")
     if spec.micro_batch is not None:
         args.append(f"--micro-batch={spec.micro_batch}")
+    if spec.autocast != "none":
+        args.append(f"--autocast={spec.autocast}")
     if spec.local_dp is not None:
         args += [
             f"--local-dp-clip={spec.local_dp.clip!r}",

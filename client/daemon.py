@@ -86,6 +86,7 @@ class DaemonOptions:
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     micro_batch: int | None = None  # examples per forward/backward within one step
+    autocast: str = "none"  # "bf16": local steps' forward under bf16 autocast
     # --memory-budget: the profile reports at most this much memory; the plan is logged.
     memory_budget_mb: float | None = None
     memory_plan: str | None = None
@@ -282,6 +283,7 @@ class ClientDaemon:
                 max_length=self.options.max_length,
                 gradient_checkpointing=self.options.gradient_checkpointing,
                 micro_batch=self.options.micro_batch,
+                autocast=self.options.autocast,
                 local_dp=self.options.local_dp,
             ),
             bundle=bundle,

@@ -77,6 +77,7 @@ class ClientRuntime:
             examples,
             max_length=self.spec.max_length,
             micro_batch=self.spec.micro_batch,
+            autocast=self.spec.autocast,
         )
         self.client_half.prepare(trainer)
         return trainer

@@ -33,6 +33,8 @@ class RunSpec:
     # Train each step's batch this many examples at a time, accumulating the gradient: the same
     # step in less activation memory (None: the whole batch at once).
     micro_batch: int | None = None
+    # "bf16": local training steps run their forward under bf16 autocast (weights stay fp32).
+    autocast: str = "none"
     dp: DPConfig | None = None  # server side: sample, clip, noise, ledger, canaries
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
     robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median
@@ -43,6 +45,8 @@ class RunSpec:
 
         check_device_name(self.device)
         check_participation(self.participation)
+        if self.autocast not in ("none", "bf16"):
+            raise UsageError(f"--autocast must be none or bf16, got {self.autocast!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise UsageError(f"--micro-batch must be >= 1, got {self.micro_batch}")
 

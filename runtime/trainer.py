@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ DEFAULT_CLIP_NORM = 1.0  # fedft's historical default; the papers' reference cod
 _FOREACH_MAX_ELEMENTS = 1 << 24
 MAX_LAYOUTS = 8  # extra LoRA layouts kept beside the first adapter (see use_lora)
 OPTIMIZERS = ("adamw", "sgd")
+AUTOCAST_CHOICES = ("none", "bf16")
 
 
 def _lora_config(spec: LoraSpec) -> Any:
@@ -71,17 +73,23 @@ class LocalTrainer:
         *,
         max_length: int = 128,
         micro_batch: int | None = None,
+        autocast: str = "none",
     ):
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        if autocast not in AUTOCAST_CHOICES:
+            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_CHOICES)}")
         self.bundle = bundle
         self.examples = list(examples)
         self.max_length = max_length
         # Forward/backward this many examples at a time, accumulating one step's gradient:
         # the same step in less activation memory (None: the whole batch at once).
         self.micro_batch = micro_batch
+        # Local training steps run their forward in bf16 where it is safe (torch.autocast);
+        # weights, gradients and optimizer state stay fp32. Evaluation stays fp32.
+        self.autocast = autocast
         self._encoded: LazyEncoded | None = None
 
     @property
@@ -230,6 +238,12 @@ class LocalTrainer:
             for start in range(0, len(order), batch_size):
                 yield [data[i] for i in order[start : start + batch_size]]
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on the model's device when asked for, else nothing."""
+        if self.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.bundle.device.type, dtype=torch.bfloat16)
+
     def _micro_batches(self, items: list[Encoded]) -> list[list[Encoded]]:
         """``items`` in consecutive chunks of ``micro_batch`` (one chunk without it)."""
         size = self.micro_batch or len(items)
@@ -327,7 +341,8 @@ class LocalTrainer:
                 tokens = sum(answer_tokens(part) for part in parts)
                 step_fn.zero_grad(set_to_none=True)
                 for part in parts:
-                    loss_sum, _ = token_losses(self.model, part)
+                    with self._autocast():
+                        loss_sum, _ = token_losses(self.model, part)
                     (loss_sum / max(tokens, 1)).backward()  # type: ignore[no-untyped-call]
                     total_loss += float(loss_sum.detach())
                 if max_grad_norm is not None:

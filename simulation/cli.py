@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from fedft.cli.run_flags import (
+    add_autocast_flag,
     add_checkpointing_flag,
     add_dp_flags,
     add_local_dp_flags,
@@ -88,6 +89,7 @@ SHARED_FIELDS = (
     "quant",
     "gradient_checkpointing",
     "micro_batch",
+    "autocast",
     "participation",
     "robust",
     "robust_bound",
@@ -182,6 +184,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_quant_flag(p)
     add_checkpointing_flag(p)
     add_micro_batch_flag(p)
+    add_autocast_flag(p)
     add_participation_flag(p)
     add_robust_flags(p)
     add_dp_flags(p, note="; writes OUT/ledger.jsonl, OUT/audit.json and OUT/audit.png")

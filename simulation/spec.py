@@ -59,6 +59,7 @@ class SimulationSpec:
     quant: str = "none"
     gradient_checkpointing: bool = False  # LoRA training recomputes activations: less memory
     micro_batch: int | None = None  # examples per forward/backward within one local step
+    autocast: str = "none"  # "bf16": local steps' forward under bf16 autocast
     device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
     # Which clients are reachable each round (fedft.simulation.availability) and how the server
@@ -92,6 +93,7 @@ class SimulationSpec:
             ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
             (self.micro_batch is None or self.micro_batch >= 1, "--micro-batch must be >= 1"),
+            (self.autocast in ("none", "bf16"), "--autocast must be none or bf16"),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
         for ok, message in problems:
@@ -155,6 +157,7 @@ class SimulationSpec:
             quant=self.quant,
             gradient_checkpointing=self.gradient_checkpointing,
             micro_batch=self.micro_batch,
+            autocast=self.autocast,
             device=self.device,
             max_length=self.max_length,
             dp=self.dp_config(),

@@ -26,6 +26,7 @@ CLIENT_FIELDS = {
     "local_dp",
     "gradient_checkpointing",
     "micro_batch",
+    "autocast",
 }
 
 DP = DPConfig(
@@ -80,6 +81,7 @@ def test_client_flags_parse_back_into_the_same_settings() -> None:
         max_length=96,
         gradient_checkpointing=True,
         micro_batch=2,
+        autocast="bf16",
         local_dp=LocalDPConfig(clip=0.3, noise_multiplier=0.7),
     )
     argv = ["client", "--server", "127.0.0.1:1", "--insecure", "--data", "d.jsonl"]
@@ -87,11 +89,13 @@ def test_client_flags_parse_back_into_the_same_settings() -> None:
     assert (args.model, args.quant, args.device, args.max_length) == ("tiny", "nf4", "cpu", 96)
     assert args.gradient_checkpointing
     assert args.micro_batch == 2
+    assert args.autocast == "bf16"
     assert local_dp_config_from_args(args) == spec.local_dp
     plain = build_parser().parse_args([*argv, *client_flags(RunSpec(strategy="fedkseed"))])
     assert local_dp_config_from_args(plain) is None
     assert not plain.gradient_checkpointing
     assert plain.micro_batch is None
+    assert plain.autocast == "none"
 
 
 def test_simulate_defaults_are_the_specs() -> None:

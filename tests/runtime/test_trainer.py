@@ -417,3 +417,23 @@ def test_micro_batches_take_the_same_steps_as_the_whole_batch(
             torch.testing.assert_close(parts[name], tensor, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="micro_batch"):
         LocalTrainer(tiny_bundle(), examples, micro_batch=0)
+
+
+def test_bf16_autocast_trains_close_to_fp32_with_fp32_weights(
+    tiny_bundle: Callable[[], ModelBundle], examples: list[Example]
+) -> None:
+    def trained(autocast: str) -> tuple[float, dict[str, torch.Tensor]]:
+        trainer = LocalTrainer(tiny_bundle(), examples, autocast=autocast)
+        trainer.add_lora(LoraSpec(rank=4, target_modules=("q_proj", "v_proj")))
+        stats = trainer.train(steps=3, batch_size=4, lr=1e-2, seed=3)
+        return stats.loss, {k: v.clone() for k, v in trainer.lora_state().items()}
+
+    loss32, weights32 = trained("none")
+    loss16, weights16 = trained("bf16")
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    assert loss16 != loss32  # the forward really ran in bf16
+    assert all(t.dtype == torch.float32 for t in weights16.values())  # fp32 master weights
+    for name, tensor in weights32.items():
+        torch.testing.assert_close(weights16[name], tensor, rtol=0.1, atol=2e-2)
+    with pytest.raises(ValueError, match="autocast"):
+        LocalTrainer(tiny_bundle(), examples, autocast="fp8")
