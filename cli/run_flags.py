@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedft.core.run_options import PARTICIPATION_CHOICES, QUANT_CHOICES
+from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUANT_CHOICES
 
 if TYPE_CHECKING:  # the privacy stack loads only when a flag asks for it
     from fedft.privacy.config import DPConfig, LocalDPConfig
@@ -173,7 +173,7 @@ def add_autocast_flag(p: argparse.ArgumentParser) -> None:
     """Add --autocast."""
     p.add_argument(
         "--autocast",
-        choices=("none", "bf16"),
+        choices=AUTOCAST_CHOICES,
         default="none",
         help="bf16: run local training steps' forward under bf16 autocast (faster on GPUs "
         "with bf16 units; weights, gradients and optimizer state stay fp32; evaluation stays "
@@ -225,9 +225,11 @@ def local_dp_config_from_args(args: argparse.Namespace) -> LocalDPConfig | None:
 
 def serve_flags(spec: RunSpec) -> list[str]:
     """The ``fedft serve`` flags that ask for ``spec``'s strategy, model, seed and wrappers."""
+    from fedft.core.config import format_option  # loads torch: not at parser-building time
+
     args = [
         f"--strategy={spec.strategy}",
-        *(f"--opt={k}={_opt_value(v)}" for k, v in spec.options.items()),
+        *(f"--opt={k}={format_option(v)}" for k, v in spec.options.items()),
         f"--model={spec.model}",
         f"--seed={spec.seed}",
         f"--participation={spec.participation}",
@@ -272,10 +274,3 @@ def client_flags(spec: RunSpec) -> list[str]:
             f"--local-dp-noise={spec.local_dp.noise_multiplier!r}",
         ]
     return args
-
-
-def _opt_value(value: object) -> str:
-    """A strategy option as ``--opt`` spells it (lists comma-separated)."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)

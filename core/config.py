@@ -140,6 +140,13 @@ class StrategyConfig:
         return dataclasses.replace(self, **changes)
 
 
+def format_option(value: Any) -> str:
+    """An option value as ``--opt KEY=VALUE`` spells it, which :func:`parse_overrides` reads."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def parse_overrides(cls: type[StrategyConfig], pairs: list[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` command-line overrides using the config class's field types.
 

@@ -17,7 +17,8 @@ from fedft.core.payload import MetricValue
 # Names of the transformer-block list in common architectures (Llama: layers, GPT-2: h).
 LAYER_LIST = r"(?:layers|layer|h|blocks)"
 _LAYER = re.compile(rf"\.{LAYER_LIST}\.(\d+)\.")
-_LORA_A = ".lora_A.weight"
+# PEFT's state-dict names of a module's LoRA factors: MODULE.lora_A.weight, MODULE.lora_B.weight.
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
 LORA_DEPTH = "lora_depth"
 # One metric per adapted layer, bottom to top: lora_rank.0, lora_rank.1, ... (metrics are scalars).
@@ -40,10 +41,10 @@ def adapter_ranks(tensors: Mapping[str, torch.Tensor]) -> list[int]:
     """
     per_layer: dict[int, int] = {}
     for name, t in tensors.items():
-        if not name.endswith(_LORA_A) or t.dim() != 2:
+        if not name.endswith(A_SUFFIX) or t.dim() != 2:
             continue
         try:
-            layer = layer_of(name.removesuffix(_LORA_A))
+            layer = layer_of(name.removesuffix(A_SUFFIX))
         except ValueError:
             continue
         per_layer[layer] = max(per_layer.get(layer, 0), int(t.shape[0]))

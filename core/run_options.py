@@ -10,3 +10,5 @@ from __future__ import annotations
 QUANT_CHOICES = ("none", "nf4", "int8")
 # How the server weights the clients that take part (fedft.strategies.participation).
 PARTICIPATION_CHOICES = ("none", "fedau")
+# Mixed precision of local training steps' forward (fedft.runtime.trainer).
+AUTOCAST_CHOICES = ("none", "bf16")

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedft.core.layout import A_SUFFIX, B_SUFFIX
+
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 # PEFT saves tensors under the PeftModel's names; patterns match the base model's module names.
 SAVED_PREFIX = "base_model.model."
 

@@ -10,6 +10,7 @@ from fedft.core.config import ConfigError, StrategyConfig
 from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec, get_strategy
+from fedft.core.run_options import AUTOCAST_CHOICES
 
 if TYPE_CHECKING:  # the privacy stack (cryptography, dp-accounting) loads only when DP is asked
     from fedft.privacy.config import DPConfig, LocalDPConfig
@@ -45,8 +46,9 @@ class RunSpec:
 
         check_device_name(self.device)
         check_participation(self.participation)
-        if self.autocast not in ("none", "bf16"):
-            raise UsageError(f"--autocast must be none or bf16, got {self.autocast!r}")
+        if self.autocast not in AUTOCAST_CHOICES:
+            choices = ", ".join(AUTOCAST_CHOICES)
+            raise UsageError(f"--autocast must be one of {choices}, got {self.autocast!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise UsageError(f"--micro-batch must be >= 1, got {self.micro_batch}")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fedft.core.run_options import AUTOCAST_CHOICES
 from fedft.core.trainer import LoraSpec, TrainStats
 from fedft.runtime.batching import Encoded, LazyEncoded, answer_tokens, collate, token_losses
 from fedft.runtime.data import Example
@@ -21,7 +22,6 @@ DEFAULT_CLIP_NORM = 1.0  # fedft's historical default; the papers' reference cod
 _FOREACH_MAX_ELEMENTS = 1 << 24
 MAX_LAYOUTS = 8  # extra LoRA layouts kept beside the first adapter (see use_lora)
 OPTIMIZERS = ("adamw", "sgd")
-AUTOCAST_CHOICES = ("none", "bf16")
 
 
 def _lora_config(spec: LoraSpec) -> Any:

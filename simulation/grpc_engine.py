@@ -205,7 +205,7 @@ class GrpcEngine:
             for number in range(1, spec.rounds + 1):
                 self.progress("round", number - 1, spec.rounds)
                 self._wait_for_round(state, number)
-                report.rounds.append(self._round_record(state, number))
+                report.rounds.append(self._round_report(state, number))
                 report.write(spec.out)
             self.progress("round", spec.rounds, spec.rounds)
             for _, process, _ in self._processes[1:]:
@@ -246,7 +246,7 @@ class GrpcEngine:
                 raise EngineFailure("the coordinator did not initialise its run in time")
             time.sleep(POLL_S)
 
-    def _round_record(self, state: State, number: int) -> RoundReport:
+    def _round_report(self, state: State, number: int) -> RoundReport:
         try:
             view = round_view(state, number)
         except ValueError as exc:

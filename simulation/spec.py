@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
-from fedft.core.run_options import PARTICIPATION_CHOICES, QUANT_CHOICES
+from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUANT_CHOICES
 from fedft.privacy.config import (
     DPConfig,
     LocalDPConfig,
@@ -93,7 +93,10 @@ class SimulationSpec:
             ),
             (self.cpus_per_client > 0, "--cpus-per-client must be > 0"),
             (self.micro_batch is None or self.micro_batch >= 1, "--micro-batch must be >= 1"),
-            (self.autocast in ("none", "bf16"), "--autocast must be none or bf16"),
+            (
+                self.autocast in AUTOCAST_CHOICES,
+                f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}",
+            ),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
         ]
         for ok, message in problems:

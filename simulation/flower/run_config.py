@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedft.core.config import ConfigError, parse_overrides
+from fedft.core.config import ConfigError, format_option, parse_overrides
 from fedft.core.errors import UsageError
 from fedft.simulation.engine import build_strategy
 from fedft.simulation.spec import SimulationSpec
@@ -41,14 +41,8 @@ def spec_to_run_config(spec: SimulationSpec) -> dict[str, bool | int | float | s
             continue
         config[_key(field.name)] = str(value) if isinstance(value, Path) else value
     for name, value in spec.strategy_options.items():
-        config[OPTION_PREFIX + name] = _option_text(value)
+        config[OPTION_PREFIX + name] = format_option(value)
     return config
-
-
-def _option_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 def spec_from_run_config(

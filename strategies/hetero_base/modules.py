@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-A_SUFFIX = ".lora_A.weight"
-B_SUFFIX = ".lora_B.weight"
+from fedft.core.layout import A_SUFFIX, B_SUFFIX
 
 
 def split_modules(
