@@ -8,8 +8,11 @@ timed alternately for ``--rounds`` rounds (A, B, A, B, ...); each time is a medi
 ``triton.testing.do_bench``, which flushes L2 between repetitions). The ratio is
 median(baseline) / median(kernel), with the min and max over rounds. Achieved bandwidth and
 FLOP/s are given as fractions of a device copy and a bf16 (CPU: fp32) GEMM measured in the
-same run. Goals (H100): dequantize and perturb/replay >= 80% of copy bandwidth; NF4 training
-matmul <= 1.15x the bf16 ``F.linear`` time. On CPU the goals are not measured.
+same run. Goals (H100): dequantize and perturb >= 80% of copy bandwidth; NF4 training matmul
+<= 1.15x the bf16 ``F.linear`` time. Replay draws k values per weight it reads once, so it is
+bound by generation, not bytes: its rate (normal values/s) is given as a fraction of an RNG
+ceiling measured in the same run (CUDA: Triton's Philox ``tl.randn`` summed in registers; CPU:
+``torch.randn`` into a cached buffer). On CPU the goals are not measured.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +51,8 @@ class Row:
     bandwidth_fraction: float | None
     flops_fraction: float | None
     goal: str
+    values_per_s: float | None = None  # normal values generated per second (seeded ops)
+    rng_fraction: float | None = None  # of the RNG ceiling: generation bounds replay, not bytes
 
 
 def _sync(device: torch.device) -> None:
@@ -98,6 +104,47 @@ def ceilings(device: torch.device, args: argparse.Namespace) -> tuple[float, flo
     return 2 * src.numel() * 4 / copy_s, 2 * size**3 / gemm_s
 
 
+def _rng_sum_kernel() -> Any:
+    """A Triton kernel that draws normals with Triton's own Philox into registers and sums them.
+
+    Nothing but one float per program touches memory, so its rate is what the device can
+    generate: the yardstick for replay, whose k seeds are k draws per weight read once.
+    """
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def rng_sum(out_ptr, seed, ITERS: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        pid = tl.program_id(0)
+        offsets = pid * BLOCK * ITERS + tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for i in range(ITERS):
+            acc += tl.randn(seed, offsets + i * BLOCK)
+        tl.store(out_ptr + pid, tl.sum(acc, axis=0))
+
+    return rng_sum
+
+
+def rng_ceiling(device: torch.device, args: argparse.Namespace) -> float:
+    """Normal values/s the device generates with no memory traffic to speak of.
+
+    CUDA: Triton's Philox ``tl.randn`` summed in registers. CPU: ``torch.randn`` into a buffer
+    that stays in cache.
+    """
+    if device.type == "cuda":
+        kernel = _rng_sum_kernel()
+        programs, iters, block = args.rng_programs, 64, 1024
+        out = torch.empty(programs, device=device)
+        seconds = time_median(
+            lambda: kernel[(programs,)](out, 1, ITERS=iters, BLOCK=block), device, args.reps
+        )
+        return float(programs * iters * block / seconds)
+    buffer = torch.empty(1 << 16)
+    gen = torch.Generator().manual_seed(1)
+    seconds = time_median(lambda: torch.randn(buffer.shape, generator=gen, out=buffer), device, 20)
+    return buffer.numel() / seconds
+
+
 def _row(
     *,
     op: str,
@@ -127,6 +174,17 @@ def _row(
 
 def seeded_rows(ctx: tuple[torch.device, argparse.Namespace, float, float]) -> list[Row]:
     """Perturb, replay and projection against the torch RNG loops FedKSeed/Ferret use."""
+    _, args, _, _ = ctx
+    n, k = args.elements, args.seeds
+    rows = _seeded_timings(ctx)
+    for row, values in zip(rows, (n, n * k), strict=False):  # perturb, replay
+        row.values_per_s = values / row.kernel_s
+        row.rng_fraction = row.values_per_s / args.rng_rate
+    return rows
+
+
+def _seeded_timings(ctx: tuple[torch.device, argparse.Namespace, float, float]) -> list[Row]:
+    """The perturb, replay and projection rows, timed."""
     device, args, _, _ = ctx
     n, k = args.elements, args.seeds
     w = torch.randn(n, device=device)
@@ -167,7 +225,7 @@ def seeded_rows(ctx: tuple[torch.device, argparse.Namespace, float, float]) -> l
             baseline=replay_baseline,
             nbytes=8 * n,
             flops=0,
-            goal=">= 0.80 of copy bandwidth",
+            goal="near the RNG ceiling (compute-bound: k draws per weight)",
             ctx=ctx,
         ),
         _row(
@@ -270,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-m", type=int, default=16, help="tokens for the fused row")
     parser.add_argument("--gemm-ceiling", type=int, default=None, help="square GEMM ceiling size")
     parser.add_argument("--copy-mib", type=int, default=None, help="copy ceiling buffer (MiB)")
+    parser.add_argument(
+        "--rng-programs", type=int, default=8192, help="programs of the CUDA RNG ceiling kernel"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -282,23 +343,26 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = min(args.seeds, 8)
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
     copy_bw, gemm_fl = ceilings(device, args)
+    args.rng_rate = rng_ceiling(device, args)
     print(f"device: {name}; torch {torch.__version__}")
     print(
-        f"ceilings: copy {copy_bw / 1e9:.1f} GB/s (read + write), GEMM {gemm_fl / 1e12:.2f} TFLOP/s"
+        f"ceilings: copy {copy_bw / 1e9:.1f} GB/s (read + write), "
+        f"GEMM {gemm_fl / 1e12:.2f} TFLOP/s, RNG {args.rng_rate / 1e9:.1f} G normal values/s"
     )
     ctx = (device, args, copy_bw, gemm_fl)
     rows = seeded_rows(ctx) + quant_rows(ctx)
     print(
         f"{'op':44} {'kernel ms':>10} {'torch ms':>10} {'ratio':>6} {'(min-max)':>12} "
-        f"{'BW':>6} {'FLOP':>6}  goal"
+        f"{'BW':>6} {'FLOP':>6} {'RNG':>6}  goal"
     )
     for r in rows:
         bw = f"{r.bandwidth_fraction:.2f}" if r.bandwidth_fraction is not None else "-"
         fl = f"{r.flops_fraction:.2f}" if r.flops_fraction is not None else "-"
+        rng = f"{r.rng_fraction:.2f}" if r.rng_fraction is not None else "-"
         span = f"{r.ratio_min:.2f}-{r.ratio_max:.2f}"
         print(
             f"{r.op:44} {r.kernel_s * 1e3:10.3f} {r.baseline_s * 1e3:10.3f} {r.ratio:6.2f} "
-            f"{span:>12} {bw:>6} {fl:>6}  {r.goal if gpu else ''}"
+            f"{span:>12} {bw:>6} {fl:>6} {rng:>6}  {r.goal if gpu else ''}"
         )
     if not gpu:
         print(
@@ -306,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             "the H100 goals are NOT measured here. Run on a CUDA device for the Triton numbers."
         )
     if args.json:
-        payload = {"device": name, "copy_Bps": copy_bw, "gemm_flops": gemm_fl}
+        payload = {
+            "device": name,
+            "copy_Bps": copy_bw,
+            "gemm_flops": gemm_fl,
+            "rng_values_per_s": args.rng_rate,
+        }
         payload["rows"] = [asdict(r) for r in rows]
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

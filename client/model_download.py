@@ -7,8 +7,8 @@ import json
 from pathlib import PurePosixPath
 
 from fedft.client.connection import Connection
+from fedft.core.cache import cache_dir
 from fedft.core.errors import ProtocolError
-from fedft.runtime.models import cache_dir
 
 
 def fetch_model(connection: Connection) -> str:

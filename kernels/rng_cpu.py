@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.autograd.graph import increment_version
 
+from fedft.core.cache import cache_dir
 from fedft.core.rng import (
     IRWIN_HALL_SCALE,
     IRWIN_HALL_SHIFT,
@@ -86,9 +87,7 @@ _kernel: _Kernel | str | None = None
 
 
 def _cache_dir() -> Path:
-    # Same folder as the model cache (client.models.cache_dir); kernels may not import client.
-    root = os.environ.get("FEDFT_CACHE") or Path.home() / ".cache" / "fedft"
-    return Path(root).expanduser() / "kernels"
+    return cache_dir() / "kernels"
 
 
 def _compiler() -> list[str] | None:

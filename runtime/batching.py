@@ -196,3 +196,46 @@ def token_losses(
     ).last_hidden_state
     keep = shift_labels != IGNORE_INDEX
     return chunked_head_loss(head, hidden[:, :-1][keep], shift_labels[keep], chunk=chunk), count
+
+
+def segment_losses(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], bounds: Sequence[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Return the summed answer-token loss of each row range of ``batch``, from one forward.
+
+    Rows ``start:stop`` of a packed batch belong to one client: the decoder runs once over all
+    rows, and each range's loss is taken as :func:`token_losses` would take it for that client
+    alone (its LM head chunked when that client's own logits would be large).
+    """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    shift_labels = batch["labels"][:, 1:]
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return [
+            torch.nn.functional.cross_entropy(
+                logits[start:stop, :-1, :].float().reshape(-1, logits.size(-1)),
+                shift_labels[start:stop].reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            for start, stop in bounds
+        ]
+    decoder, head = parts
+    vocab = int(getattr(head, "out_features", 0) or 0)
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state[:, :-1]
+    width = batch["input_ids"].shape[1]
+    losses = []
+    for start, stop in bounds:
+        labels = shift_labels[start:stop]
+        keep = labels != IGNORE_INDEX
+        h, y = hidden[start:stop][keep], labels[keep]
+        if (stop - start) * width * vocab * 4 > LOSS_CHUNK_MIN_BYTES:
+            losses.append(chunked_head_loss(head, h, y, chunk=LOSS_CHUNK_TOKENS))
+        else:
+            losses.append(_chunk_loss(head, h, y))
+    return losses

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fedft.core.cache import cache_dir
 from fedft.core.errors import UsageError
 from fedft.core.trainer import LoraSpec
 
@@ -36,11 +37,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VERSION = "tiny-llama-v1"
 SMOLLM2_VERSION = "smollm2-135m-instruct-q4_1-v1"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
-
-
-def cache_dir() -> Path:
-    """Return fedft's cache folder (``$FEDFT_CACHE`` or ``~/.cache/fedft``)."""
-    return Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft")).expanduser()
 
 
 @dataclass

@@ -47,7 +47,7 @@ def _seed63(seed: int) -> int:
     return seed
 
 
-def _foreach(params: Sequence[torch.Tensor]) -> bool | None:
+def foreach_for(params: Sequence[torch.Tensor]) -> bool | None:
     """Use the multi-tensor optimizer path for small trainable sets, torch's default otherwise.
 
     On CPU torch defaults to one tensor at a time, which for a LoRA adapter's many small tensors
@@ -56,6 +56,30 @@ def _foreach(params: Sequence[torch.Tensor]) -> bool | None:
     temporaries as large as the whole trainable set.
     """
     return True if sum(p.numel() for p in params) <= _FOREACH_MAX_ELEMENTS else None
+
+
+def make_optimizer(
+    name: str, groups: list[dict[str, Any]], foreach: bool | None
+) -> torch.optim.Optimizer:
+    """AdamW (no weight decay) or SGD over ``groups`` (each with its own ``params`` and ``lr``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=0.0, foreach=foreach)
+    return torch.optim.SGD(groups, foreach=foreach)
+
+
+def check_adapter_match(
+    current: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]
+) -> None:
+    """Refuse adapter tensors whose names or shapes differ from the live adapter's."""
+    if current.keys() != tensors.keys():
+        missing = sorted(set(current) - set(tensors))[:3]
+        extra = sorted(set(tensors) - set(current))[:3]
+        raise ValueError(f"adapter names differ: missing {missing}, unexpected {extra}")
+    for name, tensor in tensors.items():
+        if tensor.shape != current[name].shape:
+            raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(current[name].shape)}")
 
 
 class LocalTrainer:
@@ -190,12 +214,14 @@ class LocalTrainer:
             number += 1
         return number
 
-    def _active_adapter(self) -> str:
+    @property
+    def active_adapter(self) -> str:
+        """The PEFT name of the adapter that trains now."""
         return self.bundle.lora_adapters.get(repr(self.bundle.lora_spec), "default")
 
-    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+    def adapter_parameters(self) -> dict[str, torch.Tensor]:
         """The active adapter's live parameters (not copies) under PEFT's state-dict names."""
-        adapter = self._active_adapter()
+        adapter = self.active_adapter
         cached = self.bundle.lora_tensors.get(adapter)
         if cached is None:
             from peft import get_peft_model_state_dict
@@ -211,21 +237,13 @@ class LocalTrainer:
         """Return a detached fp32 CPU copy of the adapter tensors (PEFT's state-dict names)."""
         return {
             name: t.detach().to("cpu", torch.float32, copy=True)
-            for name, t in self._adapter_tensors().items()
+            for name, t in self.adapter_parameters().items()
         }
 
     def load_lora_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Overwrite the adapter tensors; names and shapes must match exactly."""
-        current = self._adapter_tensors()
-        if current.keys() != tensors.keys():
-            missing = sorted(set(current) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(current))[:3]
-            raise ValueError(f"adapter names differ: missing {missing}, unexpected {extra}")
-        for name, tensor in tensors.items():
-            if tensor.shape != current[name].shape:
-                raise ValueError(
-                    f"{name}: shape {tuple(tensor.shape)} != {tuple(current[name].shape)}"
-                )
+        current = self.adapter_parameters()
+        check_adapter_match(current, tensors)
         with torch.no_grad():
             for name, tensor in tensors.items():
                 current[name].copy_(tensor)  # casts to the adapter's dtype, as PEFT's loader does
@@ -238,11 +256,19 @@ class LocalTrainer:
             for start in range(0, len(order), batch_size):
                 yield [data[i] for i in order[start : start + batch_size]]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast_context(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on the model's device when asked for, else nothing."""
         if self.autocast == "none":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.bundle.device.type, dtype=torch.bfloat16)
+
+    def training_batches(
+        self, batch_size: int, seed: int, data_seed: int | None = None, data_offset: int = 0
+    ) -> Iterator[list[Encoded]]:
+        """The batches :meth:`train` draws: a fresh permutation from ``seed``, or the stream."""
+        if data_seed is None:
+            return self._batches(batch_size, torch.Generator().manual_seed(_seed63(seed)))
+        return self._stream(batch_size, data_seed, data_offset)
 
     def _micro_batches(self, items: list[Encoded]) -> list[list[Encoded]]:
         """``items`` in consecutive chunks of ``micro_batch`` (one chunk without it)."""
@@ -314,20 +340,11 @@ class LocalTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters; add adapters first")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        foreach = _foreach(params)
-        step_fn: torch.optim.Optimizer = (
-            torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=foreach)
-            if optimizer == "adamw"
-            else torch.optim.SGD(params, lr=lr, foreach=foreach)
-        )
+        foreach = foreach_for(params)
+        step_fn = make_optimizer(optimizer, [{"params": params, "lr": lr}], foreach)
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        if data_seed is None:
-            batches = self._batches(batch_size, torch.Generator().manual_seed(_seed63(seed)))
-        else:
-            batches = self._stream(batch_size, data_seed, data_offset)
+        batches = self.training_batches(batch_size, seed, data_seed, data_offset)
         pad_id = self.bundle.tokenizer.pad_token_id
         total_loss, total_tokens, seen = 0.0, 0, 0
         self.model.train()
@@ -341,7 +358,7 @@ class LocalTrainer:
                 tokens = sum(answer_tokens(part) for part in parts)
                 step_fn.zero_grad(set_to_none=True)
                 for part in parts:
-                    with self._autocast():
+                    with self.autocast_context():
                         loss_sum, _ = token_losses(self.model, part)
                     (loss_sum / max(tokens, 1)).backward()  # type: ignore[no-untyped-call]
                     total_loss += float(loss_sum.detach())
@@ -359,7 +376,7 @@ class LocalTrainer:
         save: Any = getattr(self.model, "save_pretrained", None)
         if save is None or self.bundle.lora_spec is None:
             raise ValueError("this model has no LoRA adapters to save")
-        name = self._active_adapter()
+        name = self.active_adapter
         if name == "default":
             save(str(folder), safe_serialization=True, selected_adapters=[name])
             return

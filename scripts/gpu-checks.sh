@@ -13,6 +13,8 @@
 #             -> lora.log, lora.json
 #   kernels   benchmarks/kernels.py (Triton vs torch, copy and GEMM ceilings) -> kernels.log/json
 #   zo        benchmarks/zo_step.py, tiny and SmolLM2-shaped (all weights, attention) -> zo_step.log
+#   batched   `fedft simulate --device cuda --batch-clients 4`, and benchmarks/batched_clients.py
+#             (client-rounds/s, N = 1, 8, 32, 128, tiny and SmolLM2-shaped) -> batched.log/json
 #
 # It needs only a CUDA image with torch, triton, transformers, peft, pytest, pyyaml, grpcio and
 # setuptools: fedft is installed from this checkout, without dependencies, into a temporary
@@ -31,7 +33,7 @@ out=${OUT:-$root/gpu-results}
 mkdir -p "$out"
 rm -f "$out"/*.log "$out"/*.json "$out"/device.txt
 cpu=0
-only=tests,simulate,grpc,lora,kernels,zo
+only=tests,simulate,grpc,lora,kernels,zo,batched
 while [[ $# -gt 0 ]]; do
     case $1 in
         --cpu) cpu=1 ;;
@@ -117,11 +119,17 @@ if [[ $cpu == 1 ]]; then
         "$py" benchmarks/kernels.py --rounds 1 --reps 1 --elements 65536 --gemm 64 64 64 \
         --gemm-ceiling 128 --copy-mib 4 --json "$out/kernels.json"
     wants zo && step "ZO step, tiny" zo_step.log "$py" benchmarks/zo_step.py --model tiny --repeats 1
+    wants batched && step "simulate --batch-clients 2, tiny, cpu" batched.log \
+        "$py" -m fedft.cli simulate --quiet --clients 2 --rounds 1 --rouge-examples 0 \
+        --eval-examples 8 --model tiny --device cpu --dataset "$data" --batch-clients 2 \
+        --out "$work/b-cpu"
+    wants batched && step "batched clients, tiny" batched.log "$py" benchmarks/batched_clients.py \
+        --models tiny --device cpu --clients 1,4 --steps 1 --json "$out/batched.json"
     exit $status
 fi
 
 shape="$work/smollm2-shape"
-if wants simulate || wants lora || wants zo; then
+if wants simulate || wants lora || wants zo || wants batched; then
     "$py" benchmarks/random_checkpoint.py "$shape" >/dev/null || { echo "no checkpoint"; status=1; }
 fi
 wants tests && step "kernel and training tests" tests.log \
@@ -151,5 +159,12 @@ if wants zo; then
         step "ZO step, SmolLM2-135M shape, $trainable" zo_step.log \
             "$py" benchmarks/zo_step.py --model "$shape" --trainable $trainable
     done
+fi
+if wants batched; then
+    step "simulate --device cuda --batch-clients 4, tiny" batched.log simulate "$work/b" \
+        --model tiny --dataset "$data" --device cuda --clients 4 --batch-clients 4
+    step "batched clients, tiny and SmolLM2 shape" batched.log "$py" \
+        benchmarks/batched_clients.py --models "tiny,$shape" --device cuda --clients 1,8,32,128 \
+        --json "$out/batched.json"
 fi
 exit $status

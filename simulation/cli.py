@@ -81,6 +81,14 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--device", str, "auto|cpu|cuda|cuda:N", DEVICE_HELP),
     ("--device-mix", str, "TIER:N,...", DEVICE_MIX_HELP),
     ("--availability", str, "SPEC", AVAILABILITY_HELP),
+    (
+        "--batch-clients",
+        int,
+        "N",
+        "train up to N sampled clients of a LoRA strategy in one forward/backward per step, "
+        "each row through its own client's adapter, each client with its own optimizer state "
+        "(in-process engine; same adapters as one at a time, to fp32 tolerance)",
+    ),
 )
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from fedft.runtime.server_assembly import assemble_server
 from fedft.runtime.spec import resolve_strategy
 from fedft.runtime.trainer import LocalTrainer
 from fedft.simulation.availability import report_entry, simulation_availability
+from fedft.simulation.batched_clients import check_batchable, run_together
 from fedft.simulation.data_split import split_data
 from fedft.simulation.devices import assign_tiers
 from fedft.simulation.provenance import model_facts, provenance
@@ -86,6 +88,7 @@ class InProcessEngine:
     def __init__(self, spec: SimulationSpec, *, progress: ProgressFn = no_progress):
         self.spec = spec
         self.progress = progress
+        check_batchable(build_strategy(spec)[0].config_cls, spec.batch_clients)
         run = spec.run_spec()
         data = split_data(spec)
         self.eval_set: list[Example] = data.eval_set
@@ -133,42 +136,84 @@ class InProcessEngine:
 
         Each client's time is on a virtual clock: the CPU time of its work (shielded from light
         load on this machine, not from heavy contention), times its tier's slowdown, plus its
-        bytes over its tier's link.
+        bytes over its tier's link. Under ``--batch-clients N`` up to N tasks run together and
+        share the CPU time of their shared steps evenly.
         """
-        for done, task in enumerate(tasks):
-            client = self.clients[task.client_id]
-            before, down_before = wire.up + wire.down, wire.down
-            received = wire.down_hop(task.payload)
-            down_bytes = wire.down - down_before  # this task's own download
+        size = self.spec.batch_clients
+        done = 0
+        for begin in range(0, len(tasks), size):
+            group = tasks[begin : begin + size]
+            down, down_bytes = [], []
+            for task in group:
+                before = wire.down
+                down.append(wire.down_hop(task.payload))
+                down_bytes.append(wire.down - before)  # this task's own download
             started = time.process_time()
-            reply = self.client_half.run(received, client.local_state, client.trainer)
-            cpu = time.process_time() - started
-            self._client_cpu += cpu
-            if self.local_dp is not None:  # the client's own ledger, as the daemon keeps it
-                folder = self.spec.out / CLIENTS_DIR / task.client_id
-                self.local_dp.record_release(folder, server_round)
-            profile = self.profiles.get(task.client_id)
-            if profile is not None:  # the same stamp as the edge daemon's, so engines agree
-                seconds = stamp_task_seconds(reply, cpu, down_bytes, profile)
+            if len(group) == 1:  # alone, a client trains as it always did
+                client = self.clients[group[0].client_id]
+                replies = [self.client_half.run(down[0], client.local_state, client.trainer)]
             else:
-                seconds = cpu
-                reply.metrics[TASK_SECONDS] = float(seconds)  # same bytes as the grpc engine
-            result = Result(task.client_id, wire.up_hop(reply))
-            depth, ranks = reported_layout(result.payload.metrics)  # as the strategy says
-            records[task.client_id] = {
-                "lora_depth": depth,
-                "ranks": ranks,
-                "seconds": round(seconds, 4),
-                "bytes": wire.up + wire.down - before,
-                "device": self.runtime.device_name,
-                **(
-                    {"tier": self.tiers[task.client_id], "cpu_seconds": round(cpu, 6)}
-                    if profile
-                    else {}
-                ),
-            }
-            yield result
-            self.progress("client", done + 1, len(tasks))
+                calls = [
+                    partial(self.client_half.run, payload, self.clients[task.client_id].local_state)
+                    for task, payload in zip(group, down, strict=True)
+                ]
+                trainers = [self.clients[task.client_id].trainer for task in group]
+                replies = run_together(calls, trainers)
+            cpu = (time.process_time() - started) / len(group)
+            self._client_cpu += cpu * len(group)
+            for task, reply, received in zip(group, replies, down_bytes, strict=True):
+                result = self._finish_task(
+                    server_round,
+                    task,
+                    reply,
+                    cpu=cpu,
+                    down_bytes=received,
+                    wire=wire,
+                    records=records,
+                )
+                if size > 1:  # how many clients shared its training steps
+                    records[task.client_id]["batched_with"] = len(group)
+                yield result
+                done += 1
+                self.progress("client", done, len(tasks))
+
+    def _finish_task(
+        self,
+        server_round: int,
+        task: Task,
+        reply: Payload,
+        *,
+        cpu: float,
+        down_bytes: int,
+        wire: _Wire,
+        records: dict[str, dict[str, Any]],
+    ) -> Result:
+        """Stamp a reply's virtual time, send it up the wire and record the client's round."""
+        if self.local_dp is not None:  # the client's own ledger, as the daemon keeps it
+            folder = self.spec.out / CLIENTS_DIR / task.client_id
+            self.local_dp.record_release(folder, server_round)
+        profile = self.profiles.get(task.client_id)
+        if profile is not None:  # the same stamp as the edge daemon's, so engines agree
+            seconds = stamp_task_seconds(reply, cpu, down_bytes, profile)
+        else:
+            seconds = cpu
+            reply.metrics[TASK_SECONDS] = float(seconds)  # same bytes as the grpc engine
+        up_before = wire.up
+        result = Result(task.client_id, wire.up_hop(reply))
+        depth, ranks = reported_layout(result.payload.metrics)  # as the strategy says
+        records[task.client_id] = {
+            "lora_depth": depth,
+            "ranks": ranks,
+            "seconds": round(seconds, 4),
+            "bytes": down_bytes + wire.up - up_before,
+            "device": self.runtime.device_name,
+            **(
+                {"tier": self.tiers[task.client_id], "cpu_seconds": round(cpu, 6)}
+                if profile
+                else {}
+            ),
+        }
+        return result
 
     def run(self) -> Report:
         """Run all rounds, writing the report after each; returns the final report."""

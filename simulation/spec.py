@@ -62,6 +62,8 @@ class SimulationSpec:
     autocast: str = "none"  # "bf16": local steps' forward under bf16 autocast
     device: str = "auto"  # where every virtual client trains (fedft.runtime.placement)
     device_mix: str = ""
+    # In-process engine, LoRA strategies: train up to this many sampled clients together.
+    batch_clients: int = 1
     # Which clients are reachable each round (fedft.simulation.availability) and how the server
     # weights those that take part ("fedau": fedft.strategies.participation).
     availability: str = "always"
@@ -98,6 +100,11 @@ class SimulationSpec:
                 f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}",
             ),
             (self.gpus_per_client >= 0, "--gpus-per-client must be >= 0"),
+            (self.batch_clients >= 1, f"--batch-clients must be >= 1, got {self.batch_clients}"),
+            (
+                self.batch_clients == 1 or self.engine == "inprocess",
+                "--batch-clients shares one model between clients: it needs --engine inprocess",
+            ),
         ]
         for ok, message in problems:
             if not ok:

@@ -16,7 +16,6 @@ from fedft.runtime.models import (
     TINY_VERSION,
     ModelBundle,
     byte_tokenizer,
-    cache_dir,
     load_model,
     resolve_model,
 )
@@ -27,13 +26,6 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert list(sa) == list(sb)
     for name in sa:
         assert torch.equal(sa[name], sb[name]), name
-
-
-def test_cache_dir_follows_fedft_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FEDFT_CACHE", str(tmp_path / "c"))
-    assert cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("FEDFT_CACHE")
-    assert cache_dir() == Path.home() / ".cache" / "fedft"
 
 
 def test_tiny_preset_is_cached_and_reloads_identically(

@@ -387,7 +387,7 @@ def test_multi_tensor_optimizer_path_gives_identical_weights(
 
     fast = trained()
     monkeypatch.setattr(trainer_module, "_FOREACH_MAX_ELEMENTS", 0)  # torch's default path
-    assert trainer_module._foreach([torch.zeros(1)]) is None
+    assert trainer_module.foreach_for([torch.zeros(1)]) is None
     slow = trained()
     assert adapters_equal(fast, slow)
     assert not adapters_equal(fast, make_trainer().lora_state())  # training did move them

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import torch
 
 from fedft.core.payload import Payload
@@ -13,6 +15,7 @@ from fedft.runtime.data import Example
 from fedft.runtime.models import ModelBundle
 from fedft.runtime.trainer import LocalTrainer
 from fedft.strategies.fedkseed import FedKSeedClient, FedKSeedConfig, FedKSeedServer
+from fedft.strategies.seedpool import kept_weights
 from fedft.strategies.seedpool.trainable import flat_trainable
 
 CONFIG = FedKSeedConfig(seeds=64, local_steps=6, batch_size=2, lr=2e-4, eps=1e-3)
@@ -67,9 +70,16 @@ def global_model(fed: Federation, bundle: ModelBundle) -> torch.Tensor:
     return weights(evaluator)
 
 
+@pytest.mark.parametrize("kept", ["memory", "disk"])
 def test_global_model_is_the_example_weighted_mean_of_local_models(
     tiny_bundle: Callable[[], ModelBundle],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    kept: str,
 ) -> None:
+    if kept == "disk":  # the synced weights wait in a file during the steps, as on SmolLM2
+        monkeypatch.setattr(kept_weights, "DISK_MIN_VALUES", 0)
+        monkeypatch.setenv("FEDFT_CACHE", str(tmp_path))
     sizes = {"a": 3, "b": 5, "c": 8}
     fed = Federation(tiny_bundle(), sizes)
     for number in (1, 2):
@@ -81,6 +91,9 @@ def test_global_model_is_the_example_weighted_mean_of_local_models(
         moved = (actual - weights(LocalTrainer(tiny_bundle(), [], max_length=32))).abs().max()
         assert float(moved) > 1e-5  # the round really changed the model
         assert float((actual.double() - expected).abs().max()) <= 1e-6
+    if kept == "disk":
+        assert (tmp_path / "scratch").is_dir()
+        assert not list((tmp_path / "scratch").iterdir())  # nothing left behind
 
 
 def test_client_that_skipped_three_rounds_catches_up_from_deltas(
