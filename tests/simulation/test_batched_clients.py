@@ -81,7 +81,7 @@ def test_batched_clients_give_the_sequential_losses_and_adapter(
         b_name = name.removesuffix(A_SUFFIX) + B_SUFFIX
         product_one = adapter_one[b_name] @ adapter_one[name]
         product_many = adapter_many[b_name] @ adapter_many[name]
-        torch.testing.assert_close(product_many, product_one, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(product_many, product_one, rtol=1e-4, atol=1e-5)
     groups = sorted(c["batched_with"] for c in many.rounds[0].clients.values())
     assert groups == sorted([batch] * batch + [4 - batch] * (4 - batch))
     assert all("batched_with" not in c for c in one.rounds[0].clients.values())
