@@ -21,7 +21,13 @@ from fedft.core.layout import A_SUFFIX, B_SUFFIX
 from fedft.core.trainer import LoraSpec, TrainStats
 from fedft.runtime.batching import IGNORE_INDEX, Encoded, collate, segment_losses
 from fedft.runtime.grouped_lora import GroupedLora, ModuleAdapter, Segment
-from fedft.runtime.trainer import LocalTrainer, check_adapter_match, foreach_for, make_optimizer
+from fedft.runtime.trainer import (
+    LocalTrainer,
+    check_adapter_match,
+    check_training,
+    foreach_for,
+    make_optimizer,
+)
 
 # A shared forward may pad up to this many times the tokens its clients would pad training alone.
 PAD_SLACK = 1.25
@@ -86,10 +92,7 @@ def _check(job: TrainJob) -> None:
         raise ValueError(f"steps must be >= 1, got {job.steps}")
     if job.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {job.batch_size}")
-    if not job.trainer.examples:
-        raise ValueError("this client has no training examples")
-    if job.max_grad_norm is not None and job.max_grad_norm <= 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {job.max_grad_norm}")
+    check_training(job.trainer.examples, job.max_grad_norm)
 
 
 def _client(number: int, job: TrainJob, device: torch.device) -> _Client:

@@ -153,6 +153,16 @@ def chunked_head_loss(
     return total
 
 
+def on_model_device(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``batch`` (built on the CPU) moved to the device the model's parameters live on."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
     """How many next-token targets of ``batch`` are answer tokens (what the loss averages)."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -169,9 +179,7 @@ def token_losses(
     never exist (models outside ``_PLAIN_HEAD_TYPES`` take the full-logits path). Without
     ``chunk`` this happens only when those logits would exceed ``LOSS_CHUNK_MIN_BYTES``.
     """
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    batch = on_model_device(model, batch)
     shift_labels = batch["labels"][:, 1:]
     count = answer_tokens(batch)
     parts = _decoder_and_head(model)
@@ -207,9 +215,7 @@ def segment_losses(
     rows, and each range's loss is taken as :func:`token_losses` would take it for that client
     alone (its LM head chunked when that client's own logits would be large).
     """
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    batch = on_model_device(model, batch)
     shift_labels = batch["labels"][:, 1:]
     parts = _decoder_and_head(model)
     if parts is None:

@@ -58,6 +58,14 @@ def foreach_for(params: Sequence[torch.Tensor]) -> bool | None:
     return True if sum(p.numel() for p in params) <= _FOREACH_MAX_ELEMENTS else None
 
 
+def check_training(examples: Sequence[Example], max_grad_norm: float | None) -> None:
+    """Refuse local training without examples or with a clip norm that is not positive."""
+    if not examples:
+        raise ValueError("this client has no training examples")
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+
+
 def make_optimizer(
     name: str, groups: list[dict[str, Any]], foreach: bool | None
 ) -> torch.optim.Optimizer:
@@ -335,15 +343,12 @@ class LocalTrainer:
         the client's persistent stream at ``data_offset`` (see :meth:`_stream`); otherwise each
         call draws a fresh permutation from ``seed``.
         """
-        if not self.examples:
-            raise ValueError("this client has no training examples")
+        check_training(self.examples, max_grad_norm)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters; add adapters first")
         foreach = foreach_for(params)
         step_fn = make_optimizer(optimizer, [{"params": params, "lr": lr}], foreach)
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
         batches = self.training_batches(batch_size, seed, data_seed, data_offset)
         pad_id = self.bundle.tokenizer.pad_token_id
         total_loss, total_tokens, seen = 0.0, 0, 0

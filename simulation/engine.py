@@ -159,8 +159,9 @@ class InProcessEngine:
                 ]
                 trainers = [self.clients[task.client_id].trainer for task in group]
                 replies = run_together(calls, trainers)
-            cpu = (time.process_time() - started) / len(group)
-            self._client_cpu += cpu * len(group)
+            spent = time.process_time() - started
+            self._client_cpu += spent
+            cpu = spent / len(group)  # each client's even share of the shared work
             for task, reply, received in zip(group, replies, down_bytes, strict=True):
                 result = self._finish_task(
                     server_round,
