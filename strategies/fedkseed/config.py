@@ -20,6 +20,7 @@ PAPER = Preset(
         "grad_clip": 0.0,
         "equal_weight": False,
         "trainable": "all",
+        "weight_decay": 0.0,
     },
     source="FedKSeed (Qin et al., ICML 2024) official code: README command and main.py",
     unmatched=(
@@ -28,8 +29,6 @@ PAPER = Preset(
         "dtype: the reference tunes an fp16 model; seed replays here need fp32 master weights",
         "rounds (40 on NI, 60 on Dolly) and the 738/200 clients are run flags "
         "(--rounds, --clients), not strategy options",
-        "weight decay: the reference's default is 0 and fedft offers none; a decayed step is "
-        "not a sum of seeded directions, so it would break exact coefficient replay",
     ),
 )
 
@@ -43,6 +42,11 @@ class FedKSeedConfig(SeedPoolConfig):
     lr: float = option(1e-5, "learning rate of the zeroth-order steps")
     eps: float = option(1e-3, "perturbation scale: losses are taken at w + eps*z and w - eps*z")
     grad_clip: float = option(0.0, "skip a step when |loss+ - loss-| exceeds this (0: never)")
+    weight_decay: float = option(
+        0.0,
+        "MeZO's decoupled weight decay: each step also takes lr*weight_decay*w off every "
+        "trainable tensor except 1-D ones (biases, norm scales), skipped steps included",
+    )
 
     @classmethod
     def presets(cls) -> dict[str, Preset]:
@@ -58,4 +62,10 @@ class FedKSeedConfig(SeedPoolConfig):
             (self.lr > 0, "lr must be > 0"),
             (self.eps > 0, "eps must be > 0"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (
+                self.lr * self.weight_decay < 1,
+                f"lr * weight_decay must be < 1 (got {self.lr * self.weight_decay:g}): "
+                "a step would flip or zero the weights",
+            ),
         ]

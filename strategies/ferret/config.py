@@ -12,10 +12,12 @@ from fedft.strategies.seedpool.config import SeedPoolConfig
 OPTIMIZERS = ("adamw", "sgd")
 BLOCK_ORDERS = ("name", "module")
 SCHEDULES = ("constant", "linear", "cosine")
+SCALINGS = ("unbiased", "reference")
 
 # The reference scales coefficients by d/K with truncated-normal bases, which reconstructs
 # delta/3; fedft's coefficients are unbiased, so its server lr is the reference's divided by 3
 # (NI: 10 -> 3.33, Dolly: 3 -> 1). Its per-basis clip of 10 acts before its server lr, ours after.
+# The -reference presets instead take the reference's scale, clip order and lr as they are.
 _FERRET_COMMON = {
     "optimizer": "sgd",
     "lr": 1e-4,
@@ -31,24 +33,46 @@ _FERRET_COMMON = {
     "server_lr_schedule": "constant",
     "trainable": "all",
 }
-_FERRET_UNMATCHED = (
-    "bases: the reference draws truncated normals per seed; fedft's RNG contract uses "
-    "Irwin-Hall or Rademacher bases with the unbiased 1/K scale (server lr converted)",
+_FERRET_OTHER = (
     "T=10 steps of 4 accumulated single examples: here 10 steps of one 4-example batch "
     "(the loss is averaged over the batch's tokens, not over the 4 examples)",
     "dropout: the reference trains in train mode with the model's dropout; fedft's "
     "models have none",
     "rounds (12 on NI, 20 on Dolly) and the client counts are run flags (--rounds, --clients)",
 )
+_FERRET_UNMATCHED = (
+    "bases: the reference draws truncated normals per seed; fedft's RNG contract uses "
+    "Irwin-Hall or Rademacher bases with the unbiased 1/K scale (server lr and clip converted; "
+    "the -reference presets keep the reference's d/K scale and clip order instead)",
+    *_FERRET_OTHER,
+)
+_FERRET_REFERENCE_UNMATCHED = (
+    "bases: the reference draws truncated normals per seed; here Irwin-Hall or Rademacher "
+    "bases scaled to the truncated normal's variance, so the scale and the mean update match "
+    "but the estimator's higher moments (its noise, how often the clip bites) differ",
+    *_FERRET_OTHER,
+)
+_NI = "Ferret (Shu et al., ICML 2025) App. C.1 and scripts/ferret.sh, Natural Instructions"
+_DOLLY = "Ferret (Shu et al., ICML 2025) App. C.1, Dolly-15K (global lr 3)"
 PAPER_NI = Preset(
     values={**_FERRET_COMMON, "server_lr": 10.0 / 3.0, "basis_clip": 100.0},
-    source="Ferret (Shu et al., ICML 2025) App. C.1 and scripts/ferret.sh, Natural Instructions",
+    source=_NI,
     unmatched=_FERRET_UNMATCHED,
 )
 PAPER_DOLLY = Preset(
     values={**_FERRET_COMMON, "server_lr": 1.0, "basis_clip": 30.0},
-    source="Ferret (Shu et al., ICML 2025) App. C.1, Dolly-15K (global lr 3)",
+    source=_DOLLY,
     unmatched=_FERRET_UNMATCHED,
+)
+REFERENCE_NI = Preset(
+    values={**_FERRET_COMMON, "scaling": "reference", "server_lr": 10.0, "basis_clip": 10.0},
+    source=f"{_NI}; the code's d/K scale",
+    unmatched=_FERRET_REFERENCE_UNMATCHED,
+)
+REFERENCE_DOLLY = Preset(
+    values={**_FERRET_COMMON, "scaling": "reference", "server_lr": 3.0, "basis_clip": 10.0},
+    source=f"{_DOLLY}; the code's d/K scale",
+    unmatched=_FERRET_REFERENCE_UNMATCHED,
 )
 
 
@@ -78,7 +102,14 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
     basis_clip: float = option(
         0.0,
         "clip each (seed, block) reconstructed vector server_lr*c*z to this L2 norm before it "
-        "is applied, taking |z| = sqrt(block size) (exact for rademacher); 0: off (reference: 10)",
+        "is applied, taking |z| = sqrt(block size) (exact for rademacher); 0: off (reference: "
+        "10); with scaling=reference the vector is d*rho*c*z and the server lr comes after",
+    )
+    scaling: str = option(
+        "unbiased",
+        "unbiased: the update reconstructs delta in expectation (the paper's 1/(rho K)); "
+        "reference: the reference code's d/K with truncated-normal bases, which reconstructs "
+        "d*rho*delta ~ delta/3 per block, clipped per basis before its server lr (set 10 or 3)",
     )
     coefficients: str = option(
         "approx",
@@ -93,8 +124,14 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
 
     @classmethod
     def presets(cls) -> dict[str, Preset]:
-        """``paper`` (Natural Instructions) and ``paper-dolly``: the server lr is per dataset."""
-        return {"paper": PAPER_NI, "paper-ni": PAPER_NI, "paper-dolly": PAPER_DOLLY}
+        """``paper`` (= ``paper-ni``), ``paper-dolly`` and their reference-scaled twins."""
+        return {
+            "paper": PAPER_NI,
+            "paper-ni": PAPER_NI,
+            "paper-dolly": PAPER_DOLLY,
+            "paper-reference": REFERENCE_NI,
+            "paper-dolly-reference": REFERENCE_DOLLY,
+        }
 
     def server_lr_at(self, server_round: int) -> float:
         """The server lr of round ``server_round`` (1-based) under the schedule."""
@@ -123,5 +160,11 @@ class FerretConfig(SeedPoolConfig, FirstOrderOptions):
             ),
             (self.basis_clip >= 0, "basis_clip must be >= 0"),
             (self.coefficients in ("approx", "exact"), "coefficients must be approx or exact"),
+            (self.scaling in SCALINGS, f"scaling must be one of {', '.join(SCALINGS)}"),
+            (
+                self.scaling == "unbiased" or self.coefficients == "approx",
+                "scaling=reference reproduces the reference code's d/K estimator, which has no "
+                "least-squares form: use coefficients=approx with it",
+            ),
             (self.block_order in BLOCK_ORDERS, f"block_order must be one of {BLOCK_ORDERS}"),
         ]

@@ -1,11 +1,13 @@
-"""Ferret's block-wise projection of an update onto seeded bases, with unbiased scaling.
+"""Ferret's block-wise projection of an update onto seeded bases, and its two scalings.
 
 For a block of ``d_l`` elements and ``K_l`` bases ``z_k`` with i.i.d. entries of variance 1
 (both RNG-contract kinds), ``E[z z^T] = I``, so ``gamma_k = <z_k, delta> / K_l`` and the
 reconstruction ``sum_k gamma_k z_k`` has expectation ``delta`` (Shu et al., eq. 6-8, with
-rho = 1 for unit-variance bases). The reference code instead scales by ``d_l / K_l`` with
-truncated-normal bases of variance rho ~ 1/(3 d_l), which reconstructs delta/3 in expectation
-and is compensated by its server learning rate of 3-10; we keep the unbiased form.
+rho = 1 for unit-variance bases). Clients always send these unbiased coefficients. The reference
+code instead scales by ``d_l / K_l`` with truncated-normal bases of variance rho_l ~ 1/(3 d_l),
+which reconstructs ``d_l rho_l delta`` ~ delta/3 in expectation and is compensated by its server
+learning rate of 3-10. ``scaling=reference`` reproduces that on the server: it multiplies each
+block's coefficients by :func:`reference_scale` (``d_l rho_l``) before the per-basis clip.
 """
 
 from __future__ import annotations
@@ -21,6 +23,51 @@ from fedft.kernels.seed_ops import project
 
 MIN_BASES = 2
 EXACT_LIMIT = 1 << 26  # K_l x d_l values of one block's basis matrix (512 MB in fp64)
+SERIES_FROM = 64  # block sizes from which rho comes from its series, not its closed form
+
+
+def _rho_closed_form(size: int) -> float:
+    """The paper's closed form ``1 - 2 psi(a) / (sqrt(d) (2 Phi(a) - 1))``, a = 1/sqrt(d)."""
+    a = 1.0 / math.sqrt(size)
+    pdf = math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+    return 1.0 - 2.0 * a * pdf / math.erf(a / math.sqrt(2.0))
+
+
+def _rho_series(size: int) -> float:
+    """The series ``a^2 sum_n x^n/(n! (2n+3)) / sum_n x^n/(n! (2n+1))``, x = -a^2/2.
+
+    Both sums are the Taylor series of the truncated moments ``int_0^a t^2 e^{-t^2/2}`` and
+    ``int_0^a e^{-t^2/2}``, with no cancellation; for |x| <= 1/2 they converge to double
+    precision in < 20 terms.
+    """
+    a2 = 1.0 / size
+    x = -0.5 * a2
+    term, num, den = 1.0, 0.0, 0.0
+    for n in range(40):
+        num += term / (2 * n + 3)
+        den += term / (2 * n + 1)
+        term *= x / (n + 1)
+        if abs(term) < 1e-20:
+            break
+    return a2 * num / den
+
+
+def truncated_normal_variance(size: int) -> float:
+    """Ferret's rho_l: the variance of N(0, 1) truncated to [-1/sqrt(d_l), 1/sqrt(d_l)].
+
+    The closed form subtracts two numbers that agree to ~log10(3 d) digits, so for large blocks
+    (rho ~ 1/(3 d), d up to 1e9) the series form, exact to rounding, is used instead.
+    """
+    if size < 1:
+        raise ValueError(f"a block has at least one element, got {size}")
+    return _rho_closed_form(size) if size < SERIES_FROM else _rho_series(size)
+
+
+def reference_scale(sizes: torch.Tensor) -> torch.Tensor:
+    """``d_l rho_l`` per block (float64, ~1/3): the reference's reconstruction over ours."""
+    return torch.tensor(
+        [d * truncated_normal_variance(d) for d in sizes.tolist()], dtype=torch.float64
+    )
 
 
 def bases_per_block(norms: Sequence[float], pool: int) -> list[int]:

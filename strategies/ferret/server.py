@@ -7,6 +7,7 @@ import torch
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import Result
 from fedft.strategies.ferret.config import FerretConfig
+from fedft.strategies.ferret.projection import reference_scale
 from fedft.strategies.seedpool.server_base import SeedServer
 
 
@@ -37,7 +38,9 @@ class FerretServer(SeedServer[FerretConfig]):
     """Ferret's server: the global model is w0 + sum C[k, l] z_k|block_l, updated each round.
 
     The round is :class:`~fedft.core.strategy.LinearUpdates`' default aggregate: the weighted
-    mean of the clients' negated projections, times ``server_lr``, added to ``C``.
+    mean of the clients' negated projections, times ``server_lr``, added to ``C``. Clients
+    always send unbiased coefficients; ``scaling=reference`` is applied here, so a client cannot
+    tell the two modes apart.
     """
 
     block_sizes: torch.Tensor | None = None
@@ -72,21 +75,40 @@ class FerretServer(SeedServer[FerretConfig]):
         self.block_sizes = torch.diff(ends, prepend=torch.zeros(1, dtype=torch.int64))
 
     def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
-        """Commit ``server_lr * mean`` (scheduled, clipped per basis) as the next change."""
+        """Commit ``server_lr * mean`` (scheduled, clipped per basis) as the next change.
+
+        With ``scaling=reference`` each block's coefficients are first scaled by ``d_l rho_l``
+        (the reference code's reconstruction relative to ours), clipped, and only then
+        multiplied by the server lr, in the reference's order.
+        """
         store = self._store()
         cfg = self.config
-        added = mean.to(torch.float64).reshape(store.shape) * cfg.server_lr_at(server_round)
+        lr = cfg.server_lr_at(server_round)
+        coeffs = mean.to(torch.float64).reshape(store.shape)
         metrics: dict[str, MetricValue] = {"bases": int((mean != 0).sum())}
-        if cfg.basis_clip > 0:
-            if self.block_sizes is None:
-                raise RuntimeError("basis_clip needs the block sizes: restore a newer checkpoint")
-            # |c z| over block l is |c| sqrt(d_l) for a unit-variance basis: cap it per entry.
-            limit = cfg.basis_clip / self.block_sizes.to(torch.float64).sqrt()
-            clipped = added.abs() > limit
-            added = torch.where(clipped, added.sign() * limit, added)
-            metrics["clipped_bases"] = int(clipped.sum())
+        if cfg.scaling == "reference":
+            scaled = coeffs * reference_scale(self._sizes("scaling=reference"))
+            added = self._clip(scaled, metrics) * lr
+        else:
+            added = self._clip(coeffs * lr, metrics)
         store.commit(added, server_round)
         return metrics
+
+    def _sizes(self, needed_by: str) -> torch.Tensor:
+        """The blocks' sizes, which checkpoints older than the per-basis clip lack."""
+        if self.block_sizes is None:
+            raise RuntimeError(f"{needed_by} needs the block sizes: restore a newer checkpoint")
+        return self.block_sizes
+
+    def _clip(self, added: torch.Tensor, metrics: dict[str, MetricValue]) -> torch.Tensor:
+        """Cap each (seed, block) vector ``c z`` at ``basis_clip`` (if on), counting clips."""
+        if self.config.basis_clip <= 0:
+            return added
+        # |c z| over block l is |c| sqrt(d_l) for a unit-variance basis: cap it per entry.
+        limit = self.config.basis_clip / self._sizes("basis_clip").to(torch.float64).sqrt()
+        clipped = added.abs() > limit
+        metrics["clipped_bases"] = int(clipped.sum())
+        return torch.where(clipped, added.sign() * limit, added)
 
     def state_dict(self) -> Payload:
         """The coefficient store plus the block sizes."""

@@ -38,15 +38,21 @@ class SeedClient(ClientStrategy[SeedConfigT]):
         """Blocks that are not contiguous in the stream, or None for :meth:`block_ends`."""
         return None
 
+    def scaled(self) -> bool:
+        """Whether coefficients carry a row of log block scales (``Geometry.scaled``)."""
+        return False
+
     def geometry(self, trainer: Trainer) -> tuple[FlatParams, Geometry]:
         """Return the tuned parameters and the geometry coefficients refer to."""
         params = flat_trainable(trainer.model, self.config.trainable)
         seeds = pool_seeds(self.config.pool_seed, self.config.seeds)
+        kind, scaled = self.config.kind, self.scaled()
         spans = self.block_spans(params, trainer.model)
         if spans is None:
-            return params, geometry_of(seeds, self.config.kind, params, self.block_ends(params))
+            ends = self.block_ends(params)
+            return params, geometry_of(seeds, kind, params, ends, scaled=scaled)
         sizes = itertools.accumulate(sum(e - s for s, e in block) for block in spans)
-        return params, geometry_of(seeds, self.config.kind, params, list(sizes), spans)
+        return params, geometry_of(seeds, kind, params, list(sizes), spans, scaled=scaled)
 
     def initial_state(self, trainer: Trainer) -> Payload:
         """Describe the parameter blocks, so the server can size its coefficients."""

@@ -21,10 +21,13 @@ class CoefficientStore:
         self.version = 0
         self.snapshots: dict[int, torch.Tensor] = {}
         self.synced: dict[str, int] = {}
+        # Snapshots of the newest ``keep`` versions stay besides the referenced ones: under
+        # --mode async a client reports a version only after newer ones were committed.
+        self.keep = 0
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(seeds, blocks)."""
+        """(rows, blocks): a row per seed, plus a scale row in a scaled frame (``Geometry``)."""
         rows, cols = self.current.shape
         return int(rows), int(cols)
 
@@ -66,7 +69,8 @@ class CoefficientStore:
         self.current = self.current + added.to(torch.float64)
         self.version = version
         self.snapshots[version] = self.current
-        referenced = set(self.synced.values()) | {version}
+        newest = sorted(self.snapshots)[-(self.keep + 1) :]
+        referenced = set(self.synced.values()) | {version} | set(newest)
         self.snapshots = {v: c for v, c in self.snapshots.items() if v in referenced}
 
     def to_payload(self) -> Payload:

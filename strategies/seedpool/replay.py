@@ -5,10 +5,17 @@ in its persisted local state, the coefficients of the versions the server may st
 delta from. The model itself is tagged with the coefficients it currently holds
 (several virtual clients may share one model in simulation), and is moved to a new version by
 replaying only the difference, one pass per block.
+
+A *scaled* geometry (FedKSeed with weight decay) has one more row after the seeds: row K holds
+``ln a_l``, block l's scale, and the block's weights are ``a_l * (w0 + sum_k C[k, l] z_k)``.
+Scales compose by adding logs, so the row rides in deltas, held versions and checkpoints like
+any coefficient; moving between versions rescales a block by ``exp(delta ln a)`` and replays
+the seed rows times the target's ``a``.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from fedft.core.payload import Payload, config_int
+from fedft.core.rng import DEFAULT_CHUNK
 from fedft.kernels.seed_ops import FlatParams, apply_seeds_
 from fedft.strategies.seedpool.wire import decode_delta
 
@@ -33,11 +41,13 @@ class Geometry:
     # Non-empty when blocks are not contiguous in the stream (Ferret's module order): block l
     # is the union of spans[l]; ``ends`` then holds the blocks' cumulative sizes.
     spans: tuple[tuple[tuple[int, int], ...], ...] = ()
+    # True when the matrix has a final row of log block scales (see the module docstring).
+    scaled: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(seeds, blocks) of the coefficient matrix."""
-        return len(self.seeds), len(self.ends)
+        """(rows, blocks) of the coefficient matrix: one row per seed, plus the scale row."""
+        return len(self.seeds) + int(self.scaled), len(self.ends)
 
     def block(self, index: int) -> tuple[int, int]:
         """Return block ``index`` as a ``[start, end)`` range of the parameter stream."""
@@ -78,9 +88,13 @@ def set_held(model: torch.nn.Module, geometry: Geometry, coeffs: torch.Tensor) -
 def apply_coefficients_(
     params: FlatParams, geometry: Geometry, coeffs: torch.Tensor, *, scale: float = 1.0
 ) -> None:
-    """Add ``scale * sum C[k, l] z_k|block_l`` to the parameters, seeds in ascending order."""
+    """Add ``scale * sum C[k, l] z_k|block_l`` to the parameters, seeds in ascending order.
+
+    Only the seed rows are read: a scaled geometry's scale row is :func:`replay_`'s business.
+    """
+    seeds = len(geometry.seeds)
     for block in range(coeffs.shape[1]):
-        column = coeffs[:, block]
+        column = coeffs[:seeds, block]
         used = column.nonzero().reshape(-1).tolist()
         if not used:
             continue
@@ -95,6 +109,41 @@ def apply_coefficients_(
             )
 
 
+def scale_spans_(params: FlatParams, spans: Sequence[tuple[int, int]], factor: float) -> None:
+    """Multiply the parameters in ``spans`` by ``factor``, each product rounded once to fp32."""
+    exact = float(torch.tensor(factor, dtype=torch.float32)) == factor
+    for start, end in spans:
+        # fp32 * fp32 is correctly rounded, so an fp32 factor multiplies each parameter in
+        # place in one go; any other factor goes through float64 a bounded window at a time.
+        chunk = max(end - start, 1) if exact else DEFAULT_CHUNK
+        for _, _, parts in params.windows(start, end, chunk=chunk):
+            for _, view in parts:
+                if exact:
+                    view.mul_(factor)
+                else:
+                    view.copy_(view.double().mul_(factor))
+
+
+def replay_(
+    params: FlatParams, geometry: Geometry, delta: torch.Tensor, *, held: torch.Tensor
+) -> None:
+    """Move parameters that hold coefficients ``held`` to ``held + delta``.
+
+    Unscaled: add the delta's seeds. Scaled: rescale each block by ``exp(delta ln a)``, then
+    add ``a_target * delta`` (in the scaled frame the weights are ``a * (w0 + C z)``).
+    """
+    if not geometry.scaled:
+        apply_coefficients_(params, geometry, delta)
+        return
+    row = len(geometry.seeds)
+    for block in range(delta.shape[1]):
+        step = float(delta[row, block])
+        if step:
+            scale_spans_(params, geometry.block_spans(block), math.exp(step))
+    target_scale = torch.exp(held[row] + delta[row])
+    apply_coefficients_(params, geometry, delta[:row] * target_scale)
+
+
 def move_model(
     model: torch.nn.Module, params: FlatParams, geometry: Geometry, target: torch.Tensor
 ) -> None:
@@ -102,7 +151,7 @@ def move_model(
     if tuple(target.shape) != geometry.shape:
         raise ValueError(f"coefficients of shape {tuple(target.shape)}, expected {geometry.shape}")
     current = held_coefficients(model, geometry)
-    apply_coefficients_(params, geometry, target - current)
+    replay_(params, geometry, target - current, held=current)
     set_held(model, geometry, target)
 
 
@@ -146,8 +195,15 @@ def geometry_of(
     params: FlatParams,
     ends: Sequence[int],
     spans: Sequence[Sequence[tuple[int, int]]] = (),
+    *,
+    scaled: bool = False,
 ) -> Geometry:
     """Bundle a pool, a perturbation kind and a blocked parameter set (see ``Geometry.spans``)."""
     return Geometry(
-        tuple(seeds), kind, tuple(ends), params.layout.names, tuple(tuple(s) for s in spans)
+        tuple(seeds),
+        kind,
+        tuple(ends),
+        params.layout.names,
+        tuple(tuple(s) for s in spans),
+        scaled,
     )

@@ -39,7 +39,11 @@ class SeedServer(LinearUpdates[SeedConfigT]):
         ends = initial.tensors.get("ends")
         if ends is None or ends.dim() != 1 or ends.numel() < 1:
             raise ValueError("the initial state must describe the parameter blocks ('ends')")
-        self.store = CoefficientStore((self.config.seeds, int(ends.numel())))
+        self.store = CoefficientStore((self.store_rows(), int(ends.numel())))
+
+    def store_rows(self) -> int:
+        """Rows of the coefficient matrix: one per pool seed (subclasses may add a scale row)."""
+        return self.config.seeds
 
     def configure(self, server_round: int, clients: Sequence[ClientInfo]) -> list[Task]:
         """Sample clients; each gets its task seed and the coefficients it is missing."""
@@ -62,6 +66,14 @@ class SeedServer(LinearUpdates[SeedConfigT]):
             payload = Payload(tensors={**encoded[base], **extra}, config=config)
             tasks.append(Task(client.client_id, payload))
         return tasks
+
+    def keep_versions(self, count: int) -> None:
+        """Keep the newest ``count`` snapshots, so a stale client's version is still known.
+
+        The update vectors themselves are per-seed scalars, relative to whatever version the
+        client trained from; only the client's next delta needs its version's coefficients.
+        """
+        self._store().keep = max(count, 0)
 
     def extra_tensors(self, server_round: int) -> dict[str, torch.Tensor]:
         """Tensors every task of the round carries besides the delta (none by default)."""
