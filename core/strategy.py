@@ -143,6 +143,19 @@ class LinearUpdates(ServerStrategy[ConfigT]):
     def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
         """Add ``mean`` (a vector of ``update_size``) to the global model; return round metrics."""
 
+    def keep_versions(self, count: int) -> None:
+        """Keep what :meth:`update_vector` needs for updates up to ``count`` versions stale.
+
+        Asynchronous hosts (``fedft.strategies.buffered``) call this once before the first task:
+        an update may then arrive after newer versions were applied, and its vector must still
+        be measured against the model its task was built from. Strategies whose vectors are
+        relative by construction (seed coefficients) need nothing: the default keeps nothing.
+        """
+
+    def async_problem(self) -> str | None:
+        """Say why this strategy, as configured, cannot run asynchronously, or None if it can."""
+        return None
+
     def update_weight(self, result: Result) -> float:
         """Return the result's weight in the mean: its ``num_examples`` metric by default."""
         return float(result.payload.metrics["num_examples"])

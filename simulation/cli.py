@@ -42,6 +42,8 @@ examples:
   fedft simulate --engine flower --model tiny --clients 8 --cpus-per-client 1
   fedft simulate --model tiny --clients 20 --availability bernoulli-by-category:0.1,0.9 \
       --participation fedau
+  fedft simulate --model tiny --clients 20 --device-mix fast:10,medium:5,slow:5 \
+      --mode async --buffer 4 --rounds 10
   fedft strategies fedavg_lora      # lists every --opt a strategy accepts"""
 
 
@@ -88,6 +90,28 @@ SPEC_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "train up to N sampled clients of a LoRA strategy in one forward/backward per step, "
         "each row through its own client's adapter, each client with its own optimizer state "
         "(in-process engine; same adapters as one at a time, to fp32 tolerance)",
+    ),
+    (
+        "--mode",
+        str,
+        "sync|async",
+        "sync: rounds, each waiting for its slowest client; async: FedBuff, clients start "
+        "whenever they are free on the model as it is then, and every --buffer updates make a "
+        "new version (in-process engine; --rounds then counts versions)",
+    ),
+    ("--buffer", int, "K", "--mode async: updates per new global version"),
+    (
+        "--max-staleness",
+        int,
+        "S",
+        "--mode async: refuse an update trained from a model more than S versions old; a "
+        "fresher one counts 1/sqrt(1 + staleness) of its weight",
+    ),
+    (
+        "--concurrency",
+        int,
+        "M",
+        "--mode async: clients at work at once (0: as many as a sync round samples)",
     ),
 )
 

@@ -102,6 +102,10 @@ class InProcessEngine:
         self.local_dp = self.runtime.local_dp
         server = assemble_server(run)
         self.server_half: ServerStrategy[Any] = server.server_half
+        if spec.mode == "async":  # before any training: a strategy that cannot, in one line
+            from fedft.strategies.buffered import check_async
+
+            check_async(self.server_half, name=spec.strategy)
         self.dp_server = server.dp
         self.recorder = RunRecorder(spec.out) if self.dp_server is not None else None
         self.audit_result: dict[str, Any] | None = None
@@ -232,6 +236,7 @@ class InProcessEngine:
             device=self.runtime.device_name,
             availability=report_entry(self.availability, spec.availability),
             participation=spec.participation,
+            mode=spec.mode,
         )
         if self.recorder is not None:
             self.recorder.start()
@@ -248,6 +253,28 @@ class InProcessEngine:
             )
             for cid, c in self.clients.items()
         ]
+        if spec.mode == "async":
+            from fedft.simulation.async_run import AsyncRun
+
+            AsyncRun(self, spec.async_settings(), infos).run(report)
+        else:
+            self._run_rounds(report, infos)
+        self.progress("round", spec.rounds, spec.rounds)
+        final = finish_report(
+            report,
+            spec,
+            self.evaluator,
+            self.rouge_set,
+            self.progress,
+            clients_dir=spec.out / CLIENTS_DIR,
+        )
+        if self.recorder is not None:
+            self.audit_result = audit_run_folder(spec.out)
+        return final
+
+    def _run_rounds(self, report: Report, infos: list[ClientInfo]) -> None:
+        """Synchronous rounds: configure, run the sampled clients, aggregate, evaluate."""
+        spec = self.spec
         for server_round in range(1, spec.rounds + 1):
             self.progress("round", server_round - 1, spec.rounds)
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -291,18 +318,6 @@ class InProcessEngine:
             )
             report.write(spec.out)
             logger.info("round %d: eval_loss %.4f", server_round, eval_loss)
-        self.progress("round", spec.rounds, spec.rounds)
-        final = finish_report(
-            report,
-            spec,
-            self.evaluator,
-            self.rouge_set,
-            self.progress,
-            clients_dir=spec.out / CLIENTS_DIR,
-        )
-        if self.recorder is not None:
-            self.audit_result = audit_run_folder(spec.out)
-        return final
 
 
 def finish_report(

@@ -56,6 +56,9 @@ class Report:
     # each category's; --participation: "none" or "fedau".
     availability: dict[str, Any] = field(default_factory=dict)
     participation: str = "none"
+    # "sync": one entry of rounds per round; "async" (FedBuff): one per applied buffer, its
+    # seconds the virtual time since the previous version.
+    mode: str = "sync"
 
     @property
     def bytes_total(self) -> int:

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedft.core.async_options import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_STALENESS,
+    MODES,
+    AsyncSettings,
+)
 from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
 from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUANT_CHOICES
@@ -68,6 +74,11 @@ class SimulationSpec:
     # weights those that take part ("fedau": fedft.strategies.participation).
     availability: str = "always"
     participation: str = "none"
+    # "async": FedBuff (fedft.strategies.buffered); rounds then counts applied buffers.
+    mode: str = "sync"
+    buffer: int = DEFAULT_BUFFER
+    max_staleness: int = DEFAULT_MAX_STALENESS
+    concurrency: int = 0
     # Robust aggregation (fedft.privacy.robust): norm bounding, trimmed mean or median.
     robust: str | None = None
     robust_bound: float | None = None
@@ -109,6 +120,7 @@ class SimulationSpec:
         for ok, message in problems:
             if not ok:
                 raise UsageError(message)
+        self._check_mode()
         self.dp_config()  # validates the DP flags
         self.local_dp_config()
         check_device_name(self.device)
@@ -130,6 +142,41 @@ class SimulationSpec:
                 )
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} exists and is not a folder")
+
+    def _check_mode(self) -> None:
+        """Refuse what ``--mode async`` does not run with yet, one line each."""
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.async_settings()  # validates --buffer, --max-staleness, --concurrency
+        if self.mode == "sync":
+            return
+        refusals = [
+            (
+                self.engine != "inprocess",
+                f"--mode async runs on --engine inprocess, not {self.engine}",
+            ),
+            (
+                self.dp_noise is not None,
+                "--mode async does not combine with --dp-* (the "
+                "accountant counts synchronous rounds)",
+            ),
+            (self.robust is not None, "--mode async does not combine with --robust"),
+            (
+                self.participation != "none",
+                "--mode async does not combine with --participation "
+                "(FedAU counts rounds of absence)",
+            ),
+            (self.batch_clients > 1, "--mode async does not combine with --batch-clients"),
+        ]
+        for refused, message in refusals:
+            if refused:
+                raise UsageError(message)
+
+    def async_settings(self) -> AsyncSettings:
+        """The FedBuff settings of ``--mode async`` (validated also in sync mode)."""
+        return AsyncSettings(
+            buffer=self.buffer, max_staleness=self.max_staleness, concurrency=self.concurrency
+        )
 
     def dp_config(self) -> DPConfig | None:
         """The DP wrapper's settings, or None when the run is not private."""
