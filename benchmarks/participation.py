@@ -38,7 +38,10 @@ def one_run(args: argparse.Namespace, participation: str, seed: int) -> dict[str
         out=Path(args.out) / f"{participation}-seed{seed}",
         eval_examples=args.eval_examples,
         rouge_examples=0,
-        strategy_options={"local_steps": args.local_steps},
+        strategy_options={
+            "local_steps": args.local_steps,
+            **({"batch_size": args.batch_size} if args.batch_size else {}),
+        },
     )
     held_out = split_data(spec).eval_set
     overall: list[float] = []
@@ -88,7 +91,7 @@ def table(runs: list[dict[str, Any]], rounds: int) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path, model: str) -> None:
     """Held-out loss over rounds, overall and on rare categories, both methods."""
     import matplotlib
 
@@ -107,7 +110,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set(xlabel="round", ylabel="held-out loss", title=title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("fedavg_lora, tiny model, 20 clients by category, bernoulli-by-category")
+    fig.suptitle(f"fedavg_lora, {model}, clients by category, bernoulli-by-category")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -126,6 +129,9 @@ def main() -> None:
     parser.add_argument("--rare", type=float, default=0.3, help="rare: probability <= this")
     parser.add_argument("--local-steps", type=int, default=2)
     parser.add_argument("--eval-examples", type=int, default=200)
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="local batch size (0: the strategy's default)"
+    )
     parser.add_argument("--out", default="runs/participation")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
@@ -146,7 +152,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(runs, indent=2) + "\n")
     if args.plot is not None:
-        plot(runs, args.plot)
+        plot(runs, args.plot, args.model)
 
 
 if __name__ == "__main__":

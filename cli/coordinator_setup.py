@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from fedft.cli.run_flags import dp_config_from_args, robust_config_from_args
+from fedft.cli.run_flags import (
+    async_settings_from_args,
+    dp_config_from_args,
+    robust_config_from_args,
+)
 from fedft.core.config import parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.privacy.config import SECRET, check_server_wrappers
 from fedft.runtime.assembly import ClientRuntime, assemble_client
 from fedft.runtime.spec import RunSpec, resolve_strategy
+from fedft.server.async_coordinator import AsyncCoordinator
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.factory import open_state
+from fedft.strategies.buffered import check_async
 
 
 @dataclass
@@ -33,6 +40,12 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     global state is computed here, by the client half on a host-side trainer, and handed over.
     """
     run = server_run_spec(args)
+    mode = async_settings_from_args(args) if hasattr(args, "mode") else None
+    if mode is not None:  # said before any database or model is opened
+        spec = get_strategy(run.strategy)
+        check_async(
+            spec.server_cls(spec.make_config(dict(run.options)), seed=run.seed), name=run.strategy
+        )
     try:
         settings = CoordinatorSettings(
             rounds=args.rounds,
@@ -50,7 +63,8 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     # The coordinator only needs the model for the initial global state and exports: CPU.
     runtime = assemble_client(dataclasses.replace(run, device="cpu"))
     try:
-        coordinator = Coordinator(
+        host = Coordinator if mode is None else partial(AsyncCoordinator, mode=mode)
+        coordinator = host(
             state,
             runtime.strategy,
             dict(run.options),

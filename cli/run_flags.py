@@ -13,6 +13,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from fedft.core.async_options import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_STALENESS,
+    MODES,
+    AsyncSettings,
+    wrapper_refusal,
+)
+from fedft.core.errors import UsageError
 from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUANT_CHOICES
 
 if TYPE_CHECKING:  # the privacy stack loads only when a flag asks for it
@@ -145,6 +153,49 @@ def add_participation_flag(p: argparse.ArgumentParser) -> None:
         "(about 1/p, FedAU, Wang & Ji 2024), so rarely-present clients are not "
         "under-represented; the estimates live in the checkpoint (default: %(default)s)",
     )
+
+
+def add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """Add --mode, --buffer and --max-staleness (``fedft serve``; simulate has its own table)."""
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sync",
+        help="sync: rounds, each waiting for its sampled clients; async: FedBuff, every client "
+        "gets a task whenever it asks, built from the model as it is then, and every --buffer "
+        "accepted updates make a new version (--rounds then counts versions; --round-timeout "
+        "is how long a non-empty buffer waits) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=int,
+        default=DEFAULT_BUFFER,
+        metavar="K",
+        help="--mode async: updates per new global version (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-staleness",
+        type=int,
+        default=DEFAULT_MAX_STALENESS,
+        metavar="S",
+        help="--mode async: refuse an update trained from a model more than S versions old; a "
+        "fresher one counts 1/sqrt(1 + staleness) of its weight (default: %(default)s)",
+    )
+
+
+def async_settings_from_args(args: argparse.Namespace) -> AsyncSettings | None:
+    """The FedBuff settings ``--mode async`` asks for (None: sync), refusing what cannot mix."""
+    settings = AsyncSettings(buffer=args.buffer, max_staleness=args.max_staleness)
+    if args.mode != "async":
+        return None
+    problem = wrapper_refusal(
+        dp=getattr(args, "dp_noise", None) is not None,
+        robust=getattr(args, "robust", None) not in (None, "none"),
+        participation=getattr(args, "participation", "none"),
+    )
+    if problem is not None:
+        raise UsageError(problem)
+    return settings
 
 
 def add_quant_flag(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,11 @@ per round, stores every accepted update durably before acknowledging it, and agg
 chosen strategy. State lives in --db (SQLite by default, PostgreSQL via URL); restarting with
 the same --db resumes the run where it stopped, open round included.
 
+--mode async runs FedBuff instead of rounds: a client gets a task whenever it asks, trained from
+the global model as it is at that moment, and every --buffer accepted updates become the next
+version; an update counts 1/sqrt(1 + staleness) and one more than --max-staleness versions old
+is refused. Acknowledged updates are as durable as in rounds; the run keeps its mode for life.
+
 TLS is on by default: create certificates once with `fedft certs init --out DIR --host NAME`
 and pass --certs DIR. --insecure (plaintext) is accepted only on a loopback address."""
 
@@ -24,7 +29,8 @@ EPILOG = """\
 example:
   fedft certs init --out certs --host coordinator.example.org
   fedft token create --db sqlite:///coordinator.db --count 3
-  fedft serve --db sqlite:///coordinator.db --certs certs --model smollm2 --rounds 5"""
+  fedft serve --db sqlite:///coordinator.db --certs certs --model smollm2 --rounds 5
+  fedft serve --db sqlite:///async.db --certs certs --mode async --buffer 4 --rounds 50"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,8 +183,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
-    from fedft.cli.run_flags import add_dp_flags, add_participation_flag, add_robust_flags
+    from fedft.cli.run_flags import (
+        add_dp_flags,
+        add_mode_flags,
+        add_participation_flag,
+        add_robust_flags,
+    )
 
+    add_mode_flags(p)
     add_robust_flags(p)
     add_participation_flag(p)
     add_dp_flags(p)

@@ -39,3 +39,16 @@ class AsyncSettings:
             raise UsageError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         if self.concurrency < 0:
             raise UsageError(f"--concurrency must be >= 0, got {self.concurrency}")
+
+
+def wrapper_refusal(*, dp: bool, robust: bool, participation: str) -> str | None:
+    """Why ``--mode async`` cannot run with these server wrappers (None: it can)."""
+    if dp:
+        return (
+            "--mode async does not combine with --dp-* (the accountant counts synchronous rounds)"
+        )
+    if robust:
+        return "--mode async does not combine with --robust"
+    if participation != "none":
+        return "--mode async does not combine with --participation (FedAU counts rounds of absence)"
+    return None

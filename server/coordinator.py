@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fedft.core.async_options import AsyncSettings
 from fedft.core.hosting import REJECTED, refusal, rejected_count
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
+from fedft.core.wrapper import without_prefix
 from fedft.privacy.config import DPConfig
 from fedft.privacy.robust import RobustConfig, robust_from_state
 from fedft.privacy.wrapper import dp_settings_from_state
@@ -39,6 +41,7 @@ from fedft.server.state.records import (
     UpdateRecord,
 )
 from fedft.server.tasks import task_records
+from fedft.strategies.buffered import STATE_PREFIX, async_from_state, describe
 from fedft.strategies.participation import participation_from_state
 
 # Rejected and CoordinatorSettings live in their own modules; both stay importable from here.
@@ -126,6 +129,7 @@ class Coordinator:
                     stored.run_id,
                 )
             privacy, robust, participation = kept
+            self._resume_mode(async_from_state(checkpoint))
         # The assembly point wraps the server half as every engine does (DP, robust
         # aggregation, FedAU); each round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
@@ -137,20 +141,39 @@ class Coordinator:
             name=strategy.name,
             participation=participation,
         )
-        self.intake = Intake(
-            state,
-            self._lock,
-            self._changed,
-            clock,
+        self.intake = self._new_intake(
             InfluenceBounds(
                 self.clients.reported_examples, self.settings, lambda: self.server_half
-            ).check,
+            ).check
         )
         self.run = self._resume(stored) if stored else self._create(seed, model, initial)
 
-    # --- start-up ----------------------------------------------------------------------------
+    # --- start-up (the hooks a host mode overrides: fedft.server.async_coordinator) ----------
+    def _resume_mode(self, stored: tuple[AsyncSettings, int] | None) -> None:
+        """Refuse to resume an asynchronous run's database as a synchronous run."""
+        if stored is not None:
+            raise ValueError(
+                f"this database holds an asynchronous run: restart it with {describe(stored[0])}"
+            )
+
+    def _new_intake(self, check: Callable[[int, Result], str | None]) -> Intake:
+        """The update path: synchronous rounds take updates for their own tasks only."""
+        return Intake(self.state, self._lock, self._changed, self.clock, check)
+
+    def _started(self) -> None:
+        """Called once the strategy holds the run's state (created or resumed)."""
+
+    def _checkpoint(self) -> bytes:
+        """The durable checkpoint of the server half (taken with the lock held)."""
+        return payload_to_bytes(self.server_half.state_dict())
+
+    def _load_checkpoint(self, data: bytes) -> None:
+        """Restore the server half from :meth:`_checkpoint`'s bytes."""
+        self.server_half.load_state_dict(without_prefix(payload_from_bytes(data), STATE_PREFIX))
+
     def _create(self, seed: int, model: str, initial: Payload) -> RunRecord:
         self.server_half.initialize(initial)
+        self._started()
         fresh = RunRecord(
             run_id=uuid.uuid4().hex,
             strategy=self.strategy.name,
@@ -160,12 +183,12 @@ class Coordinator:
             model=model,
             created_at=self.clock(),
         )
-        checkpoint = payload_to_bytes(self.server_half.state_dict())
-        return self.state.initialize_run(fresh, checkpoint)
+        return self.state.initialize_run(fresh, self._checkpoint())
 
     def _resume(self, run: RunRecord) -> RunRecord:
         done_round, checkpoint = self.state.latest_checkpoint()
-        self.server_half.load_state_dict(payload_from_bytes(checkpoint))
+        self._load_checkpoint(checkpoint)
+        self._started()
         open_round = self._open_round()
         if open_round is not None:
             # Clients could not submit while we were down: give them time to reconnect.
@@ -380,7 +403,7 @@ class Coordinator:
                 metrics = self.server_half.aggregate(
                     current.round, self._results(updates), failures
                 )
-                checkpoint = payload_to_bytes(self.server_half.state_dict())
+                checkpoint = self._checkpoint()
             summary: dict[str, MetricValue] = {
                 **metrics,
                 UPDATES: len(updates),
@@ -393,9 +416,7 @@ class Coordinator:
             closed = True
         except Exception:
             # The strategy may be half-updated: return to the last durable checkpoint.
-            _, checkpoint = self.state.latest_checkpoint()
-            with self._lock:
-                self.server_half.load_state_dict(payload_from_bytes(checkpoint))
+            self._restore_latest()
             raise
         finally:
             self.intake.close_ends(current.round, closed=closed)
@@ -403,6 +424,12 @@ class Coordinator:
         prom.ROUNDS_DONE.inc()
         logger.info("round %d done: %s", current.round, summary)
         self._notify()
+
+    def _restore_latest(self) -> None:
+        """Return the strategy to the last durable checkpoint (after a failed aggregation)."""
+        _, checkpoint = self.state.latest_checkpoint()
+        with self._lock:
+            self._load_checkpoint(checkpoint)
 
     def _ledger_entries(self) -> list[LedgerEntry]:
         """The privacy ledger entry of the round just aggregated (none without DP)."""

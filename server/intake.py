@@ -171,32 +171,31 @@ class Intake:
             raise reject("invalid", "malformed", str(exc)) from None
         digest = sha_hex(data)
         with self._lock:
-            if not self.takes_updates(task.round):
-                raise _stale(task.round)
-            problem = self._check(task.round, Result(client_id, payload))
+            number = self.joins(task)
+            problem = self._check(self.strategy_round(task), Result(client_id, payload))
             if problem is not None:
                 self._refused(task, problem)
                 raise reject("invalid", "invalid", problem)
             # From here the round cannot close before this update is stored or refused.
-            self._pending[task.round] = self._pending.get(task.round, 0) + 1
+            self._pending[number] = self._pending.get(number, 0) + 1
         now = self.clock()
-        record = UpdateRecord(task_id, task.round, client_id, digest, len(data), now)
+        record = UpdateRecord(task_id, number, client_id, digest, len(data), now)
         exchange = None
         if traffic is not None:
             up, down = traffic
             exchange = TrafficRecord(
-                task.round, client_id, "SubmitUpdate", up, down, now, payload_up=len(data)
+                number, client_id, "SubmitUpdate", up, down, now, payload_up=len(data)
             )
         stored = False
         try:
             refusal = self._commits.run(NewUpdate(record, data, exchange))
             stored = refusal is None
         finally:
-            self._settle(task, stored)
+            self._settle(task, number, stored)
         if isinstance(refusal, DuplicateUpdate):
             raise reject("duplicate", "duplicate", f"task {task_id} already has an update")
         if isinstance(refusal, RoundClosed):
-            raise _stale(task.round)
+            raise _stale(number)
         if refusal is not None:
             raise refusal  # a broken invariant (unknown task, sha mismatch), not a client error
         prom.ACCEPTED.inc()
@@ -205,20 +204,33 @@ class Intake:
             prom.BYTES.labels(direction="down").inc(traffic[1])
         return record
 
-    def _settle(self, task: TaskRecord, stored: bool) -> None:
+    def joins(self, task: TaskRecord) -> int:
+        """The round an update for ``task`` joins now (lock held): its own, while it is open."""
+        if not self.takes_updates(task.round):
+            raise _stale(task.round)
+        return task.round
+
+    def strategy_round(self, task: TaskRecord) -> int:
+        """The ``server_round`` the strategy knows ``task`` by: its round."""
+        return task.round
+
+    def complete(self, number: int) -> bool:
+        """Whether every task of round ``number`` has a stored update or a refused one."""
+        return self.round_index(number).done()
+
+    def _settle(self, task: TaskRecord, number: int, stored: bool) -> None:
         """Account for a finished commit: the answered task, the pending count, who to wake."""
         with self._lock:
-            left = self._pending[task.round] - 1
+            left = self._pending[number] - 1
             if left:
-                self._pending[task.round] = left
+                self._pending[number] = left
             else:
-                del self._pending[task.round]
+                del self._pending[number]
             complete = False
             if stored:
-                index = self.round_index(task.round)
-                index.answered.add(task.task_id)
-                complete = index.done()
-            if complete or (not left and task.round in self.closing):
+                self.round_index(number).answered.add(task.task_id)
+                complete = self.complete(number)
+            if complete or (not left and number in self.closing):
                 self._changed.notify_all()  # the round is complete, or close_begins waits
 
     def _refused(self, task: TaskRecord, why: str) -> None:
@@ -231,10 +243,6 @@ class Intake:
     def refusals(self, number: int) -> dict[str, str]:
         """The tasks of round ``number`` whose update was refused, and why."""
         return dict(self.round_index(number).refused)
-
-    def complete(self, number: int) -> bool:
-        """Whether every task of round ``number`` has a stored update or a refused one."""
-        return self.round_index(number).done()
 
     def close_begins(self, number: int) -> None:
         """Refuse new updates to round ``number`` and wait until its admitted ones are stored."""

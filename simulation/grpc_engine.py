@@ -112,6 +112,12 @@ class GrpcEngine:
             "--bind", "127.0.0.1:0", "--certs", str(self.workdir / "certs"),
             "--min-clients", str(spec.clients), "--linger", "3", "--heartbeat", "2",
         ]  # fmt: skip
+        if spec.mode == "async":
+            settings = spec.async_settings()
+            args += [
+                "--mode", "async", "--buffer", str(settings.buffer),
+                "--max-staleness", str(settings.max_staleness),
+            ]  # fmt: skip
         if spec.availability.strip() != "always":
             args += ["--round-timeout", str(AWAY_ROUND_TIMEOUT_S)]
         env = self._environment()
@@ -190,7 +196,7 @@ class GrpcEngine:
             dataset=spec.dataset, partition=spec.partition, engine="grpc",
             config=self.config.to_dict(), memory=self.memory, device=self.runtime.device_name,
             participation=spec.participation,
-            availability=report_entry(self.availability, spec.availability),
+            availability=report_entry(self.availability, spec.availability), mode=spec.mode,
         )  # fmt: skip
         tokens = {cid: new_token() for cid in self.data.clients}
         state = open_state(self.db_url)
@@ -282,6 +288,7 @@ class GrpcEngine:
                 "seconds": None if seconds is None else round(float(seconds), 4),
                 "bytes": view.client_bytes[cid],
                 **({"device": view.devices[cid]} if cid in view.devices else {}),
+                **({"staleness": view.staleness[cid]} if cid in view.staleness else {}),
                 **(
                     {"tier": tiers[cid], "cpu_seconds": None if cpu is None else round(cpu, 6)}
                     if cid in tiers

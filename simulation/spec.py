@@ -11,6 +11,7 @@ from fedft.core.async_options import (
     DEFAULT_MAX_STALENESS,
     MODES,
     AsyncSettings,
+    wrapper_refusal,
 )
 from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
@@ -150,27 +151,22 @@ class SimulationSpec:
         self.async_settings()  # validates --buffer, --max-staleness, --concurrency
         if self.mode == "sync":
             return
-        refusals = [
-            (
-                self.engine != "inprocess",
-                f"--mode async runs on --engine inprocess, not {self.engine}",
-            ),
-            (
-                self.dp_noise is not None,
-                "--mode async does not combine with --dp-* (the "
-                "accountant counts synchronous rounds)",
-            ),
-            (self.robust is not None, "--mode async does not combine with --robust"),
-            (
-                self.participation != "none",
-                "--mode async does not combine with --participation "
-                "(FedAU counts rounds of absence)",
-            ),
-            (self.batch_clients > 1, "--mode async does not combine with --batch-clients"),
-        ]
-        for refused, message in refusals:
-            if refused:
-                raise UsageError(message)
+        if self.engine not in ("inprocess", "grpc"):
+            raise UsageError(f"--mode async runs on --engine inprocess or grpc, not {self.engine}")
+        if self.batch_clients > 1:
+            raise UsageError("--mode async does not combine with --batch-clients")
+        if self.engine == "grpc" and self.concurrency:
+            raise UsageError(
+                "--concurrency is for --engine inprocess: under --engine grpc every client "
+                "process asks for a task whenever it is free"
+            )
+        problem = wrapper_refusal(
+            dp=self.dp_noise is not None,
+            robust=self.robust is not None,
+            participation=self.participation,
+        )
+        if problem is not None:
+            raise UsageError(problem)
 
     def async_settings(self) -> AsyncSettings:
         """The FedBuff settings of ``--mode async`` (validated also in sync mode)."""

@@ -18,6 +18,7 @@ buffer (the new version's number), so every number the strategy sees is fresh an
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,48 @@ import torch
 
 from fedft.core.async_options import AsyncSettings, staleness_weight
 from fedft.core.errors import UsageError
-from fedft.core.payload import MetricValue
+from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import ClientInfo, LinearUpdates, Result, ServerStrategy, Task
+
+# Checkpoint entries a host in --mode async adds beside the strategy's own.
+STATE_PREFIX = "async."
+_SETTINGS_KEY = STATE_PREFIX + "settings"
+_COUNTER_KEY = STATE_PREFIX + "counter"
+
+
+def with_async_state(state: Payload, settings: AsyncSettings, counter: int) -> Payload:
+    """``state`` plus the async settings and the aggregator's counter, for a durable checkpoint."""
+    config = dict(state.config)
+    config[_SETTINGS_KEY] = json.dumps(
+        {"buffer": settings.buffer, "max_staleness": settings.max_staleness}
+    )
+    config[_COUNTER_KEY] = counter
+    return Payload(tensors=dict(state.tensors), config=config, metrics=dict(state.metrics))
+
+
+def async_from_state(state: Payload) -> tuple[AsyncSettings, int] | None:
+    """The async settings and counter a checkpoint was taken with (None: a synchronous run)."""
+    text = state.config.get(_SETTINGS_KEY)
+    if not isinstance(text, str):
+        return None
+    counter = state.config.get(_COUNTER_KEY, 0)
+    return AsyncSettings(**json.loads(text)), int(counter) if isinstance(counter, int) else 0
+
+
+def describe(settings: AsyncSettings) -> str:
+    """The flags that give ``settings``, as a user would type them."""
+    return f"--mode async --buffer {settings.buffer} --max-staleness {settings.max_staleness}"
 
 
 def check_async(server_half: ServerStrategy[Any], *, name: str = "") -> LinearUpdates[Any]:
     """Return ``server_half`` if it can run asynchronously; else raise a one-line UsageError."""
     label = name or type(server_half).__name__
+    least = getattr(getattr(server_half, "config", None), "min_clients", 1)
+    if isinstance(least, int) and least > 1:
+        raise UsageError(
+            f"strategy {label} cannot run with --mode async and min_clients={least}: each "
+            "asynchronous task is configured for one client (use --opt min_clients=1)"
+        )
     if not isinstance(server_half, LinearUpdates):
         raise UsageError(
             f"strategy {label} cannot run with --mode async: it does not expose update vectors "
@@ -136,19 +172,24 @@ class BufferedAggregator:
         """Whether the buffer holds ``buffer`` updates, so :meth:`apply` is due."""
         return self._buffer.count >= self.settings.buffer
 
-    def apply(self) -> dict[str, MetricValue]:
-        """Apply the buffered updates as the next global version; return its metrics."""
+    def apply(self, *, empty_ok: bool = False) -> dict[str, MetricValue]:
+        """Apply the buffered updates as the next global version; return its metrics.
+
+        An empty buffer is an error unless ``empty_ok``: then the version is the last one.
+        """
         buffer = self._buffer
-        if not buffer.count:
+        if not buffer.count and not empty_ok:
             raise RuntimeError("apply() with an empty buffer")
         self.counter += 1
+        count = max(buffer.count, 1)
         metrics: dict[str, MetricValue] = {
             "accepted": buffer.count,
-            "train_loss": buffer.loss_sum / buffer.weight_sum,
-            "staleness_mean": sum(buffer.staleness) / buffer.count,
-            "staleness_max": max(buffer.staleness),
+            "train_loss": buffer.loss_sum / buffer.weight_sum if buffer.count else math.nan,
+            "staleness_mean": sum(buffer.staleness) / count,
+            "staleness_max": max(buffer.staleness, default=0),
         }
-        metrics.update(self.strategy.apply_update(self.counter, buffer.total / buffer.weight_sum))
+        mean = buffer.total / buffer.weight_sum if buffer.count else buffer.total
+        metrics.update(self.strategy.apply_update(self.counter, mean))
         self.versions += 1
         self.version_round[self.versions] = self.counter
         # Forget tasks far past the staleness cap (their clients vanished): bounded memory, while

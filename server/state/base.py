@@ -128,6 +128,19 @@ class State(ABC):
         """
 
     @abstractmethod
+    def add_tasks(
+        self, round_number: int, tasks: Sequence[TaskRecord], blobs: Sequence[bytes]
+    ) -> None:
+        """Add tasks to open round ``round_number`` (``--mode async`` hands them out one by one).
+
+        The same checks as :meth:`open_round`'s tasks, atomically.
+
+        Raises:
+            RoundClosed: the round is not open.
+            StateError: a task is invalid.
+        """
+
+    @abstractmethod
     def extend_deadline(self, round_number: int, deadline: float) -> None:
         """Move an open round's deadline (used after a coordinator restart).
 
@@ -158,8 +171,10 @@ class State(ABC):
         Raises:
             RoundClosed: the update's round is not open.
             DuplicateUpdate: the task already has an update.
-            StateError: the task is unknown or belongs to another client or round, or
-                ``update.payload_sha`` is not the SHA-256 of ``data``.
+            StateError: the task is unknown, belongs to another client or to a round after
+                ``update.round``, or ``update.payload_sha`` is not the SHA-256 of ``data``.
+                (An update joins its task's round, or, under ``--mode async``, the round open
+                when it arrives.)
         """
         (refusal,) = self.add_updates([NewUpdate(update, data)])
         if refusal is not None:

@@ -163,23 +163,37 @@ class InMemoryState(State):
                 raise StateError(f"round {round_.round} is not the next round ({expected})")
             if round_.status != ROUND_OPEN:
                 raise StateError(f"a new round must be {ROUND_OPEN!r}, not {round_.status!r}")
-            shas = {hashlib.sha256(b).hexdigest(): b for b in blobs}
-            ids = [t.task_id for t in tasks]
-            # Validate everything before writing anything: the method is all or nothing.
-            if len(set(ids)) != len(ids) or any(i in self._tasks for i in ids):
-                raise StateError(f"round {round_.round}: duplicate task id")
-            for task in tasks:
-                if task.round != round_.round:
-                    raise StateError(f"task {task.task_id!r} belongs to round {task.round}")
-                if task.client_id not in self._clients:
-                    raise StateError(f"task {task.task_id!r}: unknown client {task.client_id!r}")
-                if any(s not in shas and s not in self._blobs for s in task.payload_shas):
-                    raise StateError(f"task {task.task_id!r}: a payload blob is missing")
-            for data in shas.values():
-                self._put(data)
+            self._store_tasks(round_.round, tasks, blobs)
             self._rounds[round_.round] = replace(round_, metrics=_json(round_.metrics))
-            for task in tasks:
-                self._tasks[task.task_id] = replace(task, payload_shas=tuple(task.payload_shas))
+
+    def add_tasks(
+        self, round_number: int, tasks: Sequence[TaskRecord], blobs: Sequence[bytes]
+    ) -> None:
+        """Add tasks to an open round, atomically."""
+        with self._lock:
+            self._open(round_number)
+            self._store_tasks(round_number, tasks, blobs)
+
+    def _store_tasks(
+        self, round_number: int, tasks: Sequence[TaskRecord], blobs: Sequence[bytes]
+    ) -> None:
+        """Validate every task of ``round_number``, then store them and their blobs (lock held)."""
+        shas = {hashlib.sha256(b).hexdigest(): b for b in blobs}
+        ids = [t.task_id for t in tasks]
+        # Validate everything before writing anything: the method is all or nothing.
+        if len(set(ids)) != len(ids) or any(i in self._tasks for i in ids):
+            raise StateError(f"round {round_number}: duplicate task id")
+        for task in tasks:
+            if task.round != round_number:
+                raise StateError(f"task {task.task_id!r} belongs to round {task.round}")
+            if task.client_id not in self._clients:
+                raise StateError(f"task {task.task_id!r}: unknown client {task.client_id!r}")
+            if any(s not in shas and s not in self._blobs for s in task.payload_shas):
+                raise StateError(f"task {task.task_id!r}: a payload blob is missing")
+        for data in shas.values():
+            self._put(data)
+        for task in tasks:
+            self._tasks[task.task_id] = replace(task, payload_shas=tuple(task.payload_shas))
 
     def extend_deadline(self, round_number: int, deadline: float) -> None:
         """Move an open round's deadline (used after a coordinator restart)."""
@@ -234,8 +248,8 @@ class InMemoryState(State):
         task = self._tasks.get(update.task_id)
         if task is None:
             raise StateError(f"unknown task {update.task_id!r}")
-        if task.client_id != update.client_id or task.round != update.round:
-            raise StateError(f"task {update.task_id!r} belongs to another client or round")
+        if task.client_id != update.client_id or task.round > update.round:
+            raise StateError(f"task {update.task_id!r} belongs to another client or a later round")
         self._open(update.round)
         if hashlib.sha256(data).hexdigest() != update.payload_sha:
             raise StateError(f"update for task {update.task_id!r}: payload_sha mismatch")

@@ -73,6 +73,9 @@ class TaskRecord:
     client_id: str
     payload_shas: tuple[str, ...]
     created_at: float
+    # Under --mode async: the number the strategy knows this task by (its ``server_round``);
+    # a task may then be answered in a later round than its own, until it is too stale.
+    ticket: int | None = None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ tasks = sa.Table(
     # A JSON list of blob digests, in order; open_round checks that every blob exists.
     sa.Column("payload_shas", sa.JSON, nullable=False),
     sa.Column("created_at", Time, nullable=False),
+    # Added by revision 2026_12_05_task_ticket; NULL for a synchronous run's tasks.
+    sa.Column("ticket", sa.BigInteger, nullable=True),
     sa.Index(None, "round", "client_id"),  # tasks_for_round, ordered by client
 )
 

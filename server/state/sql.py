@@ -222,23 +222,50 @@ class SqlState(State):
                 if round_.round != expected:
                     raise StateError(f"round {round_.round} is not the next round ({expected})")
                 conn.execute(s.rounds.insert().values(**vars(round_)))
-                given = {self._put(conn, data) for data in blobs}
-                # A JSON list cannot carry foreign keys, so check the blobs' presence here.
-                needed = {sha for t in tasks for sha in t.payload_shas} - given
-                if needed:
-                    present = (
-                        sa.select(sa.func.count())
-                        .select_from(s.blobs)
-                        .where(s.blobs.c.sha.in_(needed))
-                    )
-                    if conn.execute(present).scalar_one() != len(needed):
-                        raise StateError(f"round {round_.round}: a task's payload blob is missing")
-                rows = [{**vars(t), "payload_shas": list(t.payload_shas)} for t in tasks]
-                if rows:
-                    conn.execute(s.tasks.insert(), rows)
+                self._insert_tasks(conn, round_.round, tasks, blobs)
         except IntegrityError as exc:
             # Unknown client, missing payload blob, duplicate task id, or a racing open_round.
             raise StateError(f"cannot open round {round_.round}: {_first_line(exc)}") from None
+
+    def add_tasks(
+        self, round_number: int, tasks: Sequence[TaskRecord], blobs: Sequence[bytes]
+    ) -> None:
+        """Add tasks to an open round, atomically."""
+        for task in tasks:
+            if task.round != round_number:
+                raise StateError(f"task {task.task_id!r} belongs to round {task.round}")
+        r = s.rounds.c
+        status = sa.select(r.status).where(r.round == round_number).with_for_update()
+        try:
+            with self._writer.begin() as conn:
+                if conn.execute(status).scalar() != ROUND_OPEN:
+                    raise RoundClosed(f"round {round_number} is not open")
+                self._insert_tasks(conn, round_number, tasks, blobs)
+        except IntegrityError as exc:
+            raise StateError(
+                f"cannot add tasks to round {round_number}: {_first_line(exc)}"
+            ) from None
+
+    def _insert_tasks(
+        self,
+        conn: sa.Connection,
+        round_number: int,
+        tasks: Sequence[TaskRecord],
+        blobs: Sequence[bytes],
+    ) -> None:
+        """Store ``blobs`` and insert ``tasks`` in the caller's transaction."""
+        given = {self._put(conn, data) for data in blobs}
+        # A JSON list cannot carry foreign keys, so check the blobs' presence here.
+        needed = {sha for t in tasks for sha in t.payload_shas} - given
+        if needed:
+            present = (
+                sa.select(sa.func.count()).select_from(s.blobs).where(s.blobs.c.sha.in_(needed))
+            )
+            if conn.execute(present).scalar_one() != len(needed):
+                raise StateError(f"round {round_number}: a task's payload blob is missing")
+        rows = [{**vars(t), "payload_shas": list(t.payload_shas)} for t in tasks]
+        if rows:
+            conn.execute(s.tasks.insert(), rows)
 
     def extend_deadline(self, round_number: int, deadline: float) -> None:
         """Move an open round's deadline (used after a coordinator restart)."""

@@ -68,8 +68,8 @@ def _refusal(
     update = item.update
     if task is None:
         return StateError(f"unknown task {update.task_id!r}")
-    if task.client_id != update.client_id or task.round != update.round:
-        return StateError(f"task {update.task_id!r} belongs to another client or round")
+    if task.client_id != update.client_id or task.round > update.round:
+        return StateError(f"task {update.task_id!r} belongs to another client or a later round")
     if status.get(update.round) != ROUND_OPEN:
         return RoundClosed(f"round {update.round} is not open")
     if digest != update.payload_sha:

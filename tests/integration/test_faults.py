@@ -177,3 +177,66 @@ def test_client_killed_mid_training_rejoins_and_the_round_closes_by_deadline(
     assert "enrolled as" not in processes.log("victim-restarted")
     wait_until(lambda: "the run is finished" in processes.log("victim-restarted"), 60, "exit")
     state.close()
+
+
+def submit_retrying(connection: Connection, task: TaskMessage, data: bytes) -> None:
+    """Submit through a coordinator that may be restarting (resyncing the replay clock)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connection.submit(task.task_id, task.round, data)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and connection.resync(exc):
+                continue
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_async_coordinator_killed_between_acknowledgements_loses_nothing(
+    tmp_path: Path, processes: Processes
+) -> None:
+    db = f"sqlite:///{tmp_path / 'coordinator.db'}"
+    tokens = make_tokens(db, 3)
+    port = free_port()
+    args = serve_args(db, port, "--rounds", "2", "--mode", "async", "--buffer", "3")
+    coordinator = processes.start("coordinator", *args)
+    wait_until(lambda: "listening on" in processes.log("coordinator"), 120, "the coordinator")
+    clients = []
+    for k, token in enumerate(tokens):
+        connection = Connection(f"127.0.0.1:{port}", credentials=None, timeout_s=10)
+        connection.enroll(token, generate_key(), f"c{k}", profile_message(5, {}))
+        clients.append(connection)
+    tasks = [fetch_until_task(c, 60) for c in clients]
+    assert {t.round for t in tasks} == {1}  # every task built from version 0
+    for connection, task in zip(clients[:2], tasks[:2], strict=True):
+        connection.submit(task.task_id, task.round, echo_update(task))
+    state = open_state(db)
+    acknowledged = {u.task_id for u in state.updates_for_round(1)}
+    assert len(acknowledged) == 2
+
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait(timeout=30)
+    # A run keeps its mode for life: a synchronous restart is refused in one line.
+    wrong = processes.start("coordinator-sync", *serve_args(db, port, "--rounds", "2"))
+    assert wrong.wait(timeout=120) == 2
+    assert "restart it with --mode async --buffer 3" in processes.log("coordinator-sync")
+    processes.start("coordinator-restarted", *args)
+    wait_until(lambda: "listening on" in processes.log("coordinator-restarted"), 120, "the restart")
+
+    # The third task, handed out before the crash, completes version 1 after it.
+    submit_retrying(clients[2], tasks[2], echo_update(tasks[2]))
+    wait_until(round_done(db, 1), 60, "version 1 after the restart")
+    assert acknowledged < {u.task_id for u in state.updates_for_round(1)}
+    version_one = state.get_round(1)
+    assert version_one is not None
+    assert version_one.metrics["accepted"] == 3
+    for connection in clients:
+        task = fetch_until_task(connection, 60)
+        assert task.round == 2
+        submit_retrying(connection, task, echo_update(task))
+    wait_until(round_done(db, 2), 60, "version 2")
+    for connection in clients:
+        connection.close()
+    state.close()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import torch
 
+from fedft.core.async_options import AsyncSettings
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec, get_strategy
 from fedft.privacy.config import DPConfig
+from fedft.server.async_coordinator import AsyncCoordinator
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
@@ -42,11 +45,13 @@ class CoordinatorFactory:
         privacy: DPConfig | None = None,
         participation: str = "none",
         rounds: int = 1,
+        mode: AsyncSettings | None = None,
         **settings: Any,
     ) -> Coordinator:
         """A coordinator over ``state``: a fresh in-memory one, a given one, or a URL to open.
 
         A state passed in stays the caller's to close, since restart tests close and reopen it.
+        With ``mode`` the coordinator runs asynchronously (:class:`AsyncCoordinator`).
         """
         if state is None:
             state = InMemoryState()
@@ -54,7 +59,8 @@ class CoordinatorFactory:
             state = open_state(state)
             # Recorded before the coordinator is built, so a refused start is closed too.
             self._opened.append(state)
-        coordinator = Coordinator(
+        host = Coordinator if mode is None else partial(AsyncCoordinator, mode=mode)
+        coordinator = host(
             state,
             get_strategy(strategy) if isinstance(strategy, str) else strategy,
             dict(options or {}),

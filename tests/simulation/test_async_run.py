@@ -86,7 +86,8 @@ def test_slow_devices_land_stale(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"engine": "grpc"}, "--engine inprocess"),
+        ({"engine": "flower"}, "--engine inprocess or grpc"),
+        ({"engine": "grpc", "concurrency": 2}, "--concurrency is for --engine inprocess"),
         ({"dp_noise": 1.0, "dp_clip": 0.1}, "--dp"),
         ({"robust": "median"}, "--robust"),
         ({"participation": "fedau"}, "--participation"),

@@ -51,7 +51,7 @@ def differences(url: str) -> list[object]:
 def test_migrations_ship_with_the_package() -> None:
     assert (migrate.MIGRATIONS / "env.py").is_file()
     assert (migrate.MIGRATIONS / "script.py.mako").is_file()
-    assert head_revision() == "2026_11_23_initial"
+    assert head_revision() == "2026_12_05_task_ticket"
 
 
 def test_upgrade_creates_exactly_the_schema(sql_url: str) -> None:
@@ -70,6 +70,30 @@ def test_upgrade_creates_exactly_the_schema(sql_url: str) -> None:
     # The comparison does see a drift when there is one.
     run_sql(sql_url, "DROP INDEX ix_traffic_round")
     assert differences(sql_url) != []
+
+
+def test_ticket_revision_keeps_a_synchronous_runs_tasks(sql_url: str) -> None:
+    upgrade(sql_url, "2026_11_23_initial")
+    engine = engine_for(sql_url)
+    try:
+        with engine.begin() as conn:  # a bound key: bytea on PostgreSQL, BLOB on SQLite
+            conn.execute(
+                sa.text("INSERT INTO clients VALUES ('c1', :key, 0, 0, 0, '{}')"), {"key": b"k"}
+            )
+            conn.execute(sa.text("INSERT INTO rounds VALUES (1, 'open', 0, 9, NULL, '{}')"))
+            conn.execute(sa.text("INSERT INTO tasks VALUES ('t1', 1, 'c1', '[]', 0)"))
+    finally:
+        engine.dispose()
+    upgrade(sql_url)
+    assert differences(sql_url) == []
+    state = open_state(sql_url, create=False)
+    try:
+        task = state.get_task("t1")
+        assert task is not None
+        assert task.ticket is None
+        assert task.round == 1
+    finally:
+        state.close()
 
 
 def test_downgrade_removes_every_table(sqlite_url: str) -> None:

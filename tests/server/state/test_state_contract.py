@@ -308,6 +308,61 @@ def test_extend_deadline_only_of_an_open_round(running: State) -> None:
         running.extend_deadline(1, T0 + 900)
 
 
+def test_add_tasks_to_an_open_round_keeps_their_tickets(running: State) -> None:
+    data = b"async task a"
+    task = TaskRecord("a-1", 1, "a", (sha(b"tensors 1"), sha(data)), T0 + 2, ticket=2**40 + 3)
+    running.add_tasks(1, [task], [data])
+    assert running.get_task("a-1") == task
+    assert task in running.tasks_for_round(1)
+    assert running.get_blob(sha(data)) == data
+
+
+@pytest.mark.parametrize("flaw", ["unknown client", "missing blob", "other round", "duplicate"])
+def test_add_tasks_with_a_bad_task_writes_nothing(running: State, flaw: str) -> None:
+    good = TaskRecord("a-1", 1, "a", (sha(b"x"),), T0, ticket=1)
+    bad = TaskRecord("a-2", 1, "a", (sha(b"x"),), T0, ticket=2)
+    blobs = [b"x"]
+    if flaw == "unknown client":
+        bad = replace(bad, client_id="ghost")
+    elif flaw == "missing blob":
+        bad = replace(bad, payload_shas=(sha(b"absent"),))
+    elif flaw == "other round":
+        bad = replace(bad, round=2)
+    else:
+        bad = replace(bad, task_id="r1-a")
+    with pytest.raises(StateError):
+        running.add_tasks(1, [good, bad], blobs)
+    assert running.get_task("a-1") is None
+    assert running.get_task("a-2") is None
+
+
+def test_add_tasks_needs_an_open_round(running: State) -> None:
+    task = TaskRecord("a-9", 9, "a", (), T0, ticket=9)
+    with pytest.raises(RoundClosed):
+        running.add_tasks(9, [task], [])
+    running.close_round(1, T0 + 70, {}, b"c1")
+    with pytest.raises(RoundClosed):
+        running.add_tasks(1, [replace(task, round=1)], [])
+    assert running.get_task("a-9") is None
+
+
+def test_an_update_may_join_a_round_after_its_tasks(running: State) -> None:
+    """Under --mode async a task of round 1 is answered into whichever round is open."""
+    task_a = running.tasks_for_round(1)[0]
+    running.close_round(1, T0 + 70, {}, b"c1")
+    running.open_round(RoundRecord(2, ROUND_OPEN, T0 + 70, T0 + 200), [], [])
+    late = replace(update_for(task_a, b"late a"), round=2)
+    running.add_update(late, b"late a")
+    assert running.updates_for_round(2) == [late]
+    assert running.updates_for_round(1) == []
+    # Never into a round before its task's.
+    data = b"early"
+    early = TaskRecord("b-2", 2, "b", (sha(data),), T0, ticket=5)
+    running.add_tasks(2, [early], [data])
+    with pytest.raises(StateError, match="later round"):
+        running.add_update(replace(update_for(early, data), round=1), data)
+
+
 # --- updates ---------------------------------------------------------------------------------
 def test_updates_are_kept_in_acceptance_order(running: State) -> None:
     tasks = {t.client_id: t for t in running.tasks_for_round(1)}
