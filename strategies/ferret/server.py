@@ -45,6 +45,15 @@ class FerretServer(SeedServer[FerretConfig]):
 
     block_sizes: torch.Tensor | None = None
 
+    def async_problem(self) -> str | None:
+        """A server-lr schedule counts rounds; asynchronous numbers count dispatches too."""
+        if self.config.server_lr_schedule != "constant":
+            return (
+                f"server_lr_schedule={self.config.server_lr_schedule} anneals over synchronous "
+                "rounds; use --mode sync or server_lr_schedule=constant"
+            )
+        return None
+
     def check_tensors(self, result: Result) -> str | None:
         """Refuse malformed (seed, block, coefficient) triples."""
         return check_projection(result, self._store().shape)

@@ -114,3 +114,11 @@ def test_fedkseed_with_weight_decay_is_refused(tmp_path: Path) -> None:
         run_with_progress(
             async_spec(tmp_path, strategy="fedkseed", strategy_options=options), quiet=True
         )
+
+
+def test_ferret_with_a_server_lr_schedule_is_refused(tmp_path: Path) -> None:
+    options = {"local_steps": 2, "server_lr_schedule": "cosine", "schedule_rounds": 10}
+    with pytest.raises(UsageError, match="server_lr_schedule=cosine anneals"):
+        run_with_progress(
+            async_spec(tmp_path, strategy="ferret", strategy_options=options), quiet=True
+        )
