@@ -72,12 +72,9 @@ class AsyncIntake(Intake):
     def admit(self, client_id: str, task_id: str, round_number: int) -> TaskRecord:
         """The synchronous checks of ownership and round, then the staleness cap."""
         task = self.state.get_task(task_id)
-        if task is None or task.ticket is None:
-            raise reject("not_found", "unknown", f"no task {task_id!r}")
-        if task.client_id != client_id:
-            raise reject("permission", "not_assigned", f"task {task_id} is not assigned to you")
-        if task.round != round_number:
-            raise reject("invalid", "round", f"task {task_id} belongs to round {task.round}")
+        if task is not None and task.ticket is None:  # a synchronous task: not one of ours
+            task = None
+        task = self.owned_task(task, client_id, task_id, round_number)
         number = self._open_round()
         if number is not None:
             self._staleness(task, number)

@@ -139,18 +139,25 @@ class Intake:
             open_, deadline = stored.status == ROUND_OPEN, stored.deadline
         return open_ and number not in self.closing and self.clock() <= deadline
 
-    def admit(self, client_id: str, task_id: str, round_number: int) -> TaskRecord:
-        """Check an announced update: the client's own task, the right round, still open."""
-        index = self._index
-        task = index.by_id.get(task_id) if index is not None else None
-        if task is None:  # not a task of the round in memory
-            task = self.state.get_task(task_id)
+    def owned_task(
+        self, task: TaskRecord | None, client_id: str, task_id: str, round_number: int
+    ) -> TaskRecord:
+        """``task`` if it exists, is ``client_id``'s and belongs to ``round_number``."""
         if task is None:
             raise reject("not_found", "unknown", f"no task {task_id!r}")
         if task.client_id != client_id:
             raise reject("permission", "not_assigned", f"task {task_id} is not assigned to you")
         if task.round != round_number:
             raise reject("invalid", "round", f"task {task_id} belongs to round {task.round}")
+        return task
+
+    def admit(self, client_id: str, task_id: str, round_number: int) -> TaskRecord:
+        """Check an announced update: the client's own task, the right round, still open."""
+        index = self._index
+        task = index.by_id.get(task_id) if index is not None else None
+        if task is None:  # not a task of the round in memory
+            task = self.state.get_task(task_id)
+        task = self.owned_task(task, client_id, task_id, round_number)
         if not self.takes_updates(task.round):
             raise _stale(task.round)
         return task

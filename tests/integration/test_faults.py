@@ -77,6 +77,23 @@ def fetch_until_task(connection: Connection, timeout: float) -> TaskMessage:
     raise AssertionError("no task arrived")
 
 
+def submit_retrying(connection: Connection, task: TaskMessage, data: bytes) -> None:
+    """Submit through a coordinator that may be restarting (resyncing the replay clock)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connection.submit(task.task_id, task.round, data)
+            return
+        except grpc.RpcError as exc:
+            # A restarted coordinator refuses stamps up to its replay floor and says its time;
+            # like the daemon, the connection adopts it and signs again.
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and connection.resync(exc):
+                continue
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_coordinator_killed_mid_round_loses_no_acknowledged_update(
     tmp_path: Path, processes: Processes, client_data: Callable[[int], Path]
 ) -> None:
@@ -105,19 +122,7 @@ def test_coordinator_killed_mid_round_loses_no_acknowledged_update(
     wait_until(lambda: "listening on" in processes.log("coordinator-restarted"), 120, "the restart")
 
     # The held client's task survived the crash; its update completes the round.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            held.submit(task.task_id, task.round, echo_update(task))
-            break
-        except grpc.RpcError as exc:
-            # A restarted coordinator refuses stamps up to its replay floor and says its time;
-            # like the daemon, the connection adopts it and signs again.
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and held.resync(exc):
-                continue
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    submit_retrying(held, task, echo_update(task))
     wait_until(round_done(db, 1), 60, "round 1 to complete after the restart")
     stored = {u.task_id for u in state.updates_for_round(1)}
     assert acknowledged <= stored
@@ -177,21 +182,6 @@ def test_client_killed_mid_training_rejoins_and_the_round_closes_by_deadline(
     assert "enrolled as" not in processes.log("victim-restarted")
     wait_until(lambda: "the run is finished" in processes.log("victim-restarted"), 60, "exit")
     state.close()
-
-
-def submit_retrying(connection: Connection, task: TaskMessage, data: bytes) -> None:
-    """Submit through a coordinator that may be restarting (resyncing the replay clock)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            connection.submit(task.task_id, task.round, data)
-            return
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and connection.resync(exc):
-                continue
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def test_async_coordinator_killed_between_acknowledgements_loses_nothing(
