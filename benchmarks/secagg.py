@@ -4,8 +4,9 @@ For each client count and update size it runs ``fedft.privacy.secagg.simulate.se
 (every message built, sealed, verified and counted) and the plain weighted sum of the same
 vectors. Bytes: SecAgg counts everything a client sends and receives in the four stages; plain
 counts the update upload (float32 values + one float32 weight), the only aggregation traffic of
-a round without SecAgg (the model download is the same in both and left out). Prints a markdown
-table; measures and asserts nothing.
+a round without SecAgg (the model download is the same in both and left out). Each size is
+encoded as ``--secagg`` encodes its strategy (clip and ring of ``LinearUpdates.secagg_*``,
+weights scaled so the largest is 1). Prints a markdown table; measures and asserts nothing.
 
     # 10/100/1000 clients x 16 KB, 10/100 x 9.8 MB:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/secagg.py
@@ -25,11 +26,15 @@ import numpy as np
 
 from fedft.privacy.secagg.encoding import Encoding
 from fedft.privacy.secagg.simulate import secure_sum
+from fedft.strategies.fedavg_lora import FedAvgLoRAServer
+from fedft.strategies.fedkseed import FedKSeedServer
 
 # FedKSeed's update vector is one scalar per seed (K = 4096); fedavg_lora's adapter on
 # SmolLM2-135M in the embedded demo has 2.44 M parameters, 9.8 MB in float32 (docs/results.md).
 SIZES = {"fedkseed": 4096, "lora": 2_442_240}
-MAX_WEIGHT = 64.0
+# What --secagg encodes each with: the strategy's clip and ring (LinearUpdates.secagg_*).
+STRATEGIES = {"fedkseed": FedKSeedServer, "lora": FedAvgLoRAServer}
+MAX_WEIGHT = 64  # example counts are drawn from [1, MAX_WEIGHT]
 
 
 class Updates(Sequence[np.ndarray]):
@@ -70,9 +75,13 @@ def run(n: int, size: str, drop: float) -> dict[str, float | int | str]:
     length = SIZES[size]
     updates = Updates(n, length)
     rng = np.random.default_rng(n)
-    weights = [float(w) for w in rng.integers(1, int(MAX_WEIGHT) + 1, size=n)]
+    counts = [float(w) for w in rng.integers(1, MAX_WEIGHT + 1, size=n)]
+    weights = [w / max(counts) for w in counts]  # as task_weights scales them
     gone = set(rng.choice(n, size=int(drop * n), replace=False).tolist())
-    enc = Encoding.fit(n, clip=1.0, max_weight=MAX_WEIGHT)
+    strategy = STRATEGIES[size]
+    enc = Encoding.fit(
+        n, clip=strategy.secagg_clip, max_weight=1.0, ring_bits=strategy.secagg_ring_bits
+    )
     wall = time.perf_counter()
     total, st = secure_sum(
         updates, weights, encoding=enc, dropouts={"mask": gone}, session="bench", seed=0
@@ -88,6 +97,7 @@ def run(n: int, size: str, drop: float) -> dict[str, float | int | str]:
         "size": f"{size} ({4 * length / 1e3:,.0f} KB)",
         "k": st.config.neighbours,
         "t": st.config.threshold,
+        "ring": enc.ring_bits,
         "frac_bits": enc.frac_bits,
         "bytes": int(np.mean(per_client)),
         "plain_bytes": p_bytes,
@@ -112,15 +122,16 @@ def main() -> None:
     points = [(n, "fedkseed") for n in args.clients]
     points += [(n, "lora") for n in args.clients if n <= 100 or args.full]
     print(
-        "| clients | update | k | t | frac bits | bytes/client | plain | ratio | client CPU s "
-        "(mean / max) | plain client CPU s | server CPU s | plain server CPU s | max error of "
-        "the mean |"
+        "| clients | update | k | t | ring | frac bits | bytes/client | plain | ratio "
+        "| client CPU s (mean / max) | plain client CPU s | server CPU s | plain server CPU s "
+        "| max error of the mean |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, size in points:
         r = run(n, size, args.drop)
         print(
-            f"| {r['clients']} | {r['size']} | {r['k']} | {r['t']} | {r['frac_bits']} "
+            f"| {r['clients']} | {r['size']} | {r['k']} | {r['t']} | 2^{r['ring']} "
+            f"| {r['frac_bits']} "
             f"| {r['bytes']:,} | {r['plain_bytes']:,} | {r['ratio']:.3f} "
             f"| {r['client_cpu']:.3f} / {r['client_cpu_max']:.3f} | {r['plain_client_cpu']:.4f} "
             f"| {r['server_cpu']:.2f} | {r['plain_server_cpu']:.2f} | {r['mean_err']:.1e} |",

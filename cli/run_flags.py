@@ -143,6 +143,47 @@ def robust_config_from_args(args: argparse.Namespace) -> RobustConfig | None:
     return RobustConfig(args.robust, bound=args.robust_bound, trim=args.robust_trim)
 
 
+def add_secagg_flags(p: argparse.ArgumentParser) -> None:
+    """Add --secagg and its settings."""
+    group = p.add_argument_group(
+        "secure aggregation",
+        "SecAgg+ (Bell et al. 2020): each device masks its update so that the server learns "
+        "only the round's sum, even when some devices drop out (strategies with update "
+        "vectors: fedavg_lora, fedkseed, fedkseed_pro, ferret)",
+    )
+    group.add_argument("--secagg", action="store_true", help="aggregate every round with SecAgg+")
+    group.add_argument(
+        "--secagg-neighbours",
+        type=int,
+        default=0,
+        metavar="K",
+        help="devices each one shares its secrets with, even (default: 2 log2 n for n)",
+    )
+    group.add_argument(
+        "--secagg-threshold",
+        type=int,
+        default=0,
+        metavar="T",
+        help="shares that rebuild a dropped device's secret, in (K/2, K] (default: K/2 + 1)",
+    )
+    group.add_argument(
+        "--secagg-clip",
+        type=float,
+        default=None,
+        metavar="C",
+        help="clip every update value to [-C, C] before the fixed-point encoding (default: "
+        "the strategy's: 1 for LoRA deltas, 1e4 for seed coefficients)",
+    )
+    group.add_argument(
+        "--secagg-ring",
+        type=int,
+        choices=(32, 64),
+        default=None,
+        help="bits of the ring the encoded values live in: 32 costs what float32 does, 64 "
+        "keeps more precision (default: the strategy's: 32 for LoRA, 64 for seed strategies)",
+    )
+
+
 def add_participation_flag(p: argparse.ArgumentParser) -> None:
     """Add --participation."""
     p.add_argument(

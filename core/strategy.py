@@ -127,6 +127,11 @@ class LinearUpdates(ServerStrategy[ConfigT]):
     client's update asks of the global model.
     """
 
+    # Secure aggregation's defaults for these vectors (``fedft.privacy.secagg``): every
+    # coordinate is clipped to this bound before it is encoded in a ring of this many bits.
+    secagg_clip: float = 1.0
+    secagg_ring_bits: int = 32
+
     @abstractmethod
     def update_size(self) -> int:
         """Return the length of every update vector (valid once initialized)."""
@@ -177,6 +182,14 @@ class LinearUpdates(ServerStrategy[ConfigT]):
     def round_tally(self) -> dict[str, MetricValue]:
         """Return the per-round counters :meth:`observe` fills, all at zero (default: none)."""
         return {}
+
+    def note_public(self, server_round: int, result: Result) -> None:
+        """Note a result whose vector reached the server only inside a secure sum (SecAgg).
+
+        ``result`` then carries the reply's public metrics and no tensors; a strategy keeps here
+        the bookkeeping its :meth:`update_vector` does besides measuring the vector (e.g. the
+        version a client synced to). The default keeps nothing.
+        """
 
     def aggregate(
         self, server_round: int, results: Iterable[Result], failures: Sequence[Failure]
@@ -245,3 +258,17 @@ class ClientStrategy(ABC, Generic[ConfigT]):
     @abstractmethod
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Put the global model described by ``state`` (from ``global_state``) into the trainer."""
+
+    def update_vector(self, task: Payload, reply: Payload, trainer: Trainer) -> torch.Tensor | None:
+        """Return ``reply`` as the server half's ``update_vector`` measures it, on the device.
+
+        Secure aggregation needs this: the vector then leaves the device only masked, and the
+        server learns the sum alone. It must equal the server half's vector for the same task
+        and reply (a test holds every registered strategy to that); None means the reply
+        carries no update (a resync request). The default says the strategy cannot.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not compute update vectors")
+
+    def computes_vectors(self) -> bool:
+        """Whether :meth:`update_vector` is implemented (secure aggregation is possible)."""
+        return type(self).update_vector is not ClientStrategy.update_vector

@@ -157,3 +157,11 @@ class LocalDPClient(ClientStrategy[Any]):
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """As the wrapped client half."""
         self.inner.load_global(state, trainer)
+
+    def update_vector(self, task: Payload, reply: Payload, trainer: Trainer) -> torch.Tensor | None:
+        """As the wrapped client half, on the privatized reply."""
+        return self.inner.update_vector(task, reply, trainer)
+
+    def computes_vectors(self) -> bool:
+        """As the wrapped client half."""
+        return self.inner.computes_vectors()

@@ -1,8 +1,8 @@
 """The server half inside its wrappers (DP and canaries, FedAU weights), as every host drives it.
 
 The coordinator and the three simulation engines call :func:`wrap_server` (or
-:func:`assemble_server`), so a wrapper added here (robust aggregation, participation weights,
-secure aggregation) runs in all of them. Nothing here loads a model.
+:func:`assemble_server`), so a wrapper added here (robust aggregation, participation weights)
+runs in all of them; ``--secagg`` is checked here too. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedft.core.config import StrategyConfig
+from fedft.core.errors import UsageError
 from fedft.core.registry import StrategySpec
 from fedft.core.strategy import ServerStrategy
 from fedft.privacy.config import check_server_wrappers
@@ -71,8 +72,15 @@ def wrap_server(
 def assemble_server(spec: RunSpec) -> ServerRuntime:
     """Build the run's server half, wrapped as ``spec`` asks."""
     strategy, config = resolve_strategy(spec.strategy, spec.options)
+    bare = strategy.server_cls(config, seed=spec.seed)
+    if spec.secagg is not None:  # one line before any model loads, in every host
+        from fedft.privacy.secagg.linear import secagg_problem
+
+        problem = secagg_problem(bare, strategy.client_cls(config), name=strategy.name)
+        if problem is not None:
+            raise UsageError(problem)
     server_half, dp_server = wrap_server(
-        strategy.server_cls(config, seed=spec.seed),
+        bare,
         seed=spec.seed,
         dp=spec.dp,
         robust=spec.robust,

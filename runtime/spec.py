@@ -15,6 +15,7 @@ from fedft.core.run_options import AUTOCAST_CHOICES
 if TYPE_CHECKING:  # the privacy stack (cryptography, dp-accounting) loads only when DP is asked
     from fedft.privacy.config import DPConfig, LocalDPConfig
     from fedft.privacy.robust import RobustConfig
+    from fedft.privacy.secagg.settings import SecAggSettings
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,23 @@ class RunSpec:
     local_dp: LocalDPConfig | None = None  # client side: clip and noise every reply
     robust: RobustConfig | None = None  # server side: norm bound, trimmed mean or median
     participation: str = "none"  # "fedau": participation-aware weights (strategies.participation)
+    secagg: SecAggSettings | None = None  # the server learns only each round's sum (SecAgg+)
 
     def __post_init__(self) -> None:
         from fedft.strategies.participation import check_participation
 
         check_device_name(self.device)
         check_participation(self.participation)
+        if self.secagg is not None:
+            from fedft.privacy.secagg.settings import secagg_refusal
+
+            problem = secagg_refusal(
+                dp=self.dp is not None,
+                robust=self.robust is not None,
+                participation=self.participation,
+            )
+            if problem is not None:
+                raise UsageError(problem)
         if self.autocast not in AUTOCAST_CHOICES:
             choices = ", ".join(AUTOCAST_CHOICES)
             raise UsageError(f"--autocast must be one of {choices}, got {self.autocast!r}")

@@ -15,6 +15,7 @@ from fedft.cli.run_flags import (
     add_participation_flag,
     add_quant_flag,
     add_robust_flags,
+    add_secagg_flags,
 )
 from fedft.core.device import DEVICE_HELP
 from fedft.simulation.availability import AVAILABILITY_HELP
@@ -126,6 +127,11 @@ SHARED_FIELDS = (
     "robust",
     "robust_bound",
     "robust_trim",
+    "secagg",
+    "secagg_neighbours",
+    "secagg_threshold",
+    "secagg_clip",
+    "secagg_ring",
     "dp_noise",
     "dp_clip",
     "dp_adaptive",
@@ -219,6 +225,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_autocast_flag(p)
     add_participation_flag(p)
     add_robust_flags(p)
+    add_secagg_flags(p)
     add_dp_flags(p, note="; writes OUT/ledger.jsonl, OUT/audit.json and OUT/audit.png")
     add_local_dp_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress display and no summary table")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedft.core.config import StrategyConfig
 from fedft.core.device import TASK_SECONDS, DeviceProfile, stamp_task_seconds, tier_profile
@@ -17,7 +17,15 @@ from fedft.core.layout import reported_layout
 from fedft.core.payload import Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.core.strategy import ClientInfo, ClientStrategy, Failure, Result, ServerStrategy, Task
+from fedft.core.strategy import (
+    ClientInfo,
+    ClientStrategy,
+    Failure,
+    LinearUpdates,
+    Result,
+    ServerStrategy,
+    Task,
+)
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import CLIENTS_DIR, worst_client
 from fedft.privacy.run_dir import RunRecorder, audit_run_folder
@@ -38,6 +46,9 @@ from fedft.simulation.devices import assign_tiers
 from fedft.simulation.provenance import model_facts, provenance
 from fedft.simulation.report import Report, RoundReport
 from fedft.simulation.spec import SimulationSpec
+
+if TYPE_CHECKING:  # cryptography loads only for --secagg (the GPU image lacks it)
+    from fedft.simulation.secure_rounds import SecureRounds
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +118,20 @@ class InProcessEngine:
 
             check_async(self.server_half, name=spec.strategy)
         self.dp_server = server.dp
+        self.secure: SecureRounds | None = None
+        if run.secagg is not None:  # every round a real SecAgg+ among its participants
+            from fedft.simulation.secure_rounds import SecureRounds
+
+            # A bare LinearUpdates: assemble_server checked it, and --secagg refuses wrappers.
+            if not isinstance(self.server_half, LinearUpdates):
+                raise TypeError("--secagg needs a bare LinearUpdates server half")
+            self.secure = SecureRounds(
+                self.server_half,
+                self.client_half,
+                run.secagg,
+                session=f"simulation:{spec.seed}",
+                seed=spec.seed,
+            )
         self.recorder = RunRecorder(spec.out) if self.dp_server is not None else None
         self.audit_result: dict[str, Any] | None = None
         self.clients = {
@@ -166,11 +191,17 @@ class InProcessEngine:
             spent = time.process_time() - started
             self._client_cpu += spent
             cpu = spent / len(group)  # each client's even share of the shared work
-            for task, reply, received in zip(group, replies, down_bytes, strict=True):
+            for task, reply, received, payload in zip(
+                group, replies, down_bytes, down, strict=True
+            ):
+                sent = reply
+                if self.secure is not None:  # the vector stays on the device, masked
+                    trainer = self.clients[task.client_id].trainer
+                    sent = self.secure.take(task, payload, reply, trainer)
                 result = self._finish_task(
                     server_round,
                     task,
-                    reply,
+                    sent,
                     cpu=cpu,
                     down_bytes=received,
                     wire=wire,
@@ -287,12 +318,20 @@ class InProcessEngine:
             offered = [info for info in infos if info.client_id in reachable]
             tasks = self.server_half.configure(server_round, offered)
             failures: list[Failure] = []
+            if self.secure is not None:  # weights are fixed before anyone trains
+                self.secure.begin(tasks, offered)
             results = self._run_tasks(server_round, tasks, wire, records)
-            metrics = self.server_half.aggregate(
-                server_round,
-                accepted_results(self.server_half, server_round, results, failures),
-                failures,
-            )
+            if self.secure is not None:
+                metrics, up, down = self.secure.aggregate(
+                    server_round, list(results), failures, records
+                )
+                wire.up, wire.down = wire.up + up, wire.down + down
+            else:
+                metrics = self.server_half.aggregate(
+                    server_round,
+                    accepted_results(self.server_half, server_round, results, failures),
+                    failures,
+                )
             metrics = {**metrics, REJECTED: rejected_count(failures)}
             server = max(time.process_time() - start_cpu - self._client_cpu, 0.0)
             if self.recorder is not None and self.dp_server is not None:

@@ -23,6 +23,7 @@ from fedft.privacy.config import (
     dp_config_from_flags,
     local_dp_config_from_flags,
 )
+from fedft.privacy.secagg.settings import SecAggSettings, secagg_refusal
 from fedft.simulation.availability import parse_availability
 from fedft.simulation.partition import parse_partition
 
@@ -84,6 +85,12 @@ class SimulationSpec:
     robust: str | None = None
     robust_bound: float | None = None
     robust_trim: float = 0.1
+    # Secure aggregation (fedft.privacy.secagg): the server learns only each round's sum.
+    secagg: bool = False
+    secagg_neighbours: int = 0
+    secagg_threshold: int = 0
+    secagg_clip: float | None = None
+    secagg_ring: int | None = None
     # --engine flower only: Ray resources per virtual client and an optional cluster address.
     cpus_per_client: float = 1.0
     gpus_per_client: float = 0.0
@@ -122,6 +129,7 @@ class SimulationSpec:
             if not ok:
                 raise UsageError(message)
         self._check_mode()
+        self._check_secagg()
         self.dp_config()  # validates the DP flags
         self.local_dp_config()
         check_device_name(self.device)
@@ -167,6 +175,34 @@ class SimulationSpec:
         )
         if problem is not None:
             raise UsageError(problem)
+
+    def _check_secagg(self) -> None:
+        """Refuse what ``--secagg`` does not run with, one line each."""
+        settings = self.secagg_settings()  # validates the --secagg-* flags
+        if settings is None:
+            if self.secagg_neighbours or self.secagg_threshold or self.secagg_clip:
+                raise UsageError("--secagg-neighbours, -threshold and -clip need --secagg")
+            return
+        if self.engine != "inprocess":
+            raise UsageError(f"--secagg runs on --engine inprocess for now, not {self.engine}")
+        problem = secagg_refusal(
+            dp=self.dp_noise is not None,
+            robust=self.robust is not None,
+            participation=self.participation,
+            mode=self.mode,
+        )
+        if problem is not None:
+            raise UsageError(problem)
+
+    def secagg_settings(self) -> SecAggSettings | None:
+        """The secure aggregation settings, or None when ``--secagg`` is off."""
+        settings = SecAggSettings(
+            neighbours=self.secagg_neighbours,
+            threshold=self.secagg_threshold,
+            clip=self.secagg_clip,
+            ring_bits=self.secagg_ring,
+        )
+        return settings if self.secagg else None
 
     def async_settings(self) -> AsyncSettings:
         """The FedBuff settings of ``--mode async`` (validated also in sync mode)."""
@@ -217,4 +253,5 @@ class SimulationSpec:
             local_dp=self.local_dp_config(),
             participation=self.participation,
             robust=self.robust_config(),
+            secagg=self.secagg_settings(),
         )

@@ -81,6 +81,30 @@ def test_the_example_strategy_runs_in_the_in_process_engine(
     assert all(r["metrics"]["velocity_norm"] > 0 for r in rounds)
 
 
+@pytest.mark.slow
+def test_the_example_strategy_runs_under_secure_aggregation(
+    plugin: ModuleType, tmp_path: Path
+) -> None:
+    values = {
+        "strategy": "fedavgm_lora",
+        "strategy_options": {"momentum": 0.5, "local_steps": 1},
+        "model": "tiny",
+        "clients": 3,
+        "rounds": 1,
+        "seed": 0,
+        "rouge_examples": 0,
+    }
+    plain = run_with_progress(SimulationSpec(out=tmp_path / "plain", **values), quiet=True)
+    secure = run_with_progress(
+        SimulationSpec(out=tmp_path / "secure", secagg=True, **values), quiet=True
+    )
+    (entry,) = secure.rounds
+    assert entry.metrics["secagg_survivors"] == 3
+    assert entry.metrics["velocity_norm"] == pytest.approx(
+        plain.rounds[0].metrics["velocity_norm"], rel=1e-6
+    )
+
+
 def test_the_example_does_not_leak_into_the_registry() -> None:
     """Runs after the tests above in file order: their registration was undone."""
     assert "fedavgm_lora" not in registry.available_strategies()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from fedft.core import ClientStrategy, Payload, Trainer
 from fedft.strategies.fedavg_lora.config import FedAvgLoRAConfig
+from fedft.strategies.fedavg_lora.server import adapter_delta
 from fedft.strategies.options import train_lora
 
 
@@ -25,3 +28,7 @@ class FedAvgLoRAClient(ClientStrategy[FedAvgLoRAConfig]):
     def load_global(self, state: Payload, trainer: Trainer) -> None:
         """Install the global adapter."""
         trainer.load_lora_state(state.tensors)
+
+    def update_vector(self, task: Payload, reply: Payload, trainer: Trainer) -> torch.Tensor:
+        """The trained adapter minus the task's, in the task's (the global adapter's) order."""
+        return adapter_delta(reply.tensors, task.tensors)

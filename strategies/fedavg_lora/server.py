@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -36,6 +36,15 @@ def adapter_mismatch(
         if not bool(torch.isfinite(t.to(reference[name].dtype)).all()):
             return f"{name} has NaN or Inf values, or values out of range for the global model"
     return None
+
+
+def adapter_delta(
+    tensors: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """The adapter ``tensors`` minus ``base``, flat in float64, in ``base``'s order."""
+    return torch.cat(
+        [(tensors[n].to(torch.float64) - b.to(torch.float64)).reshape(-1) for n, b in base.items()]
+    )
 
 
 class FedAvgLoRAServer(LinearUpdates[FedAvgLoRAConfig]):
@@ -117,12 +126,8 @@ class FedAvgLoRAServer(LinearUpdates[FedAvgLoRAConfig]):
         base = self._base(server_round)
         if base is None:
             raise ValueError(f"round {server_round}: its version is no longer kept")
-        return torch.cat(
-            [
-                (tensors[n].to(torch.float64) - base[n].to(torch.float64)).reshape(-1)
-                for n in self.adapter
-            ]
-        )
+        # The base holds the same names in the same order as the global adapter.
+        return adapter_delta(tensors, base)
 
     def apply_update(self, server_round: int, mean: torch.Tensor) -> dict[str, MetricValue]:
         """Add ``mean`` (in :meth:`update_vector`'s layout) to the global adapter."""

@@ -88,6 +88,15 @@ class FedKSeedClient(SeedClient[FedKSeedConfig]):
             },
         )
 
+    def update_vector(self, task: Payload, reply: Payload, trainer: Trainer) -> torch.Tensor | None:
+        """Minus the reply's g summed per seed, as the server measures it (None: a resync)."""
+        if not reply.tensors:
+            return None
+        _, geometry = self.geometry(trainer)
+        sent = reply.tensors.get("i")
+        indices = sent.to(torch.int64) if sent is not None else self._sample(task, geometry)
+        return update_vector(self.config, indices, reply.tensors["g"], len(geometry.ends))
+
     def _local_coefficients(
         self, geometry: Geometry, target: torch.Tensor, indices: torch.Tensor, grads: torch.Tensor
     ) -> torch.Tensor:

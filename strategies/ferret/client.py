@@ -8,7 +8,7 @@ from fedft.core.payload import Payload, config_int
 from fedft.core.trainer import Trainer
 from fedft.kernels.seed_ops import FlatParams
 from fedft.strategies.ferret.config import FerretConfig
-from fedft.strategies.ferret.projection import project_blocks
+from fedft.strategies.ferret.projection import project_blocks, projection_vector
 from fedft.strategies.options import local_train
 from fedft.strategies.seedpool.client_base import SeedClient
 from fedft.strategies.seedpool.trainable import (
@@ -91,3 +91,11 @@ class FerretClient(SeedClient[FerretConfig]):
                 "steps": stats.steps,
             },
         )
+
+    def update_vector(self, task: Payload, reply: Payload, trainer: Trainer) -> torch.Tensor | None:
+        """Minus the projections at their (seed, block) places, as the server measures them."""
+        if not reply.tensors:
+            return None  # a resync request
+        _, geometry = self.geometry(trainer)
+        t = reply.tensors
+        return projection_vector(t["i"], t["b"], t["c"], len(geometry.seeds), len(geometry.ends))

@@ -165,3 +165,12 @@ def project_blocks(
         empty = torch.zeros(0, dtype=torch.int64)
         return Projection(empty, empty, torch.zeros(0, dtype=torch.float64))
     return Projection(torch.cat(index_parts), torch.cat(block_parts), torch.cat(coeff_parts))
+
+
+def projection_vector(
+    index: torch.Tensor, block: torch.Tensor, coeff: torch.Tensor, seeds: int, blocks: int
+) -> torch.Tensor:
+    """Minus the coefficients at their (seed, block) places of a flat K x L float64 vector."""
+    flat = index.to(torch.int64) * blocks + block.to(torch.int64)
+    vector = torch.zeros(seeds * blocks, dtype=torch.float64)
+    return vector.index_add_(0, flat, -coeff.to(torch.float64))

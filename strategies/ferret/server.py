@@ -7,7 +7,7 @@ import torch
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import Result
 from fedft.strategies.ferret.config import FerretConfig
-from fedft.strategies.ferret.projection import reference_scale
+from fedft.strategies.ferret.projection import projection_vector, reference_scale
 from fedft.strategies.seedpool.server_base import SeedServer
 
 
@@ -73,9 +73,7 @@ class FerretServer(SeedServer[FerretConfig]):
         if not result.payload.tensors:
             return None  # a resync request
         t = result.payload.tensors
-        flat = t["i"].to(torch.int64) * store.shape[1] + t["b"].to(torch.int64)
-        vector = torch.zeros(self.update_size(), dtype=torch.float64)
-        return vector.index_add_(0, flat, -t["c"].to(torch.float64))
+        return projection_vector(t["i"], t["b"], t["c"], *store.shape)
 
     def initialize(self, initial: Payload) -> None:
         """Keep the blocks' sizes too: the per-basis clip measures vectors with them."""

@@ -25,6 +25,11 @@ class SeedServer(LinearUpdates[SeedConfigT]):
     coefficients; the round itself is ``LinearUpdates``' default ``aggregate``.
     """
 
+    # Per-seed sums of directional derivatives reach the hundreds, and the vector is a few
+    # kilobytes: a wide clip in the 64-bit ring keeps ~28 fractional bits at 1,000 clients.
+    secagg_clip = 1e4
+    secagg_ring_bits = 64
+
     def __init__(self, config: SeedConfigT, *, seed: int) -> None:
         super().__init__(config, seed=seed)
         self.store: CoefficientStore | None = None
@@ -115,6 +120,12 @@ class SeedServer(LinearUpdates[SeedConfigT]):
         """Count resync requests: ``update_vector`` returns None for them."""
         if vector is None:
             tally["resyncs"] = int(tally["resyncs"]) + 1
+
+    def note_public(self, server_round: int, result: Result) -> None:
+        """Under secure aggregation the client's synced version still comes in the clear."""
+        version = result.payload.metrics.get("version")
+        if isinstance(version, int):
+            self._store().record_sync(result.client_id, version)
 
     def global_state(self) -> Payload:
         """Return the full coefficients (what a fresh evaluator replays from w0)."""

@@ -126,6 +126,21 @@ CASES: list[tuple[str, list[str], str]] = [
         ],
         "cannot run with --mode async",
     ),
+    (
+        "simulate",
+        ["simulate", "--model", "tiny", "--secagg", "--strategy", "legend", "--out", "TMP/r"],
+        "legend cannot run under --secagg",
+    ),
+    (
+        "simulate",
+        ["simulate", "--model", "tiny", "--secagg", "--engine", "grpc", "--out", "TMP/r"],
+        "--secagg runs on --engine inprocess",
+    ),
+    (
+        "simulate",
+        ["simulate", "--model", "tiny", "--secagg-neighbours", "4", "--out", "TMP/r"],
+        "need --secagg",
+    ),
     ("certs", ["certs", "init", "--out", "/proc/fedft-certs"], "cannot create"),
     ("audit", ["audit", "--db", "sqlite:///TMP/typo.db"], "no database"),
     ("client", ["client", "--server", "127.0.0.1:1", "--data", "x"], "--ca"),
