@@ -7,20 +7,24 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from fedft.cli.run_flags import (
     async_settings_from_args,
     dp_config_from_args,
     robust_config_from_args,
+    secagg_settings_from_args,
 )
 from fedft.core.config import parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy
 from fedft.privacy.config import SECRET, check_server_wrappers
+from fedft.privacy.secagg.linear import secagg_problem
 from fedft.runtime.assembly import ClientRuntime, assemble_client
 from fedft.runtime.spec import RunSpec, resolve_strategy
 from fedft.server.async_coordinator import AsyncCoordinator
 from fedft.server.coordinator import Coordinator, CoordinatorSettings
+from fedft.server.secure_coordinator import DEFAULT_STAGE_TIMEOUT_S, SecureCoordinator
 from fedft.server.state.factory import open_state
 from fedft.strategies.buffered import check_async
 
@@ -41,6 +45,8 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     """
     run = server_run_spec(args)
     mode = async_settings_from_args(args) if hasattr(args, "mode") else None
+    if run.secagg is not None:  # said before any database or model is opened
+        _check_secagg(run, args, asynchronous=mode is not None)
     if mode is not None:  # said before any database or model is opened
         spec = get_strategy(run.strategy)
         check_async(
@@ -50,7 +56,8 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
         settings = CoordinatorSettings(
             rounds=args.rounds,
             round_timeout_s=args.round_timeout,
-            min_clients=args.min_clients,
+            # A secure sum of one client would be that client's update.
+            min_clients=max(args.min_clients, 2 if run.secagg is not None else 1),
             liveness_s=args.liveness,
             heartbeat_interval_s=args.heartbeat,
             max_update_bytes=int(args.max_update_mb * (1 << 20)),
@@ -63,7 +70,13 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     # The coordinator only needs the model for the initial global state and exports: CPU.
     runtime = assemble_client(dataclasses.replace(run, device="cpu"))
     try:
-        host = Coordinator if mode is None else partial(AsyncCoordinator, mode=mode)
+        host: Any = Coordinator if mode is None else partial(AsyncCoordinator, mode=mode)
+        if run.secagg is not None:
+            host = partial(
+                SecureCoordinator,
+                secagg=run.secagg,
+                stage_timeout_s=getattr(args, "secagg_stage_timeout", DEFAULT_STAGE_TIMEOUT_S),
+            )
         coordinator = host(
             state,
             runtime.strategy,
@@ -79,6 +92,21 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return CoordinatorSetup(coordinator, runtime)
+
+
+def _check_secagg(run: RunSpec, args: argparse.Namespace, *, asynchronous: bool) -> None:
+    """Refuse in one line what ``--secagg`` cannot run with in the coordinator."""
+    if asynchronous:
+        raise UsageError("--secagg runs synchronous rounds only (--mode sync)")
+    if getattr(args, "secagg_stage_timeout", 1.0) <= 0:
+        raise UsageError("--secagg-stage-timeout must be > 0")
+    spec = get_strategy(run.strategy)
+    config = spec.make_config(dict(run.options))
+    problem = secagg_problem(
+        spec.server_cls(config, seed=run.seed), spec.client_cls(config), name=run.strategy
+    )
+    if problem is not None:
+        raise UsageError(problem)
 
 
 def server_run_spec(args: argparse.Namespace) -> RunSpec:
@@ -105,6 +133,7 @@ def server_run_spec(args: argparse.Namespace) -> RunSpec:
         dp=privacy,
         robust=robust,
         participation=args.participation,
+        secagg=secagg_settings_from_args(args) if hasattr(args, "secagg") else None,
     )
 
 

@@ -1,6 +1,6 @@
 """The flags that describe a run's wrappers and base model, declared once for every command.
 
-``fedft serve`` takes the server-side ones (DP, robust aggregation, participation weights),
+``fedft serve`` takes the server-side ones (DP, robust and secure aggregation, participation),
 ``fedft client`` the client-side ones (quantization, checkpointing, local DP), ``fedft simulate``
 both. The grpc simulation engine starts real ``serve`` and ``client`` processes and renders a
 :class:`~fedft.runtime.spec.RunSpec` back into these flags with :func:`serve_flags` and
@@ -26,6 +26,7 @@ from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUAN
 if TYPE_CHECKING:  # the privacy stack loads only when a flag asks for it
     from fedft.privacy.config import DPConfig, LocalDPConfig
     from fedft.privacy.robust import RobustConfig
+    from fedft.privacy.secagg.settings import SecAggSettings
     from fedft.runtime.spec import RunSpec
 
 ROBUST_RULES = ("norm", "trimmed", "median")
@@ -143,8 +144,8 @@ def robust_config_from_args(args: argparse.Namespace) -> RobustConfig | None:
     return RobustConfig(args.robust, bound=args.robust_bound, trim=args.robust_trim)
 
 
-def add_secagg_flags(p: argparse.ArgumentParser) -> None:
-    """Add --secagg and its settings."""
+def add_secagg_flags(p: argparse.ArgumentParser, *, stage_timeout: bool = False) -> None:
+    """Add --secagg and its settings (``stage_timeout``: also --secagg-stage-timeout, serve)."""
     group = p.add_argument_group(
         "secure aggregation",
         "SecAgg+ (Bell et al. 2020): each device masks its update so that the server learns "
@@ -182,6 +183,32 @@ def add_secagg_flags(p: argparse.ArgumentParser) -> None:
         help="bits of the ring the encoded values live in: 32 costs what float32 does, 64 "
         "keeps more precision (default: the strategy's: 32 for LoRA, 64 for seed strategies)",
     )
+    if stage_timeout:
+        group.add_argument(
+            "--secagg-stage-timeout",
+            type=float,
+            default=30.0,
+            metavar="S",
+            help="seconds the key, share and unmask stages of a round wait for devices; the "
+            "masked updates have the round's --round-timeout (default: %(default)s)",
+        )
+
+
+def secagg_settings_from_args(args: argparse.Namespace) -> SecAggSettings | None:
+    """The secure aggregation the --secagg flags ask for, or None."""
+    from fedft.privacy.secagg.settings import SecAggSettings
+
+    settings = SecAggSettings(
+        neighbours=args.secagg_neighbours,
+        threshold=args.secagg_threshold,
+        clip=args.secagg_clip,
+        ring_bits=args.secagg_ring,
+    )
+    if not args.secagg:
+        if settings != SecAggSettings():
+            raise UsageError("--secagg-neighbours, -threshold, -clip and -ring need --secagg")
+        return None
+    return settings
 
 
 def add_participation_flag(p: argparse.ArgumentParser) -> None:
@@ -343,6 +370,17 @@ def serve_flags(spec: RunSpec) -> list[str]:
         args += [f"--robust={robust.rule}", f"--robust-trim={robust.trim!r}"]
         if robust.bound is not None:
             args.append(f"--robust-bound={robust.bound!r}")
+    secagg = spec.secagg
+    if secagg is not None:
+        args += [
+            "--secagg",
+            f"--secagg-neighbours={secagg.neighbours}",
+            f"--secagg-threshold={secagg.threshold}",
+        ]
+        if secagg.clip is not None:
+            args.append(f"--secagg-clip={secagg.clip!r}")
+        if secagg.ring_bits is not None:
+            args.append(f"--secagg-ring={secagg.ring_bits}")
     return args
 
 

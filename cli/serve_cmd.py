@@ -22,6 +22,12 @@ the global model as it is at that moment, and every --buffer accepted updates be
 version; an update counts 1/sqrt(1 + staleness) and one more than --max-staleness versions old
 is refused. Acknowledged updates are as durable as in rounds; the run keeps its mode for life.
 
+--secagg runs every round as SecAgg+: devices send their updates only masked, and the
+coordinator learns each round's sum alone, even when some devices drop out mid-round. The
+round's stages (keys, shares, masked updates, unmask) each wait --secagg-stage-timeout seconds
+(the masked updates --round-timeout); a round that cannot finish applies nothing, and the next
+one runs. A run keeps --secagg for life.
+
 TLS is on by default: create certificates once with `fedft certs init --out DIR --host NAME`
 and pass --certs DIR. --insecure (plaintext) is accepted only on a loopback address."""
 
@@ -188,10 +194,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         add_mode_flags,
         add_participation_flag,
         add_robust_flags,
+        add_secagg_flags,
     )
 
     add_mode_flags(p)
     add_robust_flags(p)
+    add_secagg_flags(p, stage_timeout=True)
     add_participation_flag(p)
     add_dp_flags(p)
     p.set_defaults(handler=run)

@@ -196,6 +196,14 @@ class Connection:
         )
         return int(response.received_bytes)
 
+    def secagg_step(self, request: pb.SecAggStepRequest) -> pb.SecAggStepResponse:
+        """Send one secure aggregation stage message (or poll) and get what comes next."""
+        wait_s = request.wait_ms / 1000.0
+        response: pb.SecAggStepResponse = self.stub.SecAggStep(
+            request, timeout=self.timeout_s + wait_s, metadata=self._signed("SecAggStep")
+        )
+        return response
+
     def download(self, name: str) -> bytes:
         """Download a whole artifact into memory (the global state, the model manifest)."""
         stream = self._artifact_stream(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import threading
@@ -22,6 +23,7 @@ from fedft.client.connection import (
     profile_message,
 )
 from fedft.client.identity_store import ClientStore, Identity
+from fedft.client.secure_task import SecureParticipation
 from fedft.core.device import (
     CUDA_PROPERTY,
     TASK_SECONDS,
@@ -37,6 +39,7 @@ from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
+from fedft.privacy.secagg.task import SecureTask
 from fedft.runtime.assembly import assemble_client, place
 from fedft.runtime.data import load_dataset
 from fedft.runtime.device import LinkMeter, measure_profile
@@ -336,17 +339,25 @@ class ClientDaemon:
                     away = message.round
                 self._stop.wait(self.options.poll_s)  # the task stays ours until the deadline
                 continue
-            self.report(f"round {message.round}: training")
+            task = payload_from_bytes(message.data)
             started = time.perf_counter()
-            cpu = time.process_time()
-            update = strategy.run(payload_from_bytes(message.data), local_state, trainer)
-            if local_dp is not None:  # recorded before sending: a lost upload over-counts only
-                local_dp.record_release(self.options.state_dir, message.round)
-            self._stamp_seconds(
-                update, time.perf_counter() - started, time.process_time() - cpu, len(message.data)
+            train = functools.partial(
+                self._train,
+                message,
+                task,
+                strategy=strategy,
+                trainer=trainer,
+                local_state=local_state,
+                local_dp=local_dp,
             )
-            data = payload_to_bytes(update)
-            self.store.save_local_state(local_state)
+            secure = SecureTask.from_config(task.config)
+            if secure is not None:  # the update leaves this device only masked
+                participation = SecureParticipation(
+                    self.connection, self._retrying, self.report, strategy=strategy, trainer=trainer
+                )
+                participation.run(message, task, secure, train)
+                continue
+            data = payload_to_bytes(train())
             try:
                 sent = time.perf_counter()
                 self._submit(message, data)
@@ -368,6 +379,29 @@ class ClientDaemon:
                 f"round {message.round}: sent {len(data) / 1e6:.2f} MB after {seconds:.1f} s"
             )
         return 0
+
+    def _train(
+        self,
+        message: TaskMessage,
+        task: Payload,
+        *,
+        strategy: ClientStrategy[Any],
+        trainer: LocalTrainer,
+        local_state: Payload,
+        local_dp: LocalDPClient | None,
+    ) -> Payload:
+        """Run the task locally; the update is stamped and the local state saved."""
+        self.report(f"round {message.round}: training")
+        started = time.perf_counter()
+        cpu = time.process_time()
+        update = strategy.run(task, local_state, trainer)
+        if local_dp is not None:  # recorded before sending: a lost upload over-counts only
+            local_dp.record_release(self.options.state_dir, message.round)
+        self._stamp_seconds(
+            update, time.perf_counter() - started, time.process_time() - cpu, len(message.data)
+        )
+        self.store.save_local_state(local_state)
+        return update
 
     def _stamp_seconds(self, update: Payload, wall: float, cpu: float, down_bytes: int) -> None:
         """Put how long the task took this device on its update (simulated: the virtual clock)."""

@@ -16,10 +16,11 @@ from fedft.core.hosting import REJECTED, refusal, rejected_count
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.registry import StrategySpec
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy
+from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Task
 from fedft.core.wrapper import without_prefix
 from fedft.privacy.config import DPConfig
 from fedft.privacy.robust import RobustConfig, robust_from_state
+from fedft.privacy.secagg.state import SecAggSettings, secagg_from_state
 from fedft.privacy.wrapper import dp_settings_from_state
 from fedft.runtime.server_assembly import wrap_server
 from fedft.server import metrics as prom
@@ -130,6 +131,7 @@ class Coordinator:
                 )
             privacy, robust, participation = kept
             self._resume_mode(async_from_state(checkpoint))
+            self._resume_secagg(secagg_from_state(checkpoint))
         # The assembly point wraps the server half as every engine does (DP, robust
         # aggregation, FedAU); each round's ledger entry is stored with the round's checkpoint.
         self.server_half: ServerStrategy[Any]
@@ -154,6 +156,13 @@ class Coordinator:
         if stored is not None:
             raise ValueError(
                 f"this database holds an asynchronous run: restart it with {describe(stored[0])}"
+            )
+
+    def _resume_secagg(self, stored: SecAggSettings | None) -> None:
+        """Refuse to resume a ``--secagg`` run's database without secure aggregation."""
+        if stored is not None:
+            raise ValueError(
+                "this database holds a run with secure aggregation: restart it with --secagg"
             )
 
     def _new_intake(self, check: Callable[[int, Result], str | None]) -> Intake:
@@ -365,7 +374,7 @@ class Coordinator:
             return False
         infos = [ClientInfo(c.client_id, c.num_examples, c.properties) for c in alive]
         with self._lock:
-            tasks = self.server_half.configure(number, infos)
+            tasks = self._prepare(number, self.server_half.configure(number, infos), infos)
         if not tasks and self.dp_server is None:
             return False
         # Under DP an empty Poisson sample is still a round: it releases noise only, and
@@ -400,9 +409,7 @@ class Coordinator:
                 if t.task_id not in answered
             ]
             with self._lock:
-                metrics = self.server_half.aggregate(
-                    current.round, self._results(updates), failures
-                )
+                metrics = self._aggregate(current.round, updates, failures)
                 checkpoint = self._checkpoint()
             summary: dict[str, MetricValue] = {
                 **metrics,
@@ -424,6 +431,16 @@ class Coordinator:
         prom.ROUNDS_DONE.inc()
         logger.info("round %d done: %s", current.round, summary)
         self._notify()
+
+    def _prepare(self, number: int, tasks: list[Task], infos: list[ClientInfo]) -> list[Task]:
+        """The round's tasks as they are stored and sent (lock held); a host mode adds to them."""
+        return tasks
+
+    def _aggregate(
+        self, number: int, updates: list[UpdateRecord], failures: list[Failure]
+    ) -> dict[str, MetricValue]:
+        """Fold round ``number``'s stored updates into the strategy (lock held)."""
+        return self.server_half.aggregate(number, self._results(updates), failures)
 
     def _restore_latest(self) -> None:
         """Return the strategy to the last durable checkpoint (after a failed aggregation)."""

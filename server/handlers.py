@@ -25,7 +25,7 @@ from fedft.server.admission import (
     Slots,
     Watchdog,
 )
-from fedft.server.servicer import CoordinatorServicer
+from fedft.server.servicer import MAX_WAIT_S, CoordinatorServicer
 
 SERVICE_NAME = "fedft.proto.v1.Coordinator"
 RETRY_HEADER = "fedft-retry-after-ms"
@@ -48,6 +48,11 @@ def lenient(cls: type[Message]) -> Callable[[bytes], Message | Malformed]:
             return Malformed(f"undecodable {cls.__name__}: {exc}")
 
     return parse
+
+
+def _wait_s(request: Any) -> float:
+    """How long a long poll may stay quiet: what it asked for, within the server's bound."""
+    return min(max(getattr(request, "wait_ms", 0), 0) / 1000.0, MAX_WAIT_S)
 
 
 def _serialize(message: Message) -> bytes:
@@ -132,6 +137,9 @@ class Admission:
                         self.strangers.give()  # a stranger holds a slot until its body arrived
                 if method == "Enroll":
                     return self.servicer.Enroll(request, context)
+                # A long poll may be quiet for its whole wait: the idle clock allows for it.
+                deadline.idle_s += _wait_s(request)
+                self.watchdog.touch(deadline)
                 return getattr(self.servicer, method)(request, context, client_id)
             finally:
                 deadline.done = True
@@ -148,7 +156,7 @@ class Admission:
                 client_id = self._admit(method, context)
                 request = self._first(self._messages(requests, context, deadline), context)
                 # A long poll may be quiet for its whole wait: the idle clock allows for it.
-                deadline.idle_s += getattr(request, "wait_ms", 0) / 1000.0
+                deadline.idle_s += _wait_s(request)
                 self.watchdog.touch(deadline)
                 for message in getattr(self.servicer, method)(request, context, client_id):
                     self.watchdog.touch(deadline)  # the peer is reading: the call is alive
@@ -167,6 +175,7 @@ class Admission:
             "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse),
             "SubmitUpdate": (pb.UpdateChunk, pb.SubmitUpdateResponse),
             "GetStatus": (pb.GetStatusRequest, pb.GetStatusResponse),
+            "SecAggStep": (pb.SecAggStepRequest, pb.SecAggStepResponse),
         }
         streaming: dict[str, tuple[type[Message], type[Message]]] = {
             "FetchTask": (pb.FetchTaskRequest, pb.TaskChunk),

@@ -291,6 +291,28 @@ class CoordinatorServicer:
             client_id, "DownloadArtifact", up=request.ByteSize(), down=sent
         )
 
+    def SecAggStep(
+        self, request: pb.SecAggStepRequest, context: grpc.ServicerContext, client_id: str
+    ) -> pb.SecAggStepResponse:
+        """Take a secure aggregation stage message; long-poll for the client's next one."""
+        wait_s = min(max(request.wait_ms, 0) / 1000.0, MAX_WAIT_S)
+
+        def call() -> pb.SecAggStepResponse:
+            step = getattr(self.coordinator, "secagg_step", None)
+            if step is None:
+                raise Rejected("stale", "this run does not use secure aggregation")
+            response: pb.SecAggStepResponse = step(client_id, request, wait_s)
+            self.coordinator.record_traffic(
+                client_id,
+                "SecAggStep",
+                up=request.ByteSize(),
+                down=response.ByteSize(),
+                round_number=request.round,
+            )
+            return response
+
+        return self._guard(context, "SecAggStep", call)
+
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext, client_id: str
     ) -> pb.GetStatusResponse:

@@ -183,8 +183,8 @@ class SimulationSpec:
             if self.secagg_neighbours or self.secagg_threshold or self.secagg_clip:
                 raise UsageError("--secagg-neighbours, -threshold and -clip need --secagg")
             return
-        if self.engine != "inprocess":
-            raise UsageError(f"--secagg runs on --engine inprocess for now, not {self.engine}")
+        if self.engine == "flower":
+            raise UsageError("--secagg runs on --engine inprocess or grpc, not flower")
         problem = secagg_refusal(
             dp=self.dp_noise is not None,
             robust=self.robust is not None,

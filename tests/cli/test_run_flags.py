@@ -12,12 +12,22 @@ from fedft.cli.main import build_parser
 from fedft.cli.run_flags import client_flags, local_dp_config_from_args, serve_flags
 from fedft.privacy.config import SECRET, DPConfig, LocalDPConfig
 from fedft.privacy.robust import RobustConfig
+from fedft.privacy.secagg.settings import SecAggSettings
 from fedft.runtime.spec import RunSpec
 from fedft.simulation.cli import SHARED_FIELDS
 from fedft.simulation.spec import SimulationSpec
 
 # RunSpec fields each renderer carries: together, every field.
-SERVE_FIELDS = {"strategy", "options", "model", "seed", "dp", "robust", "participation"}
+SERVE_FIELDS = {
+    "strategy",
+    "options",
+    "model",
+    "seed",
+    "dp",
+    "robust",
+    "participation",
+    "secagg",
+}
 CLIENT_FIELDS = {
     "model",
     "quant",
@@ -46,13 +56,9 @@ def _serve(spec: RunSpec) -> RunSpec:
     return server_run_spec(build_parser().parse_args(argv))
 
 
-# Settings only the in-process engine runs so far: --secagg waits for the coordinator's phases.
-IN_PROCESS_ONLY = {"secagg"}
-
-
 def test_every_run_setting_reaches_a_process_or_is_named_as_flagless() -> None:
     fields = {f.name for f in dataclasses.fields(RunSpec)}
-    assert fields == SERVE_FIELDS | CLIENT_FIELDS | IN_PROCESS_ONLY
+    assert fields == SERVE_FIELDS | CLIENT_FIELDS
 
 
 @pytest.mark.parametrize(
@@ -62,9 +68,11 @@ def test_every_run_setting_reaches_a_process_or_is_named_as_flagless() -> None:
         {"robust": RobustConfig("norm", bound=0.75, trim=0.2)},
         {"robust": RobustConfig("trimmed", trim=0.25)},
         {"participation": "fedau"},
+        {"secagg": SecAggSettings(neighbours=4, threshold=3, clip=0.5, ring_bits=64)},
+        {"secagg": SecAggSettings()},
         {},
     ],
-    ids=["dp", "robust-norm", "robust-trimmed", "fedau", "plain"],
+    ids=["dp", "robust-norm", "robust-trimmed", "fedau", "secagg", "secagg-defaults", "plain"],
 )
 def test_serve_flags_parse_back_into_the_same_run(wrappers: dict[str, object]) -> None:
     spec = RunSpec(strategy="fedavg_lora", options=OPTIONS, model="tiny", seed=7, **wrappers)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from fedft.server.state.records import ROUND_DONE, TokenRecord
 from fedft.server.tls import init_certificates
 
 CLIENT = "edge-fuzz"
-UNARY = ("Enroll", "Heartbeat", "GetStatus")
+UNARY = ("Enroll", "Heartbeat", "GetStatus", "SecAggStep")
 SERVER_STREAMING = ("FetchTask", "DownloadArtifact")
 CLIENT_STREAMING = ("SubmitUpdate",)
 METHODS = UNARY + SERVER_STREAMING + CLIENT_STREAMING

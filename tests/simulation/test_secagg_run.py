@@ -103,7 +103,7 @@ def test_a_round_of_one_fails_cleanly_and_the_next_runs(tmp_path: Path) -> None:
     ("extra", "message"),
     [
         ({"strategy": "legend", "strategy_options": {}}, "per-device shapes"),
-        ({"engine": "grpc"}, "--engine inprocess"),
+        ({"engine": "flower"}, "--engine inprocess or grpc"),
         ({"robust": "median"}, "--robust needs every update in the clear"),
         ({"dp_noise": 1.0, "dp_clip": 1.0}, "--dp-noise"),
         ({"participation": "fedau"}, "fedau"),

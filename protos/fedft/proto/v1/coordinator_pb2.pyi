@@ -653,3 +653,334 @@ class GetStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class SecAggKeys(_message.Message):
+    """--- secure aggregation (SecAgg+, fedft.privacy.secagg) -------------------------------------
+    Protocol ids are the uint32 ids of a round's participants (the task says each its own).
+
+    Stage 1: a client's two fresh X25519 public keys, signed with its enrolled Ed25519 key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    ENC_PUBLIC_FIELD_NUMBER: _builtins.int
+    MASK_PUBLIC_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    sender: _builtins.int
+    enc_public: _builtins.bytes
+    mask_public: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sender: _builtins.int = ...,
+        enc_public: _builtins.bytes = ...,
+        mask_public: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enc_public", b"enc_public", "mask_public", b"mask_public", "sender", b"sender", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggKeys: _TypeAlias = SecAggKeys  # noqa: Y015
+
+@_typing.final
+class SecAggNeighbour(_message.Message):
+    """A neighbour's advertised keys with the enrolled identity key they must verify against."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    identity: _builtins.bytes
+    @_builtins.property
+    def keys(self) -> Global___SecAggKeys: ...
+    def __init__(
+        self,
+        *,
+        keys: Global___SecAggKeys | None = ...,
+        identity: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggNeighbour: _TypeAlias = SecAggNeighbour  # noqa: Y015
+
+@_typing.final
+class SecAggBroadcast(_message.Message):
+    """Stage 1 answer: the neighbours that advertised."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggNeighbour]: ...
+    def __init__(
+        self,
+        *,
+        neighbours: _abc.Iterable[Global___SecAggNeighbour] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["neighbours", b"neighbours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggBroadcast: _TypeAlias = SecAggBroadcast  # noqa: Y015
+
+@_typing.final
+class SecAggSealed(_message.Message):
+    """One sealed share bundle: to `peer` (client to server) or from `peer` (server to client)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    peer: _builtins.int
+    ciphertext: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        peer: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggSealed: _TypeAlias = SecAggSealed  # noqa: Y015
+
+@_typing.final
+class SecAggShares(_message.Message):
+    """Stage 2: a client's sealed bundles (one per neighbour), or the bundles addressed to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEALED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sealed(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggSealed]: ...
+    def __init__(
+        self,
+        *,
+        sealed: _abc.Iterable[Global___SecAggSealed] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShares: _TypeAlias = SecAggShares  # noqa: Y015
+
+@_typing.final
+class SecAggUnmaskRequest(_message.Message):
+    """Stage 4 question: which of the client's neighbours survived and which dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        survivors: _abc.Iterable[_builtins.int] | None = ...,
+        dropped: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggUnmaskRequest: _TypeAlias = SecAggUnmaskRequest  # noqa: Y015
+
+@_typing.final
+class SecAggShare(_message.Message):
+    """A Shamir share of the secret of client `owner`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    owner: _builtins.int
+    share: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        owner: _builtins.int = ...,
+        share: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShare: _TypeAlias = SecAggShare  # noqa: Y015
+
+@_typing.final
+class SecAggUnmask(_message.Message):
+    """Stage 4 answer: self-mask seed shares of survivors, mask-key shares of the dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEED_SHARES_FIELD_NUMBER: _builtins.int
+    KEY_SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def seed_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggShare]: ...
+    @_builtins.property
+    def key_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggShare]: ...
+    def __init__(
+        self,
+        *,
+        seed_shares: _abc.Iterable[Global___SecAggShare] | None = ...,
+        key_shares: _abc.Iterable[Global___SecAggShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_shares", b"key_shares", "seed_shares", b"seed_shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggUnmask: _TypeAlias = SecAggUnmask  # noqa: Y015
+
+@_typing.final
+class SecAggStepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    UNMASK_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The secure aggregation task (from FetchTask) and its round."""
+    round: _builtins.int
+    wait_ms: _builtins.int
+    """How long to wait for the server's next message (bounded by the server)."""
+    @_builtins.property
+    def keys(self) -> Global___SecAggKeys: ...
+    @_builtins.property
+    def shares(self) -> Global___SecAggShares: ...
+    @_builtins.property
+    def unmask(self) -> Global___SecAggUnmask: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+        keys: Global___SecAggKeys | None = ...,
+        shares: Global___SecAggShares | None = ...,
+        unmask: Global___SecAggUnmask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "message", b"message", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "message", b"message", "round", b"round", "shares", b"shares", "task_id", b"task_id", "unmask", b"unmask", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["keys", "shares", "unmask"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___SecAggStepRequest: _TypeAlias = SecAggStepRequest  # noqa: Y015
+
+@_typing.final
+class SecAggStepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BROADCAST_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    UNMASK_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def broadcast(self) -> Global___SecAggBroadcast:
+        """After stage 1: the neighbours' keys."""
+
+    @_builtins.property
+    def shares(self) -> Global___SecAggShares:
+        """After stage 2: the share bundles addressed to this client."""
+
+    @_builtins.property
+    def unmask(self) -> Global___SecAggUnmaskRequest:
+        """After stage 3 (the masked input): the unmask question."""
+
+    @_builtins.property
+    def done(self) -> Global___SecAggDone:
+        """Nothing more to do: the round is over for this client (or failed, see reason)."""
+
+    @_builtins.property
+    def wait(self) -> Global___SecAggWait:
+        """The stage is still open: poll again after retry_after_ms."""
+
+    def __init__(
+        self,
+        *,
+        broadcast: Global___SecAggBroadcast | None = ...,
+        shares: Global___SecAggShares | None = ...,
+        unmask: Global___SecAggUnmaskRequest | None = ...,
+        done: Global___SecAggDone | None = ...,
+        wait: Global___SecAggWait | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "done", b"done", "next", b"next", "shares", b"shares", "unmask", b"unmask", "wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "done", b"done", "next", b"next", "shares", b"shares", "unmask", b"unmask", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_next: _TypeAlias = _typing.Literal["broadcast", "shares", "unmask", "done", "wait"]  # noqa: Y015
+    _WhichOneofArgType_next: _TypeAlias = _typing.Literal["next", b"next"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_next) -> _WhichOneofReturnType_next | None: ...
+
+Global___SecAggStepResponse: _TypeAlias = SecAggStepResponse  # noqa: Y015
+
+@_typing.final
+class SecAggDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Empty when the client's part succeeded; otherwise why the round or the client was cut."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggDone: _TypeAlias = SecAggDone  # noqa: Y015
+
+@_typing.final
+class SecAggWait(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    retry_after_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        retry_after_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggWait: _TypeAlias = SecAggWait  # noqa: Y015

@@ -65,6 +65,11 @@ class CoordinatorStub:
                 request_serializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.SecAggStep = channel.unary_unary(
+                '/fedft.proto.v1.Coordinator/SecAggStep',
+                request_serializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepRequest.SerializeToString,
+                response_deserializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -113,6 +118,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggStep(self, request, context):
+        """Secure aggregation (runs started with --secagg): send this stage's message for a task, or
+        nothing to poll, and wait (up to wait_ms) for the server's message of the next stage. The
+        masked input itself travels through SubmitUpdate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +159,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusRequest.FromString,
                     response_serializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'SecAggStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggStep,
+                    request_deserializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepRequest.FromString,
+                    response_serializer=fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class Coordinator:
             '/fedft.proto.v1.Coordinator/GetStatus',
             fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
             fedft_dot_proto_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedft.proto.v1.Coordinator/SecAggStep',
+            fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepRequest.SerializeToString,
+            fedft_dot_proto_dot_v1_dot_coordinator__pb2.SecAggStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

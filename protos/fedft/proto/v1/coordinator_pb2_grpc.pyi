@@ -51,6 +51,11 @@ class CoordinatorStub:
     """Download a named artifact (the global state, or a file of the base model) in chunks."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]
     """A summary of the run for dashboards and `fedft status`."""
+    SecAggStep: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SecAggStepRequest, _coordinator_pb2.SecAggStepResponse]
+    """Secure aggregation (runs started with --secagg): send this stage's message for a task, or
+    nothing to poll, and wait (up to wait_ms) for the server's message of the next stage. The
+    masked input itself travels through SubmitUpdate.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -69,6 +74,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """Download a named artifact (the global state, or a file of the base model) in chunks."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]  # type: ignore[assignment]
     """A summary of the run for dashboards and `fedft status`."""
+    SecAggStep: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SecAggStepRequest, _coordinator_pb2.SecAggStepResponse]  # type: ignore[assignment]
+    """Secure aggregation (runs started with --secagg): send this stage's message for a task, or
+    nothing to poll, and wait (up to wait_ms) for the server's message of the next stage. The
+    masked input itself travels through SubmitUpdate.
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     """The federated-learning coordinator."""
@@ -120,5 +130,16 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetStatusResponse, _abc.Awaitable[_coordinator_pb2.GetStatusResponse]]:
         """A summary of the run for dashboards and `fedft status`."""
+
+    @_abc_1.abstractmethod
+    def SecAggStep(
+        self,
+        request: _coordinator_pb2.SecAggStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SecAggStepResponse, _abc.Awaitable[_coordinator_pb2.SecAggStepResponse]]:
+        """Secure aggregation (runs started with --secagg): send this stage's message for a task, or
+        nothing to poll, and wait (up to wait_ms) for the server's message of the next stage. The
+        masked input itself travels through SubmitUpdate.
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

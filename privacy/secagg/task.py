@@ -1,0 +1,101 @@
+"""A secure aggregation task's public parameters, as they ride in a task's config.
+
+The coordinator fixes them when it opens a round and puts them in every participant's task;
+client and server then build the same :class:`RoundConfig` (graph included) from them, so no
+extra message is needed to agree on the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedft.core.errors import ProtocolError
+from fedft.core.payload import ConfigValue
+
+from .config import RoundConfig
+from .encoding import Encoding
+from .graph import round_context
+
+PREFIX = "secagg."
+MASKED = "secagg.masked"  # the tensor of a masked input inside an update payload
+
+
+@dataclass(frozen=True)
+class SecureTask:
+    """What one participant needs to take part in a round's secure sum."""
+
+    session: str  # the run id: binds every key and mask to this run
+    round: int
+    participants: int  # protocol ids are 0 .. participants - 1
+    me: int  # this participant's protocol id
+    length: int  # the update vector's length
+    ring_bits: int
+    frac_bits: int
+    clip: float
+    neighbours: int
+    threshold: int
+    weight: float  # this participant's weight in [0, 1], fixed by the server
+
+    def to_config(self) -> dict[str, ConfigValue]:
+        """The task config entries that carry this task."""
+        return {
+            f"{PREFIX}session": self.session,
+            f"{PREFIX}round": self.round,
+            f"{PREFIX}participants": self.participants,
+            f"{PREFIX}me": self.me,
+            f"{PREFIX}length": self.length,
+            f"{PREFIX}ring_bits": self.ring_bits,
+            f"{PREFIX}frac_bits": self.frac_bits,
+            f"{PREFIX}clip": self.clip,
+            f"{PREFIX}neighbours": self.neighbours,
+            f"{PREFIX}threshold": self.threshold,
+            f"{PREFIX}weight": self.weight,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, ConfigValue]) -> SecureTask | None:
+        """Read a task's secure aggregation entries; None when the task has none."""
+        if f"{PREFIX}session" not in config:
+            return None
+        try:
+            task = cls(
+                session=str(config[f"{PREFIX}session"]),
+                round=_int(config, "round"),
+                participants=_int(config, "participants"),
+                me=_int(config, "me"),
+                length=_int(config, "length"),
+                ring_bits=_int(config, "ring_bits"),
+                frac_bits=_int(config, "frac_bits"),
+                clip=float(config[f"{PREFIX}clip"]),  # type: ignore[arg-type]
+                neighbours=_int(config, "neighbours"),
+                threshold=_int(config, "threshold"),
+                weight=float(config[f"{PREFIX}weight"]),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a malformed secure aggregation task: {exc}") from None
+        if not 0 <= task.me < task.participants or not 0.0 <= task.weight <= 1.0:
+            raise ProtocolError("a malformed secure aggregation task: id or weight out of range")
+        return task
+
+    def encoding(self) -> Encoding:
+        """The round's fixed-point encoding (weights scaled into [0, 1])."""
+        return Encoding(self.ring_bits, self.frac_bits, self.clip, 1.0)
+
+    def round_config(self) -> RoundConfig:
+        """The round's public parameters, as every party derives them."""
+        return RoundConfig(
+            round_context(self.session, self.round),
+            tuple(range(self.participants)),
+            self.length,
+            self.encoding(),
+            self.neighbours,
+            self.threshold,
+        )
+
+
+def _int(config: Mapping[str, ConfigValue], name: str) -> int:
+    value = config[f"{PREFIX}{name}"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{PREFIX}{name} must be an integer")
+    return value
