@@ -16,6 +16,14 @@ import grpc
 import numpy as np
 
 from fedft.client.connection import Connection, TaskMessage
+from fedft.client.secagg_proto import (
+    broadcast_from_proto,
+    delivery_from_proto,
+    keys_to_proto,
+    request_from_proto,
+    shares_to_proto,
+    unmask_to_proto,
+)
 from fedft.core.device import TASK_SECONDS
 from fedft.core.errors import ProtocolError
 from fedft.core.payload import Payload
@@ -26,15 +34,7 @@ from fedft.privacy.secagg.client import SecAggClient
 from fedft.privacy.secagg.errors import SecAggError
 from fedft.privacy.secagg.linear import device_input
 from fedft.privacy.secagg.task import MASKED, SecureTask
-from fedft.privacy.secagg.wire import (
-    broadcast_from_proto,
-    delivery_from_proto,
-    keys_to_proto,
-    masked_tensor,
-    request_from_proto,
-    shares_to_proto,
-    unmask_to_proto,
-)
+from fedft.privacy.secagg.wire import masked_tensor
 from fedft.proto.v1 import coordinator_pb2 as pb
 
 POLL_MS = 5_000
@@ -131,7 +131,9 @@ class SecureParticipation:
         reply = self._step(message, shares=shares_to_proto(shares.sealed))
         delivery = delivery_from_proto(reply.shares)
         update = train()
-        entry = device_input(self.strategy, task, update, self.trainer, secure.clip)
+        entry = device_input(
+            self.strategy, task, update, self.trainer, secure.clip, l2_clip=secure.l2_clip
+        )
         vector = entry.vector if entry.vector is not None else np.zeros(secure.length)
         weight = secure.weight if entry.vector is not None else 0.0
         masked = client.masked_input(delivery, vector, weight)

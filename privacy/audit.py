@@ -133,6 +133,7 @@ def per_round(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
             "clip_norm": e.clip_norm,
             "sampling_rate": e.sampling_rate,
             "participants": e.participants,
+            "aggregation": e.aggregation,
         }
         for e in entries
     ]

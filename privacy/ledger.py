@@ -23,6 +23,11 @@ LEDGER_FILE = "ledger.jsonl"
 AUDIT_JSON = "audit.json"
 AUDIT_PNG = "audit.png"
 # The JSON types each field accepts (an int is a valid float).
+# How a round's clipped updates were summed: in the clear, or inside a SecAgg+ secure sum.
+PLAIN = "plain"
+SECAGG = "secagg"
+AGGREGATIONS = (PLAIN, SECAGG)
+_OPTIONAL = ("aggregation",)  # fields an older ledger may lack
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
@@ -44,6 +49,9 @@ class LedgerEntry:
     participants: int
     adjacency: str
     recorded_at: float
+    # How the clipped updates were summed: in the clear, or inside a secure sum (--secagg),
+    # where ``participants`` is the round's realised survivors. The cost is the same.
+    aggregation: str = PLAIN
 
     def __post_init__(self) -> None:
         problems = [
@@ -60,6 +68,10 @@ class LedgerEntry:
             ),
             (self.participants >= 0, f"participants must be >= 0, got {self.participants}"),
             (self.adjacency in ADJACENCIES, f"unknown adjacency {self.adjacency!r}"),
+            (
+                self.aggregation in AGGREGATIONS,
+                f"unknown aggregation {self.aggregation!r}",
+            ),
         ]
         for ok, message in problems:
             if not ok:
@@ -72,11 +84,13 @@ class LedgerEntry:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LedgerEntry:
         """Build an entry from :meth:`to_dict` output (extra keys are ignored)."""
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name in values or f.name not in _OPTIONAL]
         missing = [n for n in names if n not in values]
         if missing:
             raise UsageError(f"privacy ledger entry lacks {', '.join(missing)}")
         for f in fields(cls):
+            if f.name not in names:
+                continue  # an older ledger, written before the field existed: its default
             value = values[f.name]
             # JSON gives strings, nulls and bools where numbers belong; say which (defect 13).
             expected = _FIELD_TYPES[str(f.type)]

@@ -121,6 +121,12 @@ SAMPLING_NOTES = {
 }
 
 
+AGGREGATION_NOTES = {
+    "plain": "in the clear: the server saw each clipped update",
+    "secagg": "secure sum (SecAgg+): the server saw only the sum, then noised it",
+}
+
+
 def summary_table(result: dict[str, Any]) -> Table:
     """The audit at a glance."""
     table = Table(title=f"privacy audit of {result['source']}")
@@ -135,6 +141,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("clip norm (last round)", last["clip_norm"]),
         ("sampling rate (last round)", last["sampling_rate"]),
         ("client sampling", SAMPLING_NOTES.get(result.get("sampling", ""), "unknown")),
+        ("aggregation (last round)", AGGREGATION_NOTES.get(last.get("aggregation", "plain"), "?")),
         ("epsilon, PLD (reported)", result["epsilon_pld"]),
         ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
     ]

@@ -25,7 +25,7 @@ from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Tas
 from fedft.core.wrapper import LinearWrapper, without_prefix
 from fedft.privacy.canaries import CanaryBank, CanaryPlan, CanaryRecord, included
 from fedft.privacy.config import SECRET, DPConfig
-from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, LedgerEntry
+from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, PLAIN, SECAGG, LedgerEntry
 from fedft.privacy.mechanisms import AdaptiveClip, SecureGaussian, clip_l2, update_noise_multiplier
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,47 @@ class DPServer(LinearWrapper):
             total += clipped
             participants += 1
             unclipped += int(within)
+        return self._release(
+            server_round,
+            total,
+            participants,
+            failures=failures,
+            rejected=rejected,
+            unclipped=unclipped,
+        )
+
+    def release_sum(
+        self, server_round: int, total: torch.Tensor, contributors: int, failures: Sequence[Failure]
+    ) -> dict[str, MetricValue]:
+        """Noise and apply a sum of clipped updates that came out of a secure sum (--secagg).
+
+        Each device clipped its own update to the clip norm before masking it, so the sum has
+        the sensitivity it has here; the server adds the noise to the unmasked sum (central
+        DP: the coordinator sees that sum, never one update). Adaptive clipping is refused
+        with secure aggregation: it needs each device's clipped-or-not bit.
+        """
+        return self._release(
+            server_round,
+            total.to(torch.float64).clone(),
+            contributors,
+            failures=failures,
+            aggregation=SECAGG,
+        )
+
+    def _release(
+        self,
+        server_round: int,
+        total: torch.Tensor,
+        participants: int,
+        *,
+        failures: Sequence[Failure],
+        rejected: int = 0,
+        unclipped: int = 0,
+        aggregation: str = PLAIN,
+    ) -> dict[str, MetricValue]:
+        """Add the canaries and the noise to a clipped sum, apply the mean, write the entry."""
+        dim = self.linear.update_size()
+        clip = self.clipper.clip
         canaries = [
             j
             for j in range(self.plan.seen)
@@ -175,6 +216,7 @@ class DPServer(LinearWrapper):
             participants=participants,
             adjacency=ADD_REMOVE,
             recorded_at=time.time(),
+            aggregation=aggregation,
         )
         return {
             **metrics,

@@ -55,6 +55,7 @@ class RunSpec:
                 dp=self.dp is not None,
                 robust=self.robust is not None,
                 participation=self.participation,
+                dp_adaptive=self.dp is not None and self.dp.adaptive,
             )
             if problem is not None:
                 raise UsageError(problem)

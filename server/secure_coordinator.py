@@ -21,7 +21,13 @@ from fedft.core.payload import MetricValue, Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, Task
 from fedft.core.wrapper import without_prefix
-from fedft.privacy.secagg.linear import apply_sum, public_problem, round_encoding, task_weights
+from fedft.privacy.secagg.linear import (
+    apply_sum,
+    linear_of,
+    public_problem,
+    round_encoding,
+    task_weights,
+)
 from fedft.privacy.secagg.messages import MaskedInput
 from fedft.privacy.secagg.settings import SecAggSettings
 from fedft.privacy.secagg.state import STATE_PREFIX, with_secagg_state
@@ -52,9 +58,10 @@ class SecureCoordinator(Coordinator):
         self.stage_timeout_s = stage_timeout_s
         self._rounds: dict[int, SecureRound] = {}
         super().__init__(*args, **kwargs)
-        if not isinstance(self.server_half, LinearUpdates):
-            raise TypeError("--secagg needs a bare LinearUpdates server half")
-        self.linear: LinearUpdates[Any] = self.server_half
+        linear = linear_of(self.server_half)  # inside the DP wrapper under central DP
+        if not isinstance(linear, LinearUpdates):
+            raise TypeError("--secagg needs a LinearUpdates strategy")
+        self.linear: LinearUpdates[Any] = linear
 
     # --- start-up hooks ------------------------------------------------------------------------
     def _resume_secagg(self, stored: SecAggSettings | None) -> None:
@@ -88,9 +95,13 @@ class SecureCoordinator(Coordinator):
             logger.debug("round %d: %d participant(s); a secure sum needs two", number, len(tasks))
             return []
         chosen = {t.client_id for t in tasks}
-        weights = task_weights(self.linear, [i for i in infos if i.client_id in chosen])
+        dp = self.dp_server
+        weights = task_weights(
+            self.linear, [i for i in infos if i.client_id in chosen], equal=dp is not None
+        )
         ids = {cid: pid for pid, cid in enumerate(sorted(chosen))}
-        encoding = round_encoding(self.secagg, self.linear, len(ids))
+        l2_clip = dp.clipper.clip if dp is not None else 0.0
+        encoding = round_encoding(self.secagg, self.linear, len(ids), l2_clip=l2_clip)
         prepared = []
         secure: SecureTask | None = None
         for task in tasks:
@@ -106,6 +117,7 @@ class SecureCoordinator(Coordinator):
                 neighbours=self.secagg.neighbours,
                 threshold=self.secagg.threshold,
                 weight=weights[task.client_id],
+                l2_clip=l2_clip,
             )
             payload = task.payload
             config = {**payload.config, **secure.to_config()}
@@ -230,6 +242,8 @@ class SecureCoordinator(Coordinator):
         """Apply the round's decoded secure sum, or nothing if it failed (lock held)."""
         secure = self._rounds.pop(number, None)
         failed: dict[str, MetricValue] = {"accepted": 0, "rejected": 0, "secagg_failed": 1}
+        if self.dp_server is not None:
+            self.dp_server.last_entry = None  # a round that fails releases nothing
         if secure is None or secure.result is None:
             why = "the coordinator restarted mid-round" if secure is None else secure.failed
             logger.warning("round %d: nothing applied: %s", number, why or "too few participants")
@@ -249,5 +263,5 @@ class SecureCoordinator(Coordinator):
             "secagg_frac_bits": secure.config.encoding.frac_bits,
         }
         return apply_sum(
-            self.linear, number, publics, total, weight, failures=failures, extra=extra
+            self.server_half, number, publics, total, weight, failures=failures, extra=extra
         )

@@ -23,7 +23,8 @@ from fedft.privacy.secagg.messages import (
     UnmaskRequest,
 )
 from fedft.privacy.secagg.server import Aggregate, SecAggServer
-from fedft.privacy.secagg.wire import (
+from fedft.proto.v1 import coordinator_pb2 as pb
+from fedft.server.secagg_proto import (
     broadcast_to_proto,
     keys_from_proto,
     request_to_proto,
@@ -31,7 +32,6 @@ from fedft.privacy.secagg.wire import (
     shares_to_proto,
     unmask_from_proto,
 )
-from fedft.proto.v1 import coordinator_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

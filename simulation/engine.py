@@ -21,7 +21,6 @@ from fedft.core.strategy import (
     ClientInfo,
     ClientStrategy,
     Failure,
-    LinearUpdates,
     Result,
     ServerStrategy,
     Task,
@@ -122,9 +121,6 @@ class InProcessEngine:
         if run.secagg is not None:  # every round a real SecAgg+ among its participants
             from fedft.simulation.secure_rounds import SecureRounds
 
-            # A bare LinearUpdates: assemble_server checked it, and --secagg refuses wrappers.
-            if not isinstance(self.server_half, LinearUpdates):
-                raise TypeError("--secagg needs a bare LinearUpdates server half")
             self.secure = SecureRounds(
                 self.server_half,
                 self.client_half,

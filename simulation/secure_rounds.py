@@ -24,6 +24,8 @@ from fedft.privacy.secagg.linear import (
     DeviceInput,
     apply_sum,
     device_input,
+    dp_of,
+    linear_of,
     public_problem,
     round_encoding,
     task_weights,
@@ -39,14 +41,16 @@ class SecureRounds:
 
     def __init__(
         self,
-        server_half: LinearUpdates[Any],
+        server_half: Any,
         client_half: ClientStrategy[Any],
         settings: SecAggSettings,
         *,
         session: str,
         seed: int,
     ) -> None:
-        self.server_half = server_half
+        self.server_half = server_half  # the strategy, or the DP wrapper around it
+        self.linear: LinearUpdates[Any] = linear_of(server_half)
+        self.dp = dp_of(server_half)
         self.client_half = client_half
         self.settings = settings
         self.session = session
@@ -58,14 +62,22 @@ class SecureRounds:
         """Fix the round's weights before anyone trains: from what each device reported."""
         chosen = {t.client_id for t in tasks}
         self._weights = task_weights(
-            self.server_half, [c for c in offered if c.client_id in chosen]
+            self.linear,
+            [c for c in offered if c.client_id in chosen],
+            equal=self.dp is not None,
         )
         self._inputs = {}
 
+    def _l2_clip(self) -> float:
+        """Under central DP each device clips its update to the DP clip norm itself."""
+        return self.dp.clipper.clip if self.dp is not None else 0.0
+
     def take(self, task: Task, down: Payload, reply: Payload, trainer: Trainer) -> Payload:
         """Keep a device's secret vector here; return what it sends in the clear."""
-        clip = round_encoding(self.settings, self.server_half, max(len(self._weights), 1)).clip
-        entry = device_input(self.client_half, down, reply, trainer, clip)
+        l2 = self._l2_clip()
+        count = max(len(self._weights), 1)
+        clip = round_encoding(self.settings, self.linear, count, l2_clip=l2).clip
+        entry = device_input(self.client_half, down, reply, trainer, clip, l2_clip=l2)
         self._inputs[task.client_id] = entry
         return entry.public
 
@@ -88,8 +100,9 @@ class SecureRounds:
                 survivors.append(result)
             else:
                 failures.append(Failure(result.client_id, problem or "no secure input"))
-        strategy = self.server_half
-        size = strategy.update_size()
+        if self.dp is not None:
+            self.dp.last_entry = None  # a round that fails releases nothing
+        size = self.linear.update_size()
         zeros = np.zeros(size)
         vectors, weights = [], []
         for r in survivors:
@@ -104,7 +117,9 @@ class SecureRounds:
                 len(survivors),
             )
             return {**base, "failures": len(failures)}, 0, 0
-        encoding = round_encoding(self.settings, strategy, len(survivors))
+        encoding = round_encoding(
+            self.settings, self.linear, len(survivors), l2_clip=self._l2_clip()
+        )
         digest = hashlib.sha256(f"{self.seed}|{server_round}".encode()).digest()
         try:
             total, stats = secure_sum(
@@ -137,7 +152,7 @@ class SecureRounds:
             "secagg_server_cpu": round(stats.server_cpu, 6),
         }
         metrics = apply_sum(
-            strategy,
+            self.server_half,
             server_round,
             survivors,
             total,

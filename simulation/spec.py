@@ -190,6 +190,7 @@ class SimulationSpec:
             robust=self.robust is not None,
             participation=self.participation,
             mode=self.mode,
+            dp_adaptive=self.dp_adaptive,
         )
         if problem is not None:
             raise UsageError(problem)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,9 +23,13 @@ from fedft.core.layout import LORA_DEPTH, LORA_RANK
 from fedft.core.payload import MetricValue, Payload
 from fedft.core.strategy import ClientInfo, ClientStrategy, Failure, LinearUpdates, Result
 from fedft.core.trainer import Trainer
+from fedft.core.wrapper import LinearWrapper
 
 from .encoding import Encoding
 from .settings import SecAggSettings
+
+if TYPE_CHECKING:
+    from fedft.privacy.wrapper import DPServer
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +44,23 @@ def _is_layout(name: str) -> bool:
     return name == LORA_DEPTH or name.startswith(LORA_RANK)
 
 
+def linear_of(server_half: Any) -> Any:
+    """The ``LinearUpdates`` strategy of a server half, inside a wrapper (DP) if it has one."""
+    return server_half.linear if isinstance(server_half, LinearWrapper) else server_half
+
+
+def dp_of(server_half: Any) -> DPServer | None:
+    """The DP wrapper of a server half, or None (central DP adds its noise to the sum)."""
+    from fedft.privacy.wrapper import DPServer
+
+    return server_half if isinstance(server_half, DPServer) else None
+
+
 def secagg_problem(
     server_half: Any, client_half: ClientStrategy[Any] | None = None, *, name: str
 ) -> str | None:
     """Say in one line why strategy ``name`` cannot run under ``--secagg``, or None."""
-    if not isinstance(server_half, LinearUpdates):
+    if not isinstance(linear_of(server_half), LinearUpdates):
         return (
             f"{name} cannot run under --secagg: its clients' updates have per-device shapes, "
             "and a secure sum needs one shared vector (fedavg_lora, fedkseed, fedkseed_pro and "
@@ -56,25 +72,33 @@ def secagg_problem(
 
 
 def round_encoding(
-    settings: SecAggSettings, strategy: LinearUpdates[Any], summands: int
+    settings: SecAggSettings, strategy: LinearUpdates[Any], summands: int, *, l2_clip: float = 0.0
 ) -> Encoding:
     """The encoding of one round: the clip and ring asked for (or the strategy's), fitted to n.
 
     Weights are scaled into [0, 1] by the round's largest (:func:`task_weights`), so the
-    fixed point spends no bits on them, and the mean (a ratio) is unchanged.
+    fixed point spends no bits on them, and the mean (a ratio) is unchanged. Under DP every
+    update is first clipped to L2 norm ``l2_clip``, which bounds each value too.
     """
     clip = settings.clip if settings.clip is not None else strategy.secagg_clip
+    if l2_clip > 0:
+        clip = min(clip, l2_clip) if settings.clip is not None else l2_clip
     ring = settings.ring_bits if settings.ring_bits is not None else strategy.secagg_ring_bits
     return Encoding.fit(summands, clip=clip, max_weight=1.0, ring_bits=ring)
 
 
-def task_weights(strategy: LinearUpdates[Any], clients: Sequence[ClientInfo]) -> dict[str, float]:
+def task_weights(
+    strategy: LinearUpdates[Any], clients: Sequence[ClientInfo], *, equal: bool = False
+) -> dict[str, float]:
     """Each participant's weight, fixed before it trains, scaled so the largest is 1.
 
     It is the strategy's weight of a reply claiming the example count the client's device
     reported, so a device cannot give itself more weight inside the masked sum than the
-    server granted (the encoding refuses a weight above 1).
+    server granted (the encoding refuses a weight above 1). ``equal`` (DP: each clipped
+    update counts once) gives everyone 1.
     """
+    if equal:
+        return {c.client_id: 1.0 for c in clients}
     raw = {
         c.client_id: strategy.update_weight(
             Result(c.client_id, Payload(metrics={"num_examples": c.num_examples}))
@@ -95,9 +119,19 @@ class DeviceInput:
 
 
 def device_input(
-    client_half: ClientStrategy[Any], task: Payload, reply: Payload, trainer: Trainer, clip: float
+    client_half: ClientStrategy[Any],
+    task: Payload,
+    reply: Payload,
+    trainer: Trainer,
+    clip: float,
+    *,
+    l2_clip: float = 0.0,
 ) -> DeviceInput:
-    """Split a device's reply into its secret vector and its public metrics."""
+    """Split a device's reply into its secret vector and its public metrics.
+
+    ``l2_clip`` > 0 (central DP under SecAgg): the device clips its vector to that L2 norm,
+    the clipping the DP wrapper does to each update in the clear.
+    """
     vector = client_half.update_vector(task, reply, trainer)
     metrics: dict[str, MetricValue] = {
         k: v for k, v in reply.metrics.items() if k in PUBLIC_METRICS or _is_layout(k)
@@ -106,6 +140,10 @@ def device_input(
     if x is not None and not np.all(np.isfinite(x)):
         logger.warning("the local update has NaN or Inf values: it goes into the sum as none")
         x = None
+    if x is not None and l2_clip > 0:
+        norm = float(np.linalg.norm(x))
+        if norm > l2_clip:
+            x = x * (l2_clip / norm)
     metrics[HAS_UPDATE] = int(x is not None)
     clipped = 0 if x is None else int(np.count_nonzero(np.abs(x) > clip))
     if clipped:
@@ -133,7 +171,7 @@ def public_problem(result: Result) -> str | None:
 
 
 def apply_sum(
-    strategy: LinearUpdates[Any],
+    server_half: Any,
     server_round: int,
     publics: Sequence[Result],
     total: NDArray[np.float64],
@@ -146,11 +184,19 @@ def apply_sum(
 
     ``publics`` are the survivors' public parts, ``total`` and ``weight`` the decoded sums of
     weighted vectors and of weights. The strategy keeps its bookkeeping (``note_public``) but
-    never sees one client's vector, so, as under DP, its ``observe`` is not called.
+    never sees one client's vector, so, as under DP, its ``observe`` is not called. Under
+    central DP (``server_half`` a DP wrapper) the sum of clipped updates gets the wrapper's
+    noise and denominator, and its ledger entry says ``secagg`` with the realised survivors.
     """
+    strategy = linear_of(server_half)
     for result in publics:
         strategy.note_public(server_round, result)
     contributed = sum(1 for r in publics if r.payload.metrics.get(HAS_UPDATE) == 1)
+    dp = dp_of(server_half)
+    if dp is not None:
+        summed = torch.from_numpy(np.asarray(total, dtype=np.float64))
+        released = dp.release_sum(server_round, summed, contributed, failures)
+        return {**released, "secagg_survivors": len(publics), **(extra or {})}
     metrics: dict[str, MetricValue] = {
         "accepted": contributed,
         "rejected": 0,

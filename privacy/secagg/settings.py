@@ -44,15 +44,20 @@ class SecAggSettings:
             raise UsageError(f"--secagg-ring must be 32 or 64, got {self.ring_bits}")
 
 
-def secagg_refusal(*, dp: bool, robust: bool, participation: str, mode: str = "sync") -> str | None:
+def secagg_refusal(
+    *, dp: bool, robust: bool, participation: str, mode: str = "sync", dp_adaptive: bool = False
+) -> str | None:
     """Say in one line why ``--secagg`` cannot run with the other settings, or None."""
     if robust:
         return (
             "--robust needs every update in the clear, and under --secagg the server sees only "
             "their sum: choose one"
         )
-    if dp:
-        return "--secagg with --dp-noise is not supported yet; --local-dp-clip combines with it"
+    if dp and dp_adaptive:
+        return (
+            "--dp-adaptive learns from each device's clipped-or-not bit, which --secagg hides: "
+            "use a fixed --dp-clip"
+        )
     if participation != "none":
         return "--participation fedau does not combine with --secagg yet"
     if mode != "sync":

@@ -36,6 +36,7 @@ class SecureTask:
     neighbours: int
     threshold: int
     weight: float  # this participant's weight in [0, 1], fixed by the server
+    l2_clip: float = 0.0  # under DP: the device clips its update to this L2 norm first (0: no)
 
     def to_config(self) -> dict[str, ConfigValue]:
         """The task config entries that carry this task."""
@@ -51,6 +52,7 @@ class SecureTask:
             f"{PREFIX}neighbours": self.neighbours,
             f"{PREFIX}threshold": self.threshold,
             f"{PREFIX}weight": self.weight,
+            f"{PREFIX}l2_clip": self.l2_clip,
         }
 
     @classmethod
@@ -71,11 +73,14 @@ class SecureTask:
                 neighbours=_int(config, "neighbours"),
                 threshold=_int(config, "threshold"),
                 weight=float(config[f"{PREFIX}weight"]),  # type: ignore[arg-type]
+                l2_clip=float(config.get(f"{PREFIX}l2_clip", 0.0)),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed secure aggregation task: {exc}") from None
-        if not 0 <= task.me < task.participants or not 0.0 <= task.weight <= 1.0:
+        if not (0 <= task.me < task.participants and 0.0 <= task.weight <= 1.0):
             raise ProtocolError("a malformed secure aggregation task: id or weight out of range")
+        if not task.l2_clip >= 0:
+            raise ProtocolError("a malformed secure aggregation task: a negative L2 clip")
         return task
 
     def encoding(self) -> Encoding:

@@ -126,3 +126,4 @@ class LedgerEntry:
     participants: int
     adjacency: str
     recorded_at: float
+    aggregation: str = "plain"  # "secagg": summed inside a secure sum (participants: survivors)

@@ -142,5 +142,7 @@ privacy_ledger = sa.Table(
     sa.Column("participants", sa.Integer, nullable=False),
     sa.Column("adjacency", sa.Text, nullable=False),
     sa.Column("recorded_at", Time, nullable=False),
+    # "plain" or "secagg" (revision 2026_12_06_ledger_aggregation); older rows read "plain".
+    sa.Column("aggregation", sa.Text, nullable=False, server_default="plain"),
     sa.Index(None, "round"),
 )

@@ -33,6 +33,8 @@ def test_runs_group_consecutive_equal_costs_ignoring_clip() -> None:
         ("clip_norm", 0.0, "clip norm"),
         ("sampling_rate", 1.5, "sampling rate"),
         ("adjacency", "swap", "adjacency"),
+        ("aggregation", "shuffled", "aggregation"),
+        ("aggregation", 3, "aggregation"),
     ],
 )
 def test_bad_entries_are_usage_errors(field: str, value: object, message: str) -> None:
@@ -48,3 +50,14 @@ def test_missing_or_corrupt_ledger_file(tmp_path: Path) -> None:
     bad.write_text('{"round": 1}\nnot json\n')
     with pytest.raises(UsageError, match="lacks"):
         read_jsonl(bad)
+
+
+def test_an_older_ledger_without_aggregation_reads_as_plain(tmp_path: Path) -> None:
+    values = entry(1).to_dict()
+    del values["aggregation"]
+    assert LedgerEntry.from_dict(values).aggregation == "plain"
+    secure = LedgerEntry.from_dict(entry(2).to_dict() | {"aggregation": "secagg"})
+    assert secure.aggregation == "secagg"
+    path = tmp_path / "ledger.jsonl"
+    append_jsonl(path, secure)
+    assert read_jsonl(path) == [secure]

@@ -16,22 +16,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedft.core.payload import Payload
-from fedft.core.registry import get_strategy
-from fedft.core.serde import payload_from_bytes, payload_to_bytes
-from fedft.privacy.secagg.client import SecAggClient
-from fedft.privacy.secagg.linear import HAS_UPDATE
-from fedft.privacy.secagg.settings import SecAggSettings
-from fedft.privacy.secagg.task import MASKED, SecureTask
-from fedft.privacy.secagg.wire import (
+from fedft.client.secagg_proto import (
     broadcast_from_proto,
     delivery_from_proto,
     keys_to_proto,
-    masked_tensor,
     request_from_proto,
     shares_to_proto,
     unmask_to_proto,
 )
+from fedft.core.payload import Payload
+from fedft.core.registry import get_strategy
+from fedft.core.serde import payload_from_bytes, payload_to_bytes
+from fedft.privacy.config import DPConfig
+from fedft.privacy.secagg.client import SecAggClient
+from fedft.privacy.secagg.linear import HAS_UPDATE
+from fedft.privacy.secagg.settings import SecAggSettings
+from fedft.privacy.secagg.task import MASKED, SecureTask
+from fedft.privacy.secagg.wire import masked_tensor
 from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.server.app import CoordinatorService
 from fedft.server.coordinator import CoordinatorSettings
@@ -51,6 +52,7 @@ def make_secure_target(
     round_timeout_s: float = 30.0,
     stage_timeout_s: float = 3.0,
     secagg: SecAggSettings | None = None,
+    privacy: DPConfig | None = None,
 ) -> Target:
     """Start a ``--secagg`` fedavg_lora coordinator over ``state`` on a free loopback port."""
     settings = CoordinatorSettings(
@@ -71,6 +73,7 @@ def make_secure_target(
         initial=Payload(tensors=adapter()),
         secagg=secagg or SecAggSettings(),
         stage_timeout_s=stage_timeout_s,
+        privacy=privacy,
     )
     running = CoordinatorService(coordinator, address="127.0.0.1:0", cert_dir=certs, max_workers=32)
     running.start()
@@ -124,8 +127,14 @@ class Participant:
             time.sleep(0.05)
 
     def vector(self) -> np.ndarray:
-        """This device's update vector (its adapter change, in the adapter's order)."""
-        return torch.cat([t.reshape(-1) for t in delta(self.seed).values()]).double().numpy()
+        """This device's update vector (its adapter change, in the adapter's order).
+
+        Under DP (the task names an L2 clip) the device clips it first, as ours do.
+        """
+        vector = torch.cat([t.reshape(-1) for t in delta(self.seed).values()]).double().numpy()
+        clip = self.task.l2_clip if self.task is not None else 0.0
+        norm = float(np.linalg.norm(vector))
+        return vector * (clip / norm) if 0 < clip < norm else vector
 
     def masked_payload(self, delivery: Any) -> bytes:
         """The masked input as the task's update."""

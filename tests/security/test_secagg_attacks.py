@@ -11,11 +11,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedft.client.secagg_proto import keys_to_proto
 from fedft.core.payload import Payload
 from fedft.core.serde import payload_to_bytes
 from fedft.privacy.secagg.linear import HAS_UPDATE
 from fedft.privacy.secagg.task import MASKED
-from fedft.privacy.secagg.wire import keys_to_proto
 from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.server.state.memory import InMemoryState
 from fedft.server.state.records import ROUND_DONE

@@ -190,7 +190,7 @@ def test_a_restart_mid_round_fails_that_round_and_runs_the_next(
 
 
 def p_request(p: Participant) -> object:
-    from fedft.privacy.secagg.wire import keys_to_proto
+    from fedft.client.secagg_proto import keys_to_proto
     from fedft.proto.v1 import coordinator_pb2 as pb
 
     assert p.header is not None
@@ -232,3 +232,40 @@ def test_a_run_keeps_its_secure_aggregation_for_life() -> None:
     _host(Coordinator, plain_state)
     with pytest.raises(ValueError, match="without --secagg"):
         _host(SecureCoordinator, plain_state, secagg=settings)
+
+
+def test_central_dp_noises_the_secure_sum_and_the_ledger_says_so(certs: Path) -> None:
+    from fedft.privacy.config import DPConfig
+    from fedft.privacy.secagg.settings import SecAggSettings
+
+    state = InMemoryState()
+    target = make_secure_target(
+        certs,
+        state,
+        min_clients=4,
+        secagg=SecAggSettings(),
+        privacy=DPConfig(noise_multiplier=0.0, clip=0.05),
+    )
+    try:
+        people = join(target, 4)
+        assert {p.task.weight for p in people if p.task} == {1.0}  # each clipped update once
+        assert {p.task.l2_clip for p in people if p.task} == {0.05}
+        assert play_all(people, {3: "unmask"}) == []
+        wait_for(lambda: round_done(state, 1))
+        (entry,) = state.ledger()
+        assert entry.aggregation == "secagg"
+        assert entry.participants == 4  # the realised survivors
+        assert entry.clip_norm == 0.05
+        # z = 0: the update is the mean of the clipped changes over the expected count (4).
+        start = adapter()
+        got = global_adapter(target)
+        for name, tensor in start.items():
+            clipped = []
+            for p in people:
+                flat = torch.cat([t.reshape(-1) for t in delta(p.seed).values()]).double()
+                scale = min(1.0, 0.05 / float(flat.norm()))
+                clipped.append(delta(p.seed)[name].double() * scale)
+            want = tensor.double() + sum(clipped) / 4
+            assert float((got[name].double() - want).abs().max()) < 1e-6
+    finally:
+        target.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,56 @@ def test_a_round_of_one_fails_cleanly_and_the_next_runs(tmp_path: Path) -> None:
         previous = entry.eval_loss
 
 
+def test_central_dp_noises_the_secure_sum(tmp_path: Path) -> None:
+    # Without noise (z = 0) the released mean is the plain DP one: the devices clip their own
+    # updates to the DP clip, the server divides the unmasked sum by the expected count.
+    dp = {"dp_noise": 0.0, "dp_clip": 0.05}
+    plain, _ = run(spec(tmp_path / "plain", rounds=1, **dp))
+    secure, report = run(spec(tmp_path / "secure", rounds=1, secagg=True, **dp))
+    (entry,) = report.rounds
+    assert entry.metrics["dp.clip"] == 0.05
+    assert entry.metrics["secagg_survivors"] == 4
+    bits = int(entry.metrics["secagg_frac_bits"])
+    diff = (flat_state(secure) - flat_state(plain)).abs().max()
+    assert float(diff) <= 2.0**-bits + 1e-7
+    assert torch.count_nonzero(flat_state(plain)) > 0
+    lines = (tmp_path / "secure" / "ledger.jsonl").read_text().splitlines()
+    (ledger,) = [json.loads(line) for line in lines]
+    assert ledger["aggregation"] == "secagg"
+    assert ledger["participants"] == 4
+    plain_ledger = json.loads((tmp_path / "plain" / "ledger.jsonl").read_text())
+    assert plain_ledger["aggregation"] == "plain"
+
+
+def test_canaries_keep_working_under_secagg(tmp_path: Path) -> None:
+    # Canaries are the server's own participants: inserted into the unmasked sum, audited.
+    out = tmp_path / "canaries"
+    _, report = run(
+        spec(
+            out,
+            clients=3,
+            secagg=True,
+            dp_noise=1.0,
+            dp_clip=0.05,
+            canaries=20,
+            strategy_options={"local_steps": 2, "batch_size": 2, "rank": 2},
+        )
+    )
+    assert [r.metrics["dp.canaries"] for r in report.rounds] == [20, 20]
+    audit = json.loads((out / "audit.json").read_text())
+    empirical = audit["epsilon_empirical"]
+    assert (empirical["canaries_seen"], empirical["canaries_unseen"]) == (20, 20)
+    assert [r["aggregation"] for r in audit["per_round"]] == ["secagg", "secagg"]
+    assert [r["participants"] for r in audit["per_round"]] == [23, 23]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ({"strategy": "legend", "strategy_options": {}}, "per-device shapes"),
         ({"engine": "flower"}, "--engine inprocess or grpc"),
         ({"robust": "median"}, "--robust needs every update in the clear"),
-        ({"dp_noise": 1.0, "dp_clip": 1.0}, "--dp-noise"),
+        ({"dp_noise": 1.0, "dp_clip": 1.0, "dp_adaptive": True}, "--dp-adaptive"),
         ({"participation": "fedau"}, "fedau"),
         ({"mode": "async"}, "--mode sync"),
         ({"secagg_neighbours": 3}, "even"),

@@ -154,3 +154,24 @@ def test_settings_are_checked() -> None:
             SecAggSettings(**bad)
     assert secagg_refusal(dp=False, robust=False, participation="none") is None
     assert "choose one" in (secagg_refusal(dp=False, robust=True, participation="none") or "")
+
+
+def test_under_dp_the_device_clips_its_own_update() -> None:
+    base = adapter(0)
+    client = FedAvgLoRAClient(FedAvgLoRAConfig())
+    big = Payload(tensors={k: v + 1.0 for k, v in base.items()}, metrics={"num_examples": 4})
+    entry = device_input(client, Payload(tensors=base), big, NO_TRAINER, 1.0, l2_clip=0.5)
+    assert entry.vector is not None
+    assert float(np.linalg.norm(entry.vector)) == pytest.approx(0.5)
+    small = device_input(
+        client, Payload(tensors=base), reply(1, base), NO_TRAINER, 1.0, l2_clip=50.0
+    )
+    plain = device_input(client, Payload(tensors=base), reply(1, base), NO_TRAINER, 1.0)
+    assert small.vector is not None
+    assert plain.vector is not None
+    np.testing.assert_array_equal(small.vector, plain.vector)  # within the norm: untouched
+    server = FedAvgLoRAServer(FedAvgLoRAConfig(), seed=0)
+    clients = [ClientInfo("a", 10), ClientInfo("b", 40)]
+    assert task_weights(server, clients, equal=True) == {"a": 1.0, "b": 1.0}
+    # The DP clip bounds every value: the encoding's clip follows it.
+    assert round_encoding(SecAggSettings(), server, 4, l2_clip=0.05).clip == 0.05

@@ -51,7 +51,7 @@ def differences(url: str) -> list[object]:
 def test_migrations_ship_with_the_package() -> None:
     assert (migrate.MIGRATIONS / "env.py").is_file()
     assert (migrate.MIGRATIONS / "script.py.mako").is_file()
-    assert head_revision() == "2026_12_05_task_ticket"
+    assert head_revision() == "2026_12_06_ledger_aggregation"
 
 
 def test_upgrade_creates_exactly_the_schema(sql_url: str) -> None:
@@ -92,6 +92,25 @@ def test_ticket_revision_keeps_a_synchronous_runs_tasks(sql_url: str) -> None:
         assert task is not None
         assert task.ticket is None
         assert task.round == 1
+    finally:
+        state.close()
+
+
+def test_ledger_revision_reads_older_entries_as_plain(sql_url: str) -> None:
+    upgrade(sql_url, "2026_12_05_task_ticket")
+    run_sql(
+        sql_url,
+        "INSERT INTO privacy_ledger (round, mechanism, noise_multiplier, clip_norm, "
+        "sampling_rate, participants, adjacency, recorded_at) "
+        "VALUES (1, 'gaussian', 1.0, 0.5, 0.1, 3, 'add-remove', 0)",
+    )
+    upgrade(sql_url)
+    assert differences(sql_url) == []
+    state = open_state(sql_url, create=False)
+    try:
+        (entry,) = state.ledger()
+        assert entry.aggregation == "plain"
+        assert entry.participants == 3
     finally:
         state.close()
 
