@@ -211,6 +211,7 @@ class SecureCoordinator(Coordinator):
             now = self.clock()
             if secure.stage is Stage.MASKED and now >= current.deadline:
                 self._close_masked(current.round, secure)
+                self._changed.notify_all()
             while secure.stage is not Stage.DONE:
                 index = self.intake.round_index(current.round)
                 if not secure.ready(now, len(index.answered)):

@@ -69,6 +69,7 @@ class SecureRound:
         self.failed = ""  # why the round failed ("" while it has not)
         self.result: Aggregate | None = None
         self.sent: dict[int, Stage] = {}  # the last stage each participant answered
+        self._accepted: dict[int, tuple[str, bytes]] = {}  # its last message, to spot retries
         self._broadcasts: dict[int, KeysBroadcast] = {}
         self._deliveries: dict[int, SharesDelivery] = {}
         self._requests: dict[int, UnmaskRequest] = {}
@@ -79,6 +80,9 @@ class SecureRound:
         kind = request.WhichOneof("message")
         if kind is None:
             return  # a poll
+        body = getattr(request, kind).SerializeToString(deterministic=True)
+        if self._accepted.get(pid) == (kind, body):
+            return  # a retry of a message we took (its answer was lost): a poll
         if self.failed:
             raise ProtocolError(f"the round's secure aggregation failed: {self.failed}")
         try:
@@ -96,6 +100,7 @@ class SecureRound:
                 self.sent[pid] = Stage.UNMASK
         except SecAggError as exc:  # a stage closed, a second message, a stranger's peer id
             raise ProtocolError(str(exc)) from None
+        self._accepted[pid] = (kind, body)
 
     def takes_masked(self, pid: int) -> bool:
         """Whether participant ``pid`` may send its masked input now."""
