@@ -12,6 +12,7 @@ lost the round's secrets (held in memory only, by design): that round fails the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -102,35 +103,32 @@ class SecureCoordinator(Coordinator):
         ids = {cid: pid for pid, cid in enumerate(sorted(chosen))}
         l2_clip = dp.clipper.clip if dp is not None else 0.0
         encoding = round_encoding(self.secagg, self.linear, len(ids), l2_clip=l2_clip)
+        template = SecureTask(
+            session=self.run.run_id,  # binds every key and mask to this run
+            round=number,
+            participants=len(ids),
+            me=0,
+            length=self.linear.update_size(),
+            ring_bits=encoding.ring_bits,
+            frac_bits=encoding.frac_bits,
+            clip=encoding.clip,
+            neighbours=self.secagg.neighbours,
+            threshold=self.secagg.threshold,
+            weight=0.0,
+            l2_clip=l2_clip,
+        )
         prepared = []
-        secure: SecureTask | None = None
         for task in tasks:
-            secure = SecureTask(
-                session=self.run_id_for_secagg(),
-                round=number,
-                participants=len(ids),
-                me=ids[task.client_id],
-                length=self.linear.update_size(),
-                ring_bits=encoding.ring_bits,
-                frac_bits=encoding.frac_bits,
-                clip=encoding.clip,
-                neighbours=self.secagg.neighbours,
-                threshold=self.secagg.threshold,
-                weight=weights[task.client_id],
-                l2_clip=l2_clip,
+            mine = dataclasses.replace(
+                template, me=ids[task.client_id], weight=weights[task.client_id]
             )
             payload = task.payload
-            config = {**payload.config, **secure.to_config()}
+            config = {**payload.config, **mine.to_config()}
             prepared.append(Task(task.client_id, Payload(payload.tensors, config, payload.metrics)))
-        identities = {}
-        for cid, pid in ids.items():
-            key = self.clients.public_key(cid)
-            identities[pid] = key if key is not None else b""
-        if secure is None:
-            return []
+        identities = {pid: self.clients.public_key(cid) or b"" for cid, pid in ids.items()}
         self._rounds = {
             number: SecureRound(
-                secure.round_config(),
+                template.round_config(),
                 ids,
                 identities,
                 now=self.clock(),
@@ -138,11 +136,6 @@ class SecureCoordinator(Coordinator):
             )
         }
         return prepared
-
-    def run_id_for_secagg(self) -> str:
-        """The session every round context binds: the run id (set once the run exists)."""
-        run = getattr(self, "run", None)
-        return run.run_id if run is not None else ""
 
     # --- client calls --------------------------------------------------------------------------
     def secagg_step(
@@ -235,6 +228,7 @@ class SecureCoordinator(Coordinator):
                 payload.tensors[MASKED], secure.config.encoding, secure.config.length
             )
             masked[pid] = MaskedInput(pid, vector)
+            secure.publics[update.client_id] = dict(payload.metrics)
         secure.advance(self.clock(), masked)
 
     def _aggregate(
@@ -252,12 +246,8 @@ class SecureCoordinator(Coordinator):
         aggregate = secure.result
         total, weight = aggregate.decode()
         by_pid = {pid: cid for cid, pid in secure.ids.items()}
-        survivors = {by_pid[pid] for pid in aggregate.survivors}
-        publics = []
-        for update in updates:
-            if update.client_id in survivors:
-                payload = payload_from_bytes(self.state.get_blob(update.payload_sha))
-                publics.append(Result(update.client_id, Payload(metrics=payload.metrics)))
+        survivors = [by_pid[pid] for pid in aggregate.survivors]
+        publics = [Result(cid, Payload(metrics=secure.publics[cid])) for cid in survivors]
         extra: dict[str, MetricValue] = {
             "secagg_neighbours": secure.config.neighbours,
             "secagg_threshold": secure.config.threshold,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 
 from fedft.core.errors import ProtocolError
+from fedft.core.payload import MetricValue
 from fedft.privacy.secagg.config import RoundConfig
 from fedft.privacy.secagg.errors import SecAggError
 from fedft.privacy.secagg.messages import (
@@ -68,6 +69,9 @@ class SecureRound:
         self.server = SecAggServer(config)
         self.failed = ""  # why the round failed ("" while it has not)
         self.result: Aggregate | None = None
+        # Each stored masked input's public metrics by client id, kept when stage 3 closes
+        # (the host reads every input then), so the round's close need not read them again.
+        self.publics: dict[str, dict[str, MetricValue]] = {}
         self.sent: dict[int, Stage] = {}  # the last stage each participant answered
         self._accepted: dict[int, tuple[str, bytes]] = {}  # its last message, to spot retries
         self._broadcasts: dict[int, KeysBroadcast] = {}

@@ -25,6 +25,7 @@ from fedft.privacy.secagg.linear import (
     apply_sum,
     device_input,
     dp_of,
+    encoding_clip,
     linear_of,
     public_problem,
     round_encoding,
@@ -57,6 +58,7 @@ class SecureRounds:
         self.seed = seed
         self._weights: dict[str, float] = {}
         self._inputs: dict[str, DeviceInput] = {}
+        self._clip = 0.0  # the round's coordinate clip, fixed in begin()
 
     def begin(self, tasks: Sequence[Task], offered: Sequence[ClientInfo]) -> None:
         """Fix the round's weights before anyone trains: from what each device reported."""
@@ -66,6 +68,7 @@ class SecureRounds:
             [c for c in offered if c.client_id in chosen],
             equal=self.dp is not None,
         )
+        self._clip = encoding_clip(self.settings, self.linear, l2_clip=self._l2_clip())
         self._inputs = {}
 
     def _l2_clip(self) -> float:
@@ -74,10 +77,9 @@ class SecureRounds:
 
     def take(self, task: Task, down: Payload, reply: Payload, trainer: Trainer) -> Payload:
         """Keep a device's secret vector here; return what it sends in the clear."""
-        l2 = self._l2_clip()
-        count = max(len(self._weights), 1)
-        clip = round_encoding(self.settings, self.linear, count, l2_clip=l2).clip
-        entry = device_input(self.client_half, down, reply, trainer, clip, l2_clip=l2)
+        entry = device_input(
+            self.client_half, down, reply, trainer, self._clip, l2_clip=self._l2_clip()
+        )
         self._inputs[task.client_id] = entry
         return entry.public
 

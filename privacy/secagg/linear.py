@@ -80,11 +80,19 @@ def round_encoding(
     fixed point spends no bits on them, and the mean (a ratio) is unchanged. Under DP every
     update is first clipped to L2 norm ``l2_clip``, which bounds each value too.
     """
+    clip = encoding_clip(settings, strategy, l2_clip=l2_clip)
+    ring = settings.ring_bits if settings.ring_bits is not None else strategy.secagg_ring_bits
+    return Encoding.fit(summands, clip=clip, max_weight=1.0, ring_bits=ring)
+
+
+def encoding_clip(
+    settings: SecAggSettings, strategy: LinearUpdates[Any], *, l2_clip: float = 0.0
+) -> float:
+    """The bound every coordinate is clipped to: asked for, the strategy's, or the DP clip."""
     clip = settings.clip if settings.clip is not None else strategy.secagg_clip
     if l2_clip > 0:
         clip = min(clip, l2_clip) if settings.clip is not None else l2_clip
-    ring = settings.ring_bits if settings.ring_bits is not None else strategy.secagg_ring_bits
-    return Encoding.fit(summands, clip=clip, max_weight=1.0, ring_bits=ring)
+    return clip
 
 
 def task_weights(
