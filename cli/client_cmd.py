@@ -130,6 +130,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "and --micro-batch from an estimate of the peak, changing training as little as "
         "possible, and report the budget in the device profile; needs --model",
     )
+    p.add_argument(
+        "--require-dp-noise",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="send this device's update only inside a secure sum whose devices add noise of "
+        "multiplier Z or more (`fedft serve --secagg --dp-distributed`); other tasks are sat "
+        "out (default: take part in any task)",
+    )
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP)
     p.add_argument(
         "--simulate-device",
@@ -181,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         max_backoff_s=args.max_backoff,
         local_dp=local_dp_config_from_args(args),
+        require_dp_noise=_noise_floor(args.require_dp_noise),
         quant=args.quant,
         gradient_checkpointing=args.gradient_checkpointing,
         micro_batch=args.micro_batch,
@@ -239,3 +249,14 @@ def _rounds(text: str) -> frozenset[int]:
         return frozenset(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise UsageError(f"--simulate-absent-rounds: {text!r} is not R,R,...") from None
+
+
+def _noise_floor(value: float) -> float:
+    """Validate --require-dp-noise."""
+    import math
+
+    from fedft.core.errors import UsageError
+
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"--require-dp-noise must be >= 0, got {value}")
+    return value

@@ -56,8 +56,9 @@ def coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
         settings = CoordinatorSettings(
             rounds=args.rounds,
             round_timeout_s=args.round_timeout,
-            # A secure sum of one client would be that client's update.
-            min_clients=max(args.min_clients, 2 if run.secagg is not None else 1),
+            # A secure sum of one client would be that client's update; a distributed-DP sum
+            # needs as many devices online as its noise is calibrated for.
+            min_clients=max(args.min_clients, _fewest_clients(run)),
             liveness_s=args.liveness,
             heartbeat_interval_s=args.heartbeat,
             max_update_bytes=int(args.max_update_mb * (1 << 20)),
@@ -143,3 +144,12 @@ def export_global(setup: CoordinatorSetup, folder: Path) -> None:
 
     global_state = payload_from_bytes(setup.coordinator.global_payload())
     setup.runtime.load_global(global_state).save_model(folder)
+
+
+def _fewest_clients(run: RunSpec) -> int:
+    """The fewest devices online for a round to be worth opening under ``run``'s settings."""
+    if run.secagg is None:
+        return 1
+    if run.dp is not None and run.dp.distributed:
+        return max(2, run.dp.min_survivors)
+    return 2

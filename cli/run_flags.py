@@ -75,6 +75,22 @@ def add_dp_flags(p: argparse.ArgumentParser, *, note: str = "") -> None:
         "participants / 20); the noise multiplier must stay below 2 S",
     )
     group.add_argument(
+        "--dp-distributed",
+        action="store_true",
+        help="with --secagg: every device adds its share of (Skellam) noise before masking, so "
+        "the coordinator never sees a sum without noise (distributed DP; the ledger says "
+        "skellam, `fedft audit` accounts it in RDP)",
+    )
+    group.add_argument(
+        "--dp-min-survivors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--dp-distributed: each device adds 1/N of the noise variance, and a round with "
+        "fewer than N devices left at the unmask stage is not released (default: 70%% of "
+        "each round's participants)",
+    )
+    group.add_argument(
         "--canaries",
         type=int,
         default=0,
@@ -102,6 +118,8 @@ def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
         count_stddev=args.dp_count_stddev,
         canaries=args.canaries,
         all_iterates=args.canary_iterates,
+        distributed=args.dp_distributed,
+        min_survivors=args.dp_min_survivors,
     )
 
 
@@ -363,7 +381,13 @@ def serve_flags(spec: RunSpec) -> list[str]:
         ]
         if dp.count_stddev is not None:
             args.append(f"--dp-count-stddev={dp.count_stddev!r}")
-        switches = (("--dp-adaptive", dp.adaptive), ("--canary-iterates", dp.all_iterates))
+        if dp.min_survivors:
+            args.append(f"--dp-min-survivors={dp.min_survivors}")
+        switches = (
+            ("--dp-adaptive", dp.adaptive),
+            ("--canary-iterates", dp.all_iterates),
+            ("--dp-distributed", dp.distributed),
+        )
         args += [flag for flag, on in switches if on]
     robust = spec.robust
     if robust is not None:

@@ -39,7 +39,7 @@ from fedft.core.strategy import ClientStrategy
 from fedft.privacy.config import LocalDPConfig
 from fedft.privacy.ledger import LEDGER_FILE
 from fedft.privacy.local import LocalDPClient
-from fedft.privacy.secagg.task import SecureTask
+from fedft.privacy.secagg.task import SecureTask, noise_refusal
 from fedft.runtime.assembly import assemble_client, place
 from fedft.runtime.data import load_dataset
 from fedft.runtime.device import LinkMeter, measure_profile
@@ -85,6 +85,8 @@ class DaemonOptions:
     max_length: int = 128
     poll_s: float = 10.0
     local_dp: LocalDPConfig | None = None  # clip and noise every reply on this device
+    # Take part only in secure sums whose device noise reaches this multiplier (0: any task).
+    require_dp_noise: float = 0.0
     max_backoff_s: float = 30.0
     quant: str = "none"  # quantize the frozen base for LoRA strategies (nf4, int8)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
@@ -333,13 +335,15 @@ class ClientDaemon:
                     return 0
                 self._stop.wait(message.retry_after_s)
                 continue
-            if message.round in self.options.simulate_absent_rounds:
+            task = payload_from_bytes(message.data)
+            secure = SecureTask.from_config(task.config)
+            reason = self._sit_out(message.round, secure)
+            if reason is not None:
                 if message.round != away:
-                    self.report(f"round {message.round}: away (simulated), sitting it out")
+                    self.report(f"round {message.round}: {reason}, sitting it out")
                     away = message.round
                 self._stop.wait(self.options.poll_s)  # the task stays ours until the deadline
                 continue
-            task = payload_from_bytes(message.data)
             started = time.perf_counter()
             train = functools.partial(
                 self._train,
@@ -350,7 +354,6 @@ class ClientDaemon:
                 local_state=local_state,
                 local_dp=local_dp,
             )
-            secure = SecureTask.from_config(task.config)
             if secure is not None:  # the update leaves this device only masked
                 participation = SecureParticipation(
                     self.connection, self._retrying, self.report, strategy=strategy, trainer=trainer
@@ -379,6 +382,12 @@ class ClientDaemon:
                 f"round {message.round}: sent {len(data) / 1e6:.2f} MB after {seconds:.1f} s"
             )
         return 0
+
+    def _sit_out(self, number: int, secure: SecureTask | None) -> str | None:
+        """Why this device sits round ``number`` out, or None to take part."""
+        if number in self.options.simulate_absent_rounds:
+            return "away (simulated)"
+        return noise_refusal(secure, self.options.require_dp_noise)
 
     def _train(
         self,

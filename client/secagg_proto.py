@@ -62,7 +62,7 @@ def delivery_from_proto(msg: pb.SecAggShares) -> SharesDelivery:
 
 def request_from_proto(msg: pb.SecAggUnmaskRequest) -> UnmaskRequest:
     """The unmask question (the device's own checks follow in ``SecAggClient.unmask``)."""
-    return UnmaskRequest(frozenset(msg.survivors), frozenset(msg.dropped))
+    return UnmaskRequest(frozenset(msg.survivors), frozenset(msg.dropped), msg.total)
 
 
 def unmask_to_proto(msg: UnmaskResponse) -> pb.SecAggUnmask:

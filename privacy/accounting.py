@@ -4,6 +4,9 @@ Composing round by round is slow (1,000 PLD compositions take minutes), so the l
 grouped into runs of identical rounds and each run becomes one ``SelfComposedDpEvent``: a
 1,000-round ledger is a single composition. PLD gives the reported epsilon (tight, and a valid
 upper bound with its pessimistic discretisation); RDP is the fast, looser cross-check.
+
+Distributed DP's Skellam rounds have no PLD in dp-accounting: their ledger is accounted in
+RDP only (``fedft.privacy.skellam``), and the PLD answer is None.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import dp_accounting as dpa
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 from fedft.core.errors import UsageError
-from fedft.privacy.ledger import ADD_REMOVE, REPLACE_ONE, LedgerEntry, runs
+from fedft.privacy.ledger import ADD_REMOVE, REPLACE_ONE, SKELLAM, LedgerEntry, runs
+from fedft.privacy.skellam import rdp_epsilon, skellam_curve
 
 PLD = "pld"
 RDP = "rdp"
@@ -56,6 +60,8 @@ def ledger_event(entries: Sequence[LedgerEntry], *, rdp: bool = False) -> Any:
     """
     if not entries:
         raise UsageError("the privacy ledger is empty: no DP round has been recorded")
+    if any(e.mechanism == SKELLAM for e in entries):
+        raise UsageError("Skellam rounds have no dp-accounting event (account them in RDP)")
     halve = rdp and _relation(entries) == REPLACE_ONE
     parts = [
         dpa.SelfComposedDpEvent(
@@ -78,15 +84,43 @@ def epsilon(entries: Sequence[LedgerEntry], delta: float, method: str = PLD) -> 
     if not entries:
         raise UsageError("the privacy ledger is empty: no DP round has been recorded")
     relation = _relation(entries)
+    sampled_replace = relation == REPLACE_ONE and any(e.sampling_rate < 1 for e in entries)
+    if any(e.mechanism == SKELLAM for e in entries):
+        if method == PLD or sampled_replace:
+            return None
+        return _skellam_epsilon(entries, delta, relation)
     if any(e.noise_multiplier == 0 for e in entries):
         return math.inf
     if method == PLD:
         return _pld_epsilon(entries, delta, relation)
-    if relation == REPLACE_ONE and any(e.sampling_rate < 1 for e in entries):
+    if sampled_replace:
         return None
     accountant = dpa.rdp.RdpAccountant()
     accountant.compose(ledger_event(entries, rdp=True))
     return float(accountant.get_epsilon(delta))
+
+
+def _skellam_epsilon(entries: Sequence[LedgerEntry], delta: float, relation: str) -> float:
+    """RDP composition of a distributed-DP ledger (every round Skellam).
+
+    Replacing one client's data moves its encoded vector by up to twice its bound, so
+    replace-one doubles both sensitivities.
+    """
+    if any(e.mechanism != SKELLAM for e in entries):
+        raise UsageError("the ledger mixes Skellam and Gaussian rounds; cannot compose")
+    factor = 2.0 if relation == REPLACE_ONE else 1.0
+    total = None
+    for entry, count in runs(entries):
+        l2 = factor * entry.l2_sensitivity
+        curve = count * skellam_curve(
+            l2=l2,
+            l1=factor * entry.l1_sensitivity,
+            variance=(entry.noise_multiplier * entry.l2_sensitivity) ** 2,
+            rate=entry.sampling_rate,
+        )
+        total = curve if total is None else total + curve
+    assert total is not None
+    return rdp_epsilon(total, delta)
 
 
 def _pld_epsilon(entries: Sequence[LedgerEntry], delta: float, relation: str) -> float:

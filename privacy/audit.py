@@ -134,6 +134,7 @@ def per_round(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
             "sampling_rate": e.sampling_rate,
             "participants": e.participants,
             "aggregation": e.aggregation,
+            "mechanism": e.mechanism,
         }
         for e in entries
     ]
@@ -147,14 +148,19 @@ def audit(data: AuditInput, delta: float, *, alpha: float = 0.05) -> dict[str, A
     if not data.ledger:
         raise UsageError(f"the privacy ledger of {data.source} is empty: no DP round recorded")
     adjacency = data.ledger[0].adjacency
+    pld = epsilon(data.ledger, delta, PLD)
+    rdp = epsilon(data.ledger, delta, RDP)
     result: dict[str, Any] = {
         "source": data.source,
         "delta": delta,
         "rounds": len(data.ledger),
         "adjacency": adjacency,
         "sampling": data.sampling,
-        "epsilon_pld": epsilon(data.ledger, delta, PLD),
-        "epsilon_rdp": epsilon(data.ledger, delta, RDP),
+        "epsilon_pld": pld,
+        "epsilon_rdp": rdp,
+        # PLD where dp-accounting has it; distributed DP's Skellam rounds have only RDP.
+        "epsilon": pld if pld is not None else rdp,
+        "accountant": PLD if pld is not None else RDP,
         "epsilon_curve": [
             {"round": r, "epsilon_rdp": e} for r, e in epsilon_curve(data.ledger, delta)
         ],
@@ -166,5 +172,5 @@ def audit(data: AuditInput, delta: float, *, alpha: float = 0.05) -> dict[str, A
         every_round = all(e.sampling_rate >= 1.0 for e in data.ledger)
         emp = empirical(data.canaries, delta, alpha=alpha, every_round=every_round)
         result["epsilon_empirical"] = emp
-        result["verdict"] = verdict(emp["ci95"][0], emp["ci95"][1], result["epsilon_pld"])
+        result["verdict"] = verdict(emp["ci95"][0], emp["ci95"][1], result["epsilon"])
     return result

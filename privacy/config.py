@@ -11,6 +11,9 @@ from fedft.core.errors import UsageError
 SEEDED = "seeded"
 SECRET = "secret"
 SAMPLINGS = (SEEDED, SECRET)
+DISTRIBUTED_NEEDS_SECAGG = (
+    "--dp-distributed needs --secagg: the noise shares only hide each other inside a secure sum"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class DPConfig:
     # not secret. "secret": a CSPRNG draws it, as amplification by sampling assumes; the
     # coordinator's choice (defect 12). Runs stored without the key were seeded.
     sampling: str = "seeded"
+    # Distributed DP (with --secagg): every device adds 1/min_survivors of the noise variance
+    # itself, so the coordinator never sees a sum without noise (0: 70% of each round).
+    distributed: bool = False
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         z = self.noise_multiplier
@@ -57,6 +64,19 @@ class DPConfig:
             (
                 self.unseen_canaries is None or self.unseen_canaries >= 0,
                 "the number of unseen canaries must be >= 0",
+            ),
+            (
+                self.min_survivors == 0 or self.min_survivors >= 2,
+                f"--dp-min-survivors must be >= 2, got {self.min_survivors}",
+            ),
+            (
+                self.distributed or self.min_survivors == 0,
+                "--dp-min-survivors needs --dp-distributed",
+            ),
+            (
+                not (self.distributed and self.adaptive),
+                "--dp-distributed needs a fixed --dp-clip: devices add noise for the clip they "
+                "are told, and --dp-adaptive would need each device's clipped-or-not bit",
             ),
         ]
         for ok, message in problems:
@@ -94,6 +114,8 @@ def dp_config_from_flags(
     count_stddev: float | None,
     canaries: int,
     all_iterates: bool,
+    distributed: bool = False,
+    min_survivors: int = 0,
 ) -> DPConfig | None:
     """Return the DP settings the ``--dp-*`` flags ask for, or None without ``--dp-noise``."""
     if noise is None:
@@ -104,6 +126,8 @@ def dp_config_from_flags(
             (count_stddev is not None, "--dp-count-stddev"),
             (canaries != 0, "--canaries"),
             (all_iterates, "--canary-iterates"),
+            (distributed, "--dp-distributed"),
+            (min_survivors != 0, "--dp-min-survivors"),
         ]
         for given, flag in extras:
             if given:
@@ -119,6 +143,8 @@ def dp_config_from_flags(
         count_stddev=count_stddev,
         canaries=canaries,
         all_iterates=all_iterates,
+        distributed=distributed,
+        min_survivors=min_survivors,
     )
 
 

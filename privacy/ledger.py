@@ -12,7 +12,9 @@ from typing import Any
 from fedft.core.errors import UsageError
 
 GAUSSIAN = "gaussian"
-MECHANISMS = (GAUSSIAN,)
+# Distributed DP (--dp-distributed): each device added a share of Skellam noise in the ring.
+SKELLAM = "skellam"
+MECHANISMS = (GAUSSIAN, SKELLAM)
 # Neighbouring datasets differ by one client added or removed (the DP-FedAvg convention and the
 # one Poisson sampling amplification is proved for), or by one client's data replaced.
 ADD_REMOVE = "add-remove"
@@ -27,7 +29,7 @@ AUDIT_PNG = "audit.png"
 PLAIN = "plain"
 SECAGG = "secagg"
 AGGREGATIONS = (PLAIN, SECAGG)
-_OPTIONAL = ("aggregation",)  # fields an older ledger may lack
+_OPTIONAL = ("aggregation", "l2_sensitivity", "l1_sensitivity")  # an older ledger may lack
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
@@ -39,6 +41,10 @@ class LedgerEntry:
     ``clip_norm``, so it alone (with the sampling rate) fixes the round's privacy cost.
     ``sampling_rate`` below 1 means every client was included independently with that
     probability (Poisson sampling); 1 means every available client took part.
+
+    A ``skellam`` entry (distributed DP) is a sum of integers: ``l2_sensitivity`` and
+    ``l1_sensitivity`` bound one client's encoded vector in ring units, and
+    ``noise_multiplier`` is the survivors' summed noise std over ``l2_sensitivity``.
     """
 
     round: int
@@ -52,6 +58,8 @@ class LedgerEntry:
     # How the clipped updates were summed: in the clear, or inside a secure sum (--secagg),
     # where ``participants`` is the round's realised survivors. The cost is the same.
     aggregation: str = PLAIN
+    l2_sensitivity: float = 0.0  # skellam only
+    l1_sensitivity: float = 0.0  # skellam only
 
     def __post_init__(self) -> None:
         problems = [
@@ -71,6 +79,16 @@ class LedgerEntry:
             (
                 self.aggregation in AGGREGATIONS,
                 f"unknown aggregation {self.aggregation!r}",
+            ),
+            (
+                self.mechanism != SKELLAM
+                or (
+                    math.isfinite(self.l2_sensitivity)
+                    and self.l2_sensitivity > 0
+                    and math.isfinite(self.l1_sensitivity)
+                    and self.l1_sensitivity > 0
+                ),
+                "a skellam entry needs positive l2_sensitivity and l1_sensitivity",
             ),
         ]
         for ok, message in problems:
@@ -100,9 +118,16 @@ class LedgerEntry:
                 )
         return cls(**{n: values[n] for n in names})
 
-    def accounting_key(self) -> tuple[str, float, float, str]:
+    def accounting_key(self) -> tuple[str, float, float, str, float, float]:
         """What fixes this entry's privacy cost; equal keys compose as one self-composition."""
-        return (self.mechanism, self.noise_multiplier, self.sampling_rate, self.adjacency)
+        return (
+            self.mechanism,
+            self.noise_multiplier,
+            self.sampling_rate,
+            self.adjacency,
+            self.l2_sensitivity,
+            self.l1_sensitivity,
+        )
 
 
 def append_jsonl(path: Path, entry: LedgerEntry) -> None:

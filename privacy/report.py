@@ -123,7 +123,11 @@ SAMPLING_NOTES = {
 
 AGGREGATION_NOTES = {
     "plain": "in the clear: the server saw each clipped update",
-    "secagg": "secure sum (SecAgg+): the server saw only the sum, then noised it",
+    "secagg": "secure sum (SecAgg+): the server saw only the sum",
+}
+MECHANISM_NOTES = {
+    "gaussian": "Gaussian, added by the server to the clipped sum (central DP)",
+    "skellam": "Skellam shares added by every device (distributed DP): no noiseless sum seen",
 }
 
 
@@ -142,8 +146,15 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("sampling rate (last round)", last["sampling_rate"]),
         ("client sampling", SAMPLING_NOTES.get(result.get("sampling", ""), "unknown")),
         ("aggregation (last round)", AGGREGATION_NOTES.get(last.get("aggregation", "plain"), "?")),
-        ("epsilon, PLD (reported)", result["epsilon_pld"]),
-        ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
+        ("noise (last round)", MECHANISM_NOTES.get(last.get("mechanism", "gaussian"), "?")),
+        *(
+            [
+                ("epsilon, PLD (reported)", result["epsilon_pld"]),
+                ("epsilon, RDP (cross-check)", result["epsilon_rdp"]),
+            ]
+            if result.get("accountant", "pld") == "pld"
+            else [("epsilon, RDP (reported; Skellam has no PLD)", result["epsilon_rdp"])]
+        ),
     ]
     emp = result.get("epsilon_empirical")
     if emp:
@@ -178,9 +189,10 @@ def warning(result: dict[str, Any]) -> str | None:
         return None
     emp = result["epsilon_empirical"]
     low, high = emp["ci95"]
+    analytical = result.get("epsilon", result["epsilon_pld"])
     return (
         f"WARNING: the empirical epsilon {emp['epsilon']:.3f} (95% interval [{low:.3f}, "
-        f"{high:.3f}]) is ABOVE the analytical epsilon {result['epsilon_pld']:.3f} beyond "
+        f"{high:.3f}]) is ABOVE the analytical epsilon {analytical:.3f} beyond "
         "sampling error: the mechanism may not do what the ledger says. Check the noise "
         "actually added, the clipping and the sampling."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,8 @@ from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.privacy.canaries import CanaryRecord
 from fedft.privacy.ledger import AUDIT_JSON, AUDIT_PNG, LEDGER_FILE, append_jsonl, read_jsonl
 from fedft.privacy.wrapper import DPServer
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the audit pulls in dp-accounting and scipy: a second runs without DP skip
     from fedft.privacy.audit import AuditInput
@@ -60,11 +63,19 @@ def load_run(folder: Path) -> AuditInput:
 
 def audit_run_folder(
     folder: Path, delta: float = 1e-5, *, out: Path | None = None
-) -> dict[str, object]:
-    """Audit a run folder and write ``audit.json`` and ``audit.png`` (into ``out`` or itself)."""
+) -> dict[str, object] | None:
+    """Audit a run folder and write ``audit.json`` and ``audit.png`` (into ``out`` or itself).
+
+    A run that released no round (every secure round failed, say) has nothing to audit:
+    None, with a log line, instead of an error at the end of an otherwise finished run.
+    """
     from fedft.privacy.audit import audit
     from fedft.privacy.report import write_json, write_png
 
+    ledger = folder / LEDGER_FILE
+    if not ledger.is_file() or not ledger.read_text(encoding="utf-8").strip():
+        logger.warning("no round of this run was released: its privacy ledger is empty")
+        return None
     result = audit(load_run(folder), delta)
     target = out or folder
     write_json(result, target)

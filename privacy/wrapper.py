@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,8 +25,11 @@ from fedft.core.strategy import ClientInfo, Failure, Result, ServerStrategy, Tas
 from fedft.core.wrapper import LinearWrapper, without_prefix
 from fedft.privacy.canaries import CanaryBank, CanaryPlan, CanaryRecord, included
 from fedft.privacy.config import SECRET, DPConfig
-from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, PLAIN, SECAGG, LedgerEntry
+from fedft.privacy.ledger import ADD_REMOVE, GAUSSIAN, PLAIN, SECAGG, SKELLAM, LedgerEntry
 from fedft.privacy.mechanisms import AdaptiveClip, SecureGaussian, clip_l2, update_noise_multiplier
+
+if TYPE_CHECKING:
+    from fedft.privacy.secagg.noisy import NoisyEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +178,33 @@ class DPServer(LinearWrapper):
             aggregation=SECAGG,
         )
 
+    def release_noised_sum(
+        self,
+        server_round: int,
+        total: torch.Tensor,
+        contributors: int,
+        failures: Sequence[Failure],
+        *,
+        encoding: NoisyEncoding,
+        survivors: int,
+    ) -> dict[str, MetricValue]:
+        """Apply a secure sum that already carries every survivor's noise (distributed DP).
+
+        The coordinator never held the sum without noise; it adds none. The ledger records
+        the Skellam mechanism the ``survivors`` realised: their summed variance over the L2
+        sensitivity in ring units (at least the planned noise multiplier, since a round with
+        fewer survivors than the noise was calibrated for is never unmasked).
+        """
+        realised = encoding.noise_multiplier(survivors)
+        return self._release(
+            server_round,
+            total.to(torch.float64).clone(),
+            contributors,
+            failures=failures,
+            aggregation=SECAGG,
+            distributed=(realised, encoding),
+        )
+
     def _release(
         self,
         server_round: int,
@@ -185,8 +215,12 @@ class DPServer(LinearWrapper):
         rejected: int = 0,
         unclipped: int = 0,
         aggregation: str = PLAIN,
+        distributed: tuple[float, NoisyEncoding] | None = None,
     ) -> dict[str, MetricValue]:
-        """Add the canaries and the noise to a clipped sum, apply the mean, write the entry."""
+        """Add the canaries and the noise to a clipped sum, apply the mean, write the entry.
+
+        ``distributed`` (realised noise multiplier, encoding): the devices added the noise.
+        """
         dim = self.linear.update_size()
         clip = self.clipper.clip
         canaries = [
@@ -200,7 +234,12 @@ class DPServer(LinearWrapper):
         participants += len(canaries)
         z = self.dp.noise_multiplier
         z_update = self._update_noise()
-        total += self.noise.normal(dim, z_update * clip)
+        if distributed is None:
+            noise_std = z_update * clip
+            total += self.noise.normal(dim, noise_std)
+        else:
+            realised, encoding = distributed
+            noise_std = realised * encoding.l2_sensitivity / encoding.scale
         mean = total / self.expected_participants()
         metrics = self.linear.apply_update(server_round, mean)
         self._track_canaries(mean)
@@ -209,14 +248,16 @@ class DPServer(LinearWrapper):
             self.clipper.update(unclipped, participants, self.expected_participants(), count_noise)
         self.last_entry = LedgerEntry(
             round=server_round,
-            mechanism=GAUSSIAN,
-            noise_multiplier=z,
+            mechanism=GAUSSIAN if distributed is None else SKELLAM,
+            noise_multiplier=z if distributed is None else distributed[0],
             clip_norm=clip,
             sampling_rate=self.dp.sampling_rate,
             participants=participants,
             adjacency=ADD_REMOVE,
             recorded_at=time.time(),
             aggregation=aggregation,
+            l2_sensitivity=0.0 if distributed is None else distributed[1].l2_sensitivity,
+            l1_sensitivity=0.0 if distributed is None else distributed[1].l1_sensitivity,
         )
         return {
             **metrics,
@@ -224,7 +265,7 @@ class DPServer(LinearWrapper):
             "rejected": rejected,
             "failures": len(failures),
             "dp.clip": clip,
-            "dp.noise_std": z_update * clip,
+            "dp.noise_std": noise_std,
             "dp.canaries": len(canaries),
         }
 

@@ -48,6 +48,10 @@ class RunSpec:
 
         check_device_name(self.device)
         check_participation(self.participation)
+        if self.dp is not None and self.dp.distributed and self.secagg is None:
+            from fedft.privacy.config import DISTRIBUTED_NEEDS_SECAGG
+
+            raise UsageError(DISTRIBUTED_NEEDS_SECAGG)
         if self.secagg is not None:
             from fedft.privacy.secagg.settings import secagg_refusal
 

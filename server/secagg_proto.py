@@ -55,7 +55,7 @@ def shares_to_proto(sealed: Mapping[int, bytes]) -> pb.SecAggShares:
 def request_to_proto(request: UnmaskRequest) -> pb.SecAggUnmaskRequest:
     """The unmask question on the wire."""
     return pb.SecAggUnmaskRequest(
-        survivors=sorted(request.survivors), dropped=sorted(request.dropped)
+        survivors=sorted(request.survivors), dropped=sorted(request.dropped), total=request.total
     )
 
 

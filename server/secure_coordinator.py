@@ -22,17 +22,18 @@ from fedft.core.payload import MetricValue, Payload
 from fedft.core.serde import payload_from_bytes, payload_to_bytes
 from fedft.core.strategy import ClientInfo, Failure, LinearUpdates, Result, Task
 from fedft.core.wrapper import without_prefix
+from fedft.privacy.secagg.errors import EncodingOverflowError
 from fedft.privacy.secagg.linear import (
     apply_sum,
     linear_of,
     public_problem,
-    round_encoding,
+    secure_encoding,
     task_weights,
 )
 from fedft.privacy.secagg.messages import MaskedInput
 from fedft.privacy.secagg.settings import SecAggSettings
 from fedft.privacy.secagg.state import STATE_PREFIX, with_secagg_state
-from fedft.privacy.secagg.task import MASKED, SecureTask
+from fedft.privacy.secagg.task import MASKED, SecureTask, noise_of
 from fedft.privacy.secagg.wire import masked_vector
 from fedft.proto.v1 import coordinator_pb2 as pb
 from fedft.server.coordinator import Coordinator
@@ -58,6 +59,7 @@ class SecureCoordinator(Coordinator):
         self.secagg = secagg
         self.stage_timeout_s = stage_timeout_s
         self._rounds: dict[int, SecureRound] = {}
+        self._unopened: dict[int, str] = {}  # rounds that opened with no secure round: why
         super().__init__(*args, **kwargs)
         linear = linear_of(self.server_half)  # inside the DP wrapper under central DP
         if not isinstance(linear, LinearUpdates):
@@ -92,8 +94,9 @@ class SecureCoordinator(Coordinator):
     def _prepare(self, number: int, tasks: list[Task], infos: list[ClientInfo]) -> list[Task]:
         """Give each task its participant's secure aggregation parameters (lock held)."""
         if len(tasks) < 2:
-            # A sum of one is that one's update: no round opens until two are sampled.
-            logger.debug("round %d: %d participant(s); a secure sum needs two", number, len(tasks))
+            # A sum of one is that one's update: no secure round runs with fewer than two.
+            self._unopened[number] = f"{len(tasks)} participant(s); a secure sum needs two"
+            logger.debug("round %d: %s", number, self._unopened[number])
             return []
         chosen = {t.client_id for t in tasks}
         dp = self.dp_server
@@ -102,7 +105,13 @@ class SecureCoordinator(Coordinator):
         )
         ids = {cid: pid for pid, cid in enumerate(sorted(chosen))}
         l2_clip = dp.clipper.clip if dp is not None else 0.0
-        encoding = round_encoding(self.secagg, self.linear, len(ids), l2_clip=l2_clip)
+        try:
+            encoding = secure_encoding(self.secagg, self.server_half, len(ids))
+        except EncodingOverflowError as exc:
+            self._unopened[number] = str(exc)
+            logger.warning("round %d: no secure round runs: %s", number, exc)
+            return []
+        variance, survivors = noise_of(encoding)
         template = SecureTask(
             session=self.run.run_id,  # binds every key and mask to this run
             round=number,
@@ -116,6 +125,8 @@ class SecureCoordinator(Coordinator):
             threshold=self.secagg.threshold,
             weight=0.0,
             l2_clip=l2_clip,
+            variance=variance,
+            survivors=survivors,
         )
         prepared = []
         for task in tasks:
@@ -240,7 +251,10 @@ class SecureCoordinator(Coordinator):
         if self.dp_server is not None:
             self.dp_server.last_entry = None  # a round that fails releases nothing
         if secure is None or secure.result is None:
-            why = "the coordinator restarted mid-round" if secure is None else secure.failed
+            if secure is None:
+                why = self._unopened.pop(number, "the coordinator restarted mid-round")
+            else:
+                why = secure.failed
             logger.warning("round %d: nothing applied: %s", number, why or "too few participants")
             return {**failed, "failures": len(failures)}
         aggregate = secure.result
@@ -254,5 +268,12 @@ class SecureCoordinator(Coordinator):
             "secagg_frac_bits": secure.config.encoding.frac_bits,
         }
         return apply_sum(
-            self.server_half, number, publics, total, weight, failures=failures, extra=extra
+            self.server_half,
+            number,
+            publics,
+            total,
+            weight,
+            failures=failures,
+            encoding=secure.config.encoding,
+            extra=extra,
         )

@@ -139,6 +139,8 @@ SHARED_FIELDS = (
     "dp_count_stddev",
     "canaries",
     "canary_iterates",
+    "dp_distributed",
+    "dp_min_survivors",
     "local_dp_clip",
     "local_dp_noise",
 )

@@ -150,6 +150,9 @@ class GrpcEngine:
             ]  # fmt: skip
             if cid in tiers:
                 args += ["--simulate-device", tiers[cid]]
+            dp = self.run_spec.dp
+            if dp is not None and dp.distributed:  # every device checks the noise it is promised
+                args += ["--require-dp-noise", repr(dp.noise_multiplier)]
             away = [str(r) for r, present in enumerate(schedule, start=1) if cid not in present]
             if away:
                 args += ["--simulate-absent-rounds", ",".join(away)]
@@ -216,7 +219,7 @@ class GrpcEngine:
             self.progress("round", spec.rounds, spec.rounds)
             for _, process, _ in self._processes[1:]:
                 process.wait(timeout=120)  # clients exit once they learn the run is over
-            if self.dp is not None:
+            if self.dp is not None and state.ledger():
                 self.audit_result = self._audit(state)
         finally:
             self._shutdown()

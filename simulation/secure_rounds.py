@@ -28,7 +28,7 @@ from fedft.privacy.secagg.linear import (
     encoding_clip,
     linear_of,
     public_problem,
-    round_encoding,
+    secure_encoding,
     task_weights,
 )
 from fedft.privacy.secagg.settings import SecAggSettings
@@ -119,11 +119,14 @@ class SecureRounds:
                 len(survivors),
             )
             return {**base, "failures": len(failures)}, 0, 0
-        encoding = round_encoding(
-            self.settings, self.linear, len(survivors), l2_clip=self._l2_clip()
-        )
         digest = hashlib.sha256(f"{self.seed}|{server_round}".encode()).digest()
         try:
+            # Distributed DP fixes each device's noise share before anyone is known to
+            # survive: for the round's participants, as the coordinator does.
+            distributed = self.dp is not None and self.dp.dp.distributed
+            encoding = secure_encoding(
+                self.settings, self.server_half, len(self._weights if distributed else survivors)
+            )
             total, stats = secure_sum(
                 vectors,
                 weights,
@@ -160,6 +163,7 @@ class SecureRounds:
             total,
             stats.total_weight,
             failures=failures,
+            encoding=encoding,
             extra=extra,
         )
         self._inputs = {}

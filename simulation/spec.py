@@ -17,6 +17,7 @@ from fedft.core.device import check_device_name
 from fedft.core.errors import UsageError
 from fedft.core.run_options import AUTOCAST_CHOICES, PARTICIPATION_CHOICES, QUANT_CHOICES
 from fedft.privacy.config import (
+    DISTRIBUTED_NEEDS_SECAGG,
     DPConfig,
     LocalDPConfig,
     check_server_wrappers,
@@ -61,6 +62,8 @@ class SimulationSpec:
     dp_count_stddev: float | None = None
     canaries: int = 0
     canary_iterates: bool = False
+    dp_distributed: bool = False  # with secagg: each device adds its share of the noise
+    dp_min_survivors: int = 0
     # Client-side DP: every reply clipped and noised on the (virtual) device.
     local_dp_clip: float | None = None
     local_dp_noise: float = 0.0
@@ -182,6 +185,8 @@ class SimulationSpec:
         if settings is None:
             if self.secagg_neighbours or self.secagg_threshold or self.secagg_clip:
                 raise UsageError("--secagg-neighbours, -threshold and -clip need --secagg")
+            if self.dp_distributed:
+                raise UsageError(DISTRIBUTED_NEEDS_SECAGG)
             return
         if self.engine == "flower":
             raise UsageError("--secagg runs on --engine inprocess or grpc, not flower")
@@ -221,6 +226,8 @@ class SimulationSpec:
             count_stddev=self.dp_count_stddev,
             canaries=self.canaries,
             all_iterates=self.canary_iterates,
+            distributed=self.dp_distributed,
+            min_survivors=self.dp_min_survivors,
         )
 
     def local_dp_config(self) -> LocalDPConfig | None:

@@ -4,7 +4,8 @@ The client keeps its secrets (two X25519 private keys, the self-mask seed) and c
 untrusted server relays: every neighbour key must carry a valid signature by that neighbour's
 enrolled Ed25519 identity, every share must authenticate, and an unmask request is refused if
 it names one client both as survivor and as dropped, asks about a client that never shared with
-this one, or leaves fewer than threshold survivors.
+this one, leaves fewer than threshold survivors, or (distributed DP) claims fewer survivors in
+all than the round's noise is calibrated for.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from .noisy import NoisyEncoding
 
 _BUNDLE = 8 + 2 * shamir.SHARE_BYTES  # sender id, receiver id, seed share, key share
 
@@ -176,6 +178,14 @@ class SecAggClient:
             raise RefusedRequestError(f"client {self.id} holds no shares of {sorted(unknown)}")
         if self.id in request.dropped:
             raise RefusedRequestError(f"client {self.id} sent its input; it did not drop")
+        noise = self.config.encoding
+        if isinstance(noise, NoisyEncoding) and request.total < noise.survivors:
+            # Fewer noise shares than calibrated for: the sum would be less private than the
+            # round promised, so this client's masks stay on.
+            raise BelowThresholdError(
+                f"client {self.id}: {request.total} survivors carry less noise than the "
+                f"{noise.survivors} the round's distributed DP is calibrated for"
+            )
         # Fewer survivors than t could not unmask this client anyway; a request like that can
         # only aim at isolating one input, so an honest client stops here.
         alive = request.survivors - {self.id}

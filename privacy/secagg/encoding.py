@@ -101,6 +101,14 @@ class Encoding:
         self, vector: NDArray[np.floating], weight: float, rng: np.random.Generator
     ) -> NDArray[np.unsignedinteger]:
         """Encode a weighted update as ``len(vector) + 1`` ring elements (weight last)."""
+        values = stochastic_round(self.scaled(vector, weight, self.offset), rng)
+        np.clip(values, 0, self.span, out=values)  # guards float rounding at the top edge
+        return values.astype(self.dtype)
+
+    def scaled(
+        self, vector: NDArray[np.floating], weight: float, offset: float
+    ) -> NDArray[np.float64]:
+        """``weight * clip(vector) + offset``, then ``weight``, all times the scale (floats)."""
         if not 0 <= weight <= self.max_weight:
             raise ValueError(f"weight {weight} outside [0, max_weight={self.max_weight}]")
         x = np.asarray(vector, dtype=np.float64)
@@ -109,14 +117,10 @@ class Encoding:
         values = np.empty(x.size + 1, dtype=np.float64)
         np.clip(x.reshape(-1), -self.clip, self.clip, out=values[:-1])
         values[:-1] *= weight
-        values[:-1] += self.offset
+        values[:-1] += offset
         values[-1] = weight
         values *= self.scale
-        # Stochastic rounding: floor, then up with probability equal to the fraction.
-        low = np.floor(values)
-        values = low + (rng.random(values.size) < values - low)
-        np.clip(values, 0, self.span, out=values)  # guards float rounding at the top edge
-        return values.astype(self.dtype)
+        return values
 
     def decode(
         self, total: NDArray[np.unsignedinteger], summands: int
@@ -124,3 +128,9 @@ class Encoding:
         """Decode the ring sum of ``summands`` encodings: (sum of w * x, sum of w)."""
         raw = total.astype(np.float64) / self.scale
         return raw[:-1] - summands * self.offset, float(raw[-1])
+
+
+def stochastic_round(values: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+    """Round down, then up with probability equal to the fraction: unbiased."""
+    low = np.floor(values)
+    return low + (rng.random(values.size) < values - low)

@@ -11,6 +11,7 @@ code here or in any host. Hosts differ only in how the four stages travel.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,12 @@ from fedft.core.trainer import Trainer
 from fedft.core.wrapper import LinearWrapper
 
 from .encoding import Encoding
+from .errors import EncodingOverflowError
+from .noisy import NoisyEncoding
 from .settings import SecAggSettings
 
 if TYPE_CHECKING:
+    from fedft.privacy.config import DPConfig
     from fedft.privacy.wrapper import DPServer
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,71 @@ def round_encoding(
     clip = encoding_clip(settings, strategy, l2_clip=l2_clip)
     ring = settings.ring_bits if settings.ring_bits is not None else strategy.secagg_ring_bits
     return Encoding.fit(summands, clip=clip, max_weight=1.0, ring_bits=ring)
+
+
+def secure_encoding(settings: SecAggSettings, server_half: Any, participants: int) -> Encoding:
+    """A round's encoding for ``participants``: plain, or with noise shares (distributed DP).
+
+    Under central DP every device clips its update to the DP clip norm; under distributed DP
+    each also adds its share of the noise (:class:`NoisyEncoding`), in the ring asked for, or
+    the strategy's when it holds the noisy sum at full precision, else the 64-bit one. A round
+    too small for ``--dp-min-survivors`` raises EncodingOverflowError: no round opens.
+    """
+    strategy = linear_of(server_half)
+    dp = dp_of(server_half)
+    l2_clip = dp.clipper.clip if dp is not None else 0.0
+    if dp is None or not dp.dp.distributed:
+        return round_encoding(settings, strategy, participants, l2_clip=l2_clip)
+    return noisy_encoding(
+        settings,
+        dp.dp,
+        participants,
+        length=strategy.update_size(),
+        strategy_ring=strategy.secagg_ring_bits,
+    )
+
+
+def noisy_encoding(
+    settings: SecAggSettings, dp: DPConfig, participants: int, *, length: int, strategy_ring: int
+) -> NoisyEncoding:
+    """Distributed DP's encoding of a round: the noise shares fitted to the ring.
+
+    The ring is the one asked for, or the strategy's when it holds the noisy sum at full
+    precision (the Poisson sampler's limit, not the ring, usually fixes the scale), which
+    halves a LoRA upload; else the 64-bit ring.
+    """
+
+    def fit(ring: int) -> NoisyEncoding:
+        return NoisyEncoding.fit_noise(
+            participants,
+            clip=dp.clip,
+            length=length,
+            noise_multiplier=dp.noise_multiplier,
+            survivors=min_survivors(dp.min_survivors, participants),
+            ring_bits=ring,
+        )
+
+    if settings.ring_bits is not None:
+        return fit(settings.ring_bits)
+    wide = fit(64)
+    if strategy_ring == 64:
+        return wide
+    try:
+        narrow = fit(strategy_ring)
+    except EncodingOverflowError:
+        return wide
+    return narrow if narrow.frac_bits == wide.frac_bits else wide
+
+
+def min_survivors(asked: int, participants: int) -> int:
+    """The fewest survivors a distributed-DP round's noise is calibrated for.
+
+    As asked (``--dp-min-survivors``), else 70% of the round's participants rounded up, so
+    that 30% may drop out after sharing keys and the round still releases its full noise.
+    """
+    if asked:
+        return asked
+    return max(2, math.ceil(0.7 * participants))
 
 
 def encoding_clip(
@@ -186,6 +255,7 @@ def apply_sum(
     weight: float,
     *,
     failures: Sequence[Failure],
+    encoding: Encoding,
     extra: Mapping[str, MetricValue] | None = None,
 ) -> dict[str, MetricValue]:
     """Apply a decoded secure sum as the round's mean; return the round metrics.
@@ -195,6 +265,8 @@ def apply_sum(
     never sees one client's vector, so, as under DP, its ``observe`` is not called. Under
     central DP (``server_half`` a DP wrapper) the sum of clipped updates gets the wrapper's
     noise and denominator, and its ledger entry says ``secagg`` with the realised survivors.
+    Under distributed DP (a :class:`NoisyEncoding`) the sum already carries the survivors'
+    noise: the wrapper adds none and records the Skellam mechanism they realised.
     """
     strategy = linear_of(server_half)
     for result in publics:
@@ -203,7 +275,17 @@ def apply_sum(
     dp = dp_of(server_half)
     if dp is not None:
         summed = torch.from_numpy(np.asarray(total, dtype=np.float64))
-        released = dp.release_sum(server_round, summed, contributed, failures)
+        if isinstance(encoding, NoisyEncoding):
+            released = dp.release_noised_sum(
+                server_round,
+                summed,
+                contributed,
+                failures,
+                encoding=encoding,
+                survivors=len(publics),
+            )
+        else:
+            released = dp.release_sum(server_round, summed, contributed, failures)
         return {**released, "secagg_survivors": len(publics), **(extra or {})}
     metrics: dict[str, MetricValue] = {
         "accepted": contributed,

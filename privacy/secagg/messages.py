@@ -107,16 +107,20 @@ class UnmaskRequest:
     """Stage 4, server -> client: which neighbours survived and which dropped after sharing.
 
     The client answers with self-mask seed shares of ``survivors`` and mask-key shares of
-    ``dropped``; it refuses a request naming one client in both. Layout: two id lists.
+    ``dropped``; it refuses a request naming one client in both. ``total`` is the round's
+    count of survivors (all of them, not only this client's neighbours): under distributed DP
+    a client refuses to unmask a sum with fewer noise shares than it was calibrated for.
+    Layout: two id lists and a count.
     """
 
     survivors: frozenset[int]
     dropped: frozenset[int]
+    total: int = 0
 
     @property
     def nbytes(self) -> int:
         """Wire size in bytes."""
-        return ID_BYTES * (2 + len(self.survivors) + len(self.dropped))
+        return ID_BYTES * (3 + len(self.survivors) + len(self.dropped))
 
 
 @dataclass(frozen=True)

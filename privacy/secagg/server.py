@@ -32,6 +32,7 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from .noisy import NoisyEncoding
 
 
 class ServerStage(Enum):
@@ -171,9 +172,16 @@ class SecAggServer:
         self._close(ServerStage.MASK)
         alive = set(self._masked)
         self._require(len(alive), "sent masked inputs")
+        noise = self.config.encoding
+        if isinstance(noise, NoisyEncoding) and len(alive) < noise.survivors:
+            # The survivors' noise shares add up to less than the round's noise: never unmask.
+            raise self._fail(
+                f"{len(alive)} masked inputs carry less noise than the {noise.survivors} "
+                "survivors the distributed DP noise is calibrated for"
+            )
         for v in sorted(alive):
             near = self._delivered[v]
-            request = UnmaskRequest(frozenset(near & alive), frozenset(near - alive))
+            request = UnmaskRequest(frozenset(near & alive), frozenset(near - alive), len(alive))
             if len(request.survivors) >= self.config.threshold:  # others would refuse
                 self._requests[v] = request
         asked = set(self._requests)

@@ -16,6 +16,7 @@ from fedft.core.payload import ConfigValue
 from .config import RoundConfig
 from .encoding import Encoding
 from .graph import round_context
+from .noisy import NoisyEncoding
 
 PREFIX = "secagg."
 MASKED = "secagg.masked"  # the tensor of a masked input inside an update payload
@@ -37,6 +38,10 @@ class SecureTask:
     threshold: int
     weight: float  # this participant's weight in [0, 1], fixed by the server
     l2_clip: float = 0.0  # under DP: the device clips its update to this L2 norm first (0: no)
+    # Distributed DP: this device's Skellam variance (ring units) and the fewest survivors the
+    # noise is calibrated for, below which the device refuses to unmask (0: no noise).
+    variance: float = 0.0
+    survivors: int = 0
 
     def to_config(self) -> dict[str, ConfigValue]:
         """The task config entries that carry this task."""
@@ -53,6 +58,8 @@ class SecureTask:
             f"{PREFIX}threshold": self.threshold,
             f"{PREFIX}weight": self.weight,
             f"{PREFIX}l2_clip": self.l2_clip,
+            f"{PREFIX}variance": self.variance,
+            f"{PREFIX}survivors": self.survivors,
         }
 
     @classmethod
@@ -74,17 +81,32 @@ class SecureTask:
                 threshold=_int(config, "threshold"),
                 weight=float(config[f"{PREFIX}weight"]),  # type: ignore[arg-type]
                 l2_clip=float(config.get(f"{PREFIX}l2_clip", 0.0)),  # type: ignore[arg-type]
+                variance=float(config.get(f"{PREFIX}variance", 0.0)),  # type: ignore[arg-type]
+                survivors=_int(config, "survivors") if f"{PREFIX}survivors" in config else 0,
             )
+            task.encoding()  # a noisy encoding checks its noise parameters
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed secure aggregation task: {exc}") from None
         if not (0 <= task.me < task.participants and 0.0 <= task.weight <= 1.0):
             raise ProtocolError("a malformed secure aggregation task: id or weight out of range")
         if not task.l2_clip >= 0:
             raise ProtocolError("a malformed secure aggregation task: a negative L2 clip")
+        if task.survivors and not 2 <= task.survivors <= task.participants:
+            raise ProtocolError("a malformed secure aggregation task: survivors out of range")
         return task
 
     def encoding(self) -> Encoding:
-        """The round's fixed-point encoding (weights scaled into [0, 1])."""
+        """The round's fixed-point encoding (weights scaled into [0, 1]), noisy if it says so."""
+        if self.survivors:
+            return NoisyEncoding(
+                self.ring_bits,
+                self.frac_bits,
+                self.clip,
+                1.0,
+                self.variance,
+                self.survivors,
+                self.length,
+            )
         return Encoding(self.ring_bits, self.frac_bits, self.clip, 1.0)
 
     def round_config(self) -> RoundConfig:
@@ -104,3 +126,32 @@ def _int(config: Mapping[str, ConfigValue], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{PREFIX}{name} must be an integer")
     return value
+
+
+def noise_of(encoding: Encoding) -> tuple[float, int]:
+    """An encoding's (per-device variance, survivors) for a task; (0, 0) without noise."""
+    if isinstance(encoding, NoisyEncoding):
+        return encoding.variance, encoding.survivors
+    return 0.0, 0
+
+
+def noise_refusal(secure: SecureTask | None, floor: float) -> str | None:
+    """Why a device that requires distributed DP noise ``floor`` sits a task out, or None.
+
+    The device checks what it can itself: that its update leaves it only inside a secure sum,
+    and that the noise the task's parameters promise (every calibrated survivor's share, over
+    this device's own encoded sensitivity) reaches the floor. The unmask stage then refuses a
+    sum with fewer shares (``SecAggClient.unmask``).
+    """
+    if floor <= 0:
+        return None
+    if secure is None:
+        return "the task would send the update in the clear (no --secagg)"
+    if not secure.survivors:
+        return "the task's secure sum carries no device noise (no --dp-distributed)"
+    encoding = secure.encoding()
+    assert isinstance(encoding, NoisyEncoding)
+    promised = encoding.noise_multiplier(secure.survivors)
+    if promised < floor * (1 - 1e-9):  # promised == z up to float rounding
+        return f"the task promises noise multiplier {promised:.4g}, below {floor:g}"
+    return None

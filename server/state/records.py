@@ -127,3 +127,5 @@ class LedgerEntry:
     adjacency: str
     recorded_at: float
     aggregation: str = "plain"  # "secagg": summed inside a secure sum (participants: survivors)
+    l2_sensitivity: float = 0.0  # "skellam" (distributed DP): one client's bound in ring units
+    l1_sensitivity: float = 0.0

@@ -144,5 +144,8 @@ privacy_ledger = sa.Table(
     sa.Column("recorded_at", Time, nullable=False),
     # "plain" or "secagg" (revision 2026_12_06_ledger_aggregation); older rows read "plain".
     sa.Column("aggregation", sa.Text, nullable=False, server_default="plain"),
+    # Distributed DP's Skellam entries (revision 2026_12_06_ledger_sensitivity); 0 otherwise.
+    sa.Column("l2_sensitivity", sa.Double, nullable=False, server_default="0"),
+    sa.Column("l1_sensitivity", sa.Double, nullable=False, server_default="0"),
     sa.Index(None, "round"),
 )

@@ -70,9 +70,22 @@ def test_every_run_setting_reaches_a_process_or_is_named_as_flagless() -> None:
         {"participation": "fedau"},
         {"secagg": SecAggSettings(neighbours=4, threshold=3, clip=0.5, ring_bits=64)},
         {"secagg": SecAggSettings()},
+        {
+            "secagg": SecAggSettings(),
+            "dp": DPConfig(noise_multiplier=1.0, clip=0.05, distributed=True, min_survivors=5),
+        },
         {},
     ],
-    ids=["dp", "robust-norm", "robust-trimmed", "fedau", "secagg", "secagg-defaults", "plain"],
+    ids=[
+        "dp",
+        "robust-norm",
+        "robust-trimmed",
+        "fedau",
+        "secagg",
+        "secagg-defaults",
+        "distributed-dp",
+        "plain",
+    ],
 )
 def test_serve_flags_parse_back_into_the_same_run(wrappers: dict[str, object]) -> None:
     spec = RunSpec(strategy="fedavg_lora", options=OPTIONS, model="tiny", seed=7, **wrappers)  # type: ignore[arg-type]
@@ -82,6 +95,18 @@ def test_serve_flags_parse_back_into_the_same_run(wrappers: dict[str, object]) -
     # A deployment draws its DP sample in secret; everything else is what was asked.
     expected = None if spec.dp is None else dataclasses.replace(spec.dp, sampling=SECRET)
     assert back.dp == expected
+
+
+def test_a_distributed_dp_coordinator_waits_for_its_survivors() -> None:
+    from fedft.cli.coordinator_setup import _fewest_clients
+
+    dp = DPConfig(noise_multiplier=1.0, clip=0.05, distributed=True, min_survivors=5)
+    secure = RunSpec(strategy="fedavg_lora", secagg=SecAggSettings())
+    assert _fewest_clients(RunSpec(strategy="fedavg_lora")) == 1
+    assert _fewest_clients(secure) == 2
+    assert _fewest_clients(dataclasses.replace(secure, dp=dp)) == 5
+    default = dataclasses.replace(dp, min_survivors=0)  # 70% of each round: at least 2
+    assert _fewest_clients(dataclasses.replace(secure, dp=default)) == 2
 
 
 def test_client_flags_parse_back_into_the_same_settings() -> None:

@@ -126,3 +126,43 @@ def test_retrying_gives_up_at_once_on_a_permanent_error(tmp_path: Path) -> None:
     with pytest.raises(Refused):
         daemon._retrying("submit", call)
     assert calls == [1]
+
+
+def test_a_device_that_requires_noise_sits_out_what_does_not_promise_it(tmp_path: Path) -> None:
+    from fedft.privacy.secagg.noisy import NoisyEncoding
+    from fedft.privacy.secagg.task import SecureTask
+
+    enc = NoisyEncoding.fit_noise(4, clip=0.05, length=64, noise_multiplier=1.0, survivors=3)
+    secure = SecureTask(
+        session="run",
+        round=1,
+        participants=4,
+        me=0,
+        length=64,
+        ring_bits=enc.ring_bits,
+        frac_bits=enc.frac_bits,
+        clip=0.05,
+        neighbours=2,
+        threshold=2,
+        weight=1.0,
+        l2_clip=0.05,
+        variance=enc.variance,
+        survivors=3,
+    )
+
+    def daemon(floor: float, away: frozenset[int] = frozenset()) -> ClientDaemon:
+        options = DaemonOptions(
+            server="127.0.0.1:1",
+            data=str(write_data(tmp_path / "d.jsonl")),
+            state_dir=tmp_path / "state",
+            credentials=None,
+            require_dp_noise=floor,
+            simulate_absent_rounds=away,
+        )
+        return ClientDaemon(options)
+
+    assert daemon(1.0)._sit_out(1, secure) is None  # promised exactly z = 1
+    assert "below 1.5" in str(daemon(1.5)._sit_out(1, secure))
+    assert "in the clear" in str(daemon(1.0)._sit_out(1, None))
+    assert daemon(0.0)._sit_out(1, None) is None  # no floor: any task
+    assert daemon(1.0, frozenset({2}))._sit_out(2, secure) == "away (simulated)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,40 @@ def test_the_secure_run_gives_the_plain_model(tmp_path: Path, strategy: str) -> 
                 assert set(payload.tensors) == {MASKED}  # no update was ever stored in clear
     finally:
         state.close()
+
+
+def test_distributed_dp_over_grpc_records_skellam_and_audits_in_rdp(tmp_path: Path) -> None:
+    out = tmp_path / "distributed"
+    settings = dataclasses.replace(
+        spec(out, "fedavg_lora", secagg=True),
+        rounds=1,
+        dp_noise=1.0,
+        dp_clip=0.05,
+        dp_distributed=True,
+    )
+    report = GrpcEngine(settings).run()
+    (only,) = report.rounds
+    assert "secagg_failed" not in only.metrics
+    assert only.metrics["secagg_survivors"] == 3
+    lines = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    assert [(e["round"], e["mechanism"], e["aggregation"]) for e in lines] == [
+        (1, "skellam", "secagg")
+    ]
+    # Three devices, noise calibrated for max(2, ceil(0.7 * 3)) = 3 of them: z as asked.
+    assert lines[0]["participants"] == 3
+    assert lines[0]["noise_multiplier"] == pytest.approx(1.0)
+    assert lines[0]["l2_sensitivity"] > 0
+    assert lines[0]["l1_sensitivity"] > 0
+    # The coordinator's database keeps the sensitivities the Skellam accounting needs.
+    state = open_state(f"sqlite:///{out / 'grpc' / 'coordinator.db'}", create=False)
+    try:
+        (stored,) = state.ledger()
+    finally:
+        state.close()
+    assert stored.mechanism == "skellam"
+    assert stored.l2_sensitivity == lines[0]["l2_sensitivity"]
+    assert stored.l1_sensitivity == lines[0]["l1_sensitivity"]
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["accountant"] == "rdp"
+    assert audit["epsilon_pld"] is None
+    assert 0 < audit["epsilon_rdp"] < float("inf")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fedft.core.serde import payload_from_bytes
+from fedft.privacy.config import DPConfig
 from fedft.privacy.secagg.task import MASKED
 from fedft.server.state.base import State
 from fedft.server.state.factory import open_state
@@ -267,5 +270,161 @@ def test_central_dp_noises_the_secure_sum_and_the_ledger_says_so(certs: Path) ->
                 clipped.append(delta(p.seed)[name].double() * scale)
             want = tensor.double() + sum(clipped) / 4
             assert float((got[name].double() - want).abs().max()) < 1e-6
+    finally:
+        target.stop()
+
+
+def clipped_mean(
+    people: list[Participant], clip: float, denominator: int
+) -> dict[str, torch.Tensor]:
+    """The start plus the devices' changes, each clipped to ``clip``, over ``denominator``."""
+    start = adapter()
+    scales = []
+    for p in people:
+        flat = torch.cat([t.reshape(-1) for t in delta(p.seed).values()]).double()
+        scales.append(min(1.0, clip / float(flat.norm())))
+    return {
+        name: tensor.double()
+        + sum(s * delta(p.seed)[name].double() for s, p in zip(scales, people, strict=True))
+        / denominator
+        for name, tensor in start.items()
+    }
+
+
+def distributed_target(certs: Path, state: State, dp: DPConfig, **extra: Any) -> Target:
+    from fedft.privacy.secagg.settings import SecAggSettings
+
+    return make_secure_target(
+        certs, state, min_clients=4, secagg=SecAggSettings(), privacy=dp, **extra
+    )
+
+
+def test_distributed_dp_devices_add_the_noise_and_the_ledger_says_skellam(certs: Path) -> None:
+    from fedft.privacy.secagg.noisy import NoisyEncoding
+
+    state = InMemoryState()
+    target = distributed_target(
+        certs, state, DPConfig(noise_multiplier=0.0, clip=0.05, distributed=True)
+    )
+    try:
+        people = join(target, 4)
+        tasks = [p.task for p in people if p.task]
+        assert len(tasks) == 4
+        assert {t.survivors for t in tasks} == {3}  # ceil(0.7 * 4)
+        assert {t.variance for t in tasks} == {0.0}  # z = 0: no noise shares
+        assert {t.weight for t in tasks} == {1.0}
+        assert {t.l2_clip for t in tasks} == {0.05}
+        assert all(isinstance(t.encoding(), NoisyEncoding) for t in tasks)
+        # One device sends its masked input, then drops: its input is still in the sum.
+        assert play_all(people, {3: "unmask"}) == []
+        wait_for(lambda: round_done(state, 1))
+        metrics = state.get_round(1).metrics  # type: ignore[union-attr]
+        assert "secagg_failed" not in metrics
+        assert metrics["secagg_survivors"] == 4
+        (entry,) = state.ledger()
+        assert entry.mechanism == "skellam"
+        assert entry.aggregation == "secagg"
+        assert entry.participants == 4
+        assert entry.noise_multiplier == 0.0
+        assert entry.clip_norm == 0.05
+        encoding = tasks[0].encoding()
+        assert isinstance(encoding, NoisyEncoding)
+        assert encoding.l2_sensitivity > 0
+        assert entry.l2_sensitivity == pytest.approx(encoding.l2_sensitivity)
+        assert entry.l1_sensitivity > 0
+        # z = 0: the clipped mean over the expected count (4), decoded exactly.
+        got, want = global_adapter(target), clipped_mean(people, 0.05, 4)
+        for name, tensor in want.items():
+            assert float((got[name].double() - tensor).abs().max()) < 1e-6, name
+        assert all(p.finished for p in people[:3])
+    finally:
+        target.stop()
+
+
+def test_distributed_dp_with_noise_moves_the_model_by_the_noise_it_promised(certs: Path) -> None:
+    state = InMemoryState()
+    target = distributed_target(
+        certs, state, DPConfig(noise_multiplier=1.0, clip=0.05, distributed=True)
+    )
+    try:
+        people = join(target, 4)
+        task = people[0].task
+        assert task is not None
+        assert task.survivors == 3
+        assert task.variance > 0
+        assert play_all(people) == []
+        wait_for(lambda: round_done(state, 1))
+        (entry,) = state.ledger()
+        assert entry.mechanism == "skellam"
+        assert entry.participants == 4
+        # Four shares calibrated for three: the realised noise is sqrt(4/3) times the planned.
+        assert entry.noise_multiplier == pytest.approx(math.sqrt(4 / 3))
+        scale = 2.0**task.frac_bits
+        assert entry.l2_sensitivity == pytest.approx(scale * 0.05 + math.sqrt(task.length))
+        # Each device's share: variance (z * l2)^2 / survivors, in ring units.
+        assert task.variance == pytest.approx(entry.l2_sensitivity**2 / 3)
+        promised = entry.noise_multiplier * entry.l2_sensitivity / scale / 4  # std of the mean
+        assert promised == pytest.approx(math.sqrt(4 * task.variance) / scale / 4)
+        got, want = global_adapter(target), clipped_mean(people, 0.05, 4)
+        noise = torch.cat([(got[n].double() - want[n]).reshape(-1) for n in want])
+        assert noise.numel() == task.length == 128
+        # The noise has mean 0; with 128 draws the RMS is within 25% (4 sd) of its std.
+        rms = float(noise.pow(2).mean().sqrt())
+        assert rms == pytest.approx(promised, rel=0.25)
+        assert abs(float(noise.mean())) < 4 * promised / math.sqrt(noise.numel())
+    finally:
+        target.stop()
+
+
+def test_distributed_dp_round_below_min_survivors_fails_and_releases_nothing(
+    certs: Path,
+) -> None:
+    state = InMemoryState()
+    target = distributed_target(
+        certs,
+        state,
+        DPConfig(noise_multiplier=1.0, clip=0.05, distributed=True, min_survivors=4),
+        round_timeout_s=8.0,
+    )
+    try:
+        people = join(target, 4)
+        assert {p.task.survivors for p in people if p.task} == {4}
+        # Three masked inputs carry 3/4 of the promised noise: the sum is never unmasked.
+        assert play_all(people, {3: "masked"}) == []
+        wait_for(lambda: round_done(state, 1))
+        metrics = state.get_round(1).metrics  # type: ignore[union-attr]
+        assert metrics["secagg_failed"] == 1
+        assert metrics["accepted"] == 0
+        assert state.ledger() == []
+        assert all(p.ended and not p.finished for p in people[:3])  # told why, never unmasked
+        for name, tensor in adapter().items():
+            assert torch.equal(global_adapter(target)[name], tensor)  # nothing applied
+    finally:
+        target.stop()
+
+
+def test_distributed_dp_hands_out_no_task_it_cannot_calibrate(
+    certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Four devices cannot meet a noise calibrated for five survivors: no device gets a task,
+    # nothing is applied and nothing is released.
+    state = InMemoryState()
+    target = distributed_target(
+        certs,
+        state,
+        DPConfig(noise_multiplier=1.0, clip=0.05, distributed=True, min_survivors=5),
+        rounds=2,
+    )
+    try:
+        for i in range(4):
+            target.enrolled(f"dev{i}", 10)
+        time.sleep(2.0)  # the round loop tries to open a round every 0.5 s
+        assert all(not state.tasks_for_round(n) for n in (1, 2, 3))
+        assert state.ledger() == []
+        # Rounds that open under DP (an empty release) say why nothing ran, not "restarted".
+        assert "--dp-min-survivors" in caplog.text
+        assert "restarted" not in caplog.text
+        for name, tensor in adapter().items():
+            assert torch.equal(global_adapter(target)[name], tensor)
     finally:
         target.stop()

@@ -121,7 +121,58 @@ def test_central_dp_noises_the_secure_sum(tmp_path: Path) -> None:
     assert plain_ledger["aggregation"] == "plain"
 
 
-def test_canaries_keep_working_under_secagg(tmp_path: Path) -> None:
+def test_distributed_dp_the_devices_add_the_noise(tmp_path: Path) -> None:
+    # z = 0: the signed decode gives central DP's mean; z = 1: the model moves by the noise
+    # the devices promised, and no one added any at the server.
+    plain, _ = run(spec(tmp_path / "plain", rounds=1, dp_noise=0.0, dp_clip=0.05))
+    exact, report = run(
+        spec(
+            tmp_path / "z0", rounds=1, secagg=True, dp_distributed=True, dp_noise=0.0, dp_clip=0.05
+        )
+    )
+    bits = int(report.rounds[0].metrics["secagg_frac_bits"])
+    assert float((flat_state(exact) - flat_state(plain)).abs().max()) <= 2.0**-bits + 1e-7
+    out = tmp_path / "z1"
+    noisy, report = run(
+        spec(out, rounds=1, secagg=True, dp_distributed=True, dp_noise=1.0, dp_clip=0.05)
+    )
+    metrics = report.rounds[0].metrics
+    # 4 survivors of a noise calibrated for ceil(0.7 * 4) = 3: z * sqrt(4 / 3) on the sum.
+    (ledger,) = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    assert ledger["mechanism"] == "skellam"
+    assert ledger["aggregation"] == "secagg"
+    assert ledger["noise_multiplier"] == pytest.approx((4 / 3) ** 0.5)
+    assert ledger["l2_sensitivity"] >= 0.05 * 2.0 ** int(metrics["secagg_frac_bits"])
+    assert float(metrics["dp.noise_std"]) >= 0.05 * (4 / 3) ** 0.5
+    moved = flat_state(noisy) - flat_state(plain)
+    # The mean divides the sum by the expected count (4); thousands of values: a tight check.
+    assert float(moved.std()) == pytest.approx(float(metrics["dp.noise_std"]) / 4, rel=0.1)
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["accountant"] == "rdp"
+    assert audit["epsilon_pld"] is None
+    assert 0 < audit["epsilon"] == audit["epsilon_rdp"] < float("inf")
+
+
+def test_distributed_dp_below_its_survivors_releases_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "few"
+    _, report = run(
+        spec(
+            out,
+            rounds=1,
+            secagg=True,
+            dp_distributed=True,
+            dp_noise=1.0,
+            dp_clip=0.05,
+            dp_min_survivors=5,
+        )
+    )
+    (entry,) = report.rounds
+    assert entry.metrics["secagg_failed"] == 1
+    assert not (out / "ledger.jsonl").exists() or not (out / "ledger.jsonl").read_text().strip()
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_canaries_keep_working_under_secagg(tmp_path: Path, distributed: bool) -> None:
     # Canaries are the server's own participants: inserted into the unmasked sum, audited.
     out = tmp_path / "canaries"
     _, report = run(
@@ -132,6 +183,7 @@ def test_canaries_keep_working_under_secagg(tmp_path: Path) -> None:
             dp_noise=1.0,
             dp_clip=0.05,
             canaries=20,
+            dp_distributed=distributed,
             strategy_options={"local_steps": 2, "batch_size": 2, "rank": 2},
         )
     )
@@ -156,6 +208,11 @@ def test_canaries_keep_working_under_secagg(tmp_path: Path) -> None:
         ({"secagg_neighbours": 4, "secagg_threshold": 2}, r"must lie in \(2, 4\]"),
         ({"secagg_clip": 0.0}, "--secagg-clip"),
         ({"secagg_ring": 16}, "--secagg-ring"),
+        ({"dp_noise": 1.0, "dp_clip": 1.0, "dp_min_survivors": 3}, "needs --dp-distributed"),
+        (
+            {"dp_noise": 1.0, "dp_clip": 1.0, "dp_distributed": True, "dp_min_survivors": 1},
+            "--dp-min-survivors must be >= 2",
+        ),
     ],
 )
 def test_refusals_are_one_line(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
@@ -168,3 +225,5 @@ def test_refusals_are_one_line(tmp_path: Path, extra: dict[str, Any], message: s
 def test_settings_without_secagg_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="need --secagg"):
         spec(tmp_path, secagg_neighbours=4)
+    with pytest.raises(UsageError, match="--dp-distributed needs --secagg"):
+        spec(tmp_path, dp_noise=1.0, dp_clip=1.0, dp_distributed=True)

@@ -12,6 +12,7 @@ from fedft.core.errors import UsageError
 from fedft.core.payload import Payload
 from fedft.core.strategy import ClientInfo, ClientStrategy, Result
 from fedft.core.trainer import Trainer
+from fedft.privacy.secagg.encoding import Encoding
 from fedft.privacy.secagg.linear import (
     HAS_UPDATE,
     apply_sum,
@@ -100,7 +101,9 @@ def test_the_decoded_sum_applies_the_plain_weighted_mean() -> None:
         seed=1,
     )
     publics = [Result(f"c{i}", e.public) for i, e in enumerate(inputs)]
-    metrics = apply_sum(secure, 1, publics, total, stats.total_weight, failures=[])
+    metrics = apply_sum(
+        secure, 1, publics, total, stats.total_weight, failures=[], encoding=encoding
+    )
     assert metrics["accepted"] == metrics["secagg_survivors"] == 5
     for name, t in plain.global_state().tensors.items():
         got = secure.global_state().tensors[name]
@@ -112,7 +115,7 @@ def test_bookkeeping_comes_from_the_public_part() -> None:
     server.initialize(Payload(tensors={"ends": torch.tensor([10])}))
     server.apply_update(1, torch.ones(16))
     public = Result("c0", Payload(metrics={"num_examples": 3, "version": 1, HAS_UPDATE: 0}))
-    apply_sum(server, 2, [public], np.zeros(16), 0.0, failures=[])
+    apply_sum(server, 2, [public], np.zeros(16), 0.0, failures=[], encoding=Encoding())
     assert server.store is not None
     assert server.store.synced == {"c0": 1}
 

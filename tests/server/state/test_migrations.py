@@ -51,7 +51,7 @@ def differences(url: str) -> list[object]:
 def test_migrations_ship_with_the_package() -> None:
     assert (migrate.MIGRATIONS / "env.py").is_file()
     assert (migrate.MIGRATIONS / "script.py.mako").is_file()
-    assert head_revision() == "2026_12_06_ledger_aggregation"
+    assert head_revision() == "2026_12_06_ledger_sensitivity"
 
 
 def test_upgrade_creates_exactly_the_schema(sql_url: str) -> None:
@@ -111,6 +111,7 @@ def test_ledger_revision_reads_older_entries_as_plain(sql_url: str) -> None:
         (entry,) = state.ledger()
         assert entry.aggregation == "plain"
         assert entry.participants == 3
+        assert (entry.l2_sensitivity, entry.l1_sensitivity) == (0.0, 0.0)
     finally:
         state.close()
 

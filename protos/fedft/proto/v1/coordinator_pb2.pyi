@@ -789,6 +789,11 @@ class SecAggUnmaskRequest(_message.Message):
 
     SURVIVORS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """How many participants sent a masked input in all (a device under distributed DP refuses
+    to unmask a sum carrying fewer noise shares than its round was calibrated for).
+    """
     @_builtins.property
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -798,10 +803,11 @@ class SecAggUnmaskRequest(_message.Message):
         *,
         survivors: _abc.Iterable[_builtins.int] | None = ...,
         dropped: _abc.Iterable[_builtins.int] | None = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "survivors", b"survivors", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
