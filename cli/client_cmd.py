@@ -109,10 +109,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="longest pause between reconnection attempts (default: %(default)s)",
     )
+    from fedft.cli.privacy_flags import add_local_dp_flags
     from fedft.cli.run_flags import (
         add_autocast_flag,
         add_checkpointing_flag,
-        add_local_dp_flags,
         add_micro_batch_flag,
         add_quant_flag,
     )
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the client daemon until the coordinator's run is finished."""
     from rich.console import Console
 
-    from fedft.cli.run_flags import local_dp_config_from_args
+    from fedft.cli.privacy_flags import local_dp_config_from_args
     from fedft.client.daemon import ClientDaemon, DaemonOptions
     from fedft.client.tls import channel_credentials
     from fedft.core.device import check_device_name

@@ -9,12 +9,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from fedft.cli.run_flags import (
-    async_settings_from_args,
+from fedft.cli.privacy_flags import (
     dp_config_from_args,
     robust_config_from_args,
     secagg_settings_from_args,
 )
+from fedft.cli.run_flags import async_settings_from_args
 from fedft.core.config import parse_overrides
 from fedft.core.errors import UsageError
 from fedft.core.registry import get_strategy

@@ -189,13 +189,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="RPC worker threads (each long poll holds one; default: %(default)s)",
     )
-    from fedft.cli.run_flags import (
-        add_dp_flags,
-        add_mode_flags,
-        add_participation_flag,
-        add_robust_flags,
-        add_secagg_flags,
-    )
+    from fedft.cli.privacy_flags import add_dp_flags, add_robust_flags, add_secagg_flags
+    from fedft.cli.run_flags import add_mode_flags, add_participation_flag
 
     add_mode_flags(p)
     add_robust_flags(p)

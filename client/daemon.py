@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from fedft.client.connection import (
     profile_message,
 )
 from fedft.client.identity_store import ClientStore, Identity
+from fedft.client.retry import retrying
 from fedft.client.secure_task import SecureParticipation
 from fedft.core.device import (
     CUDA_PROPERTY,
@@ -50,25 +50,7 @@ from fedft.runtime.trainer import LocalTrainer
 
 logger = logging.getLogger(__name__)
 
-# Failures that a later attempt can cure: the coordinator restarting, a flaky link, overload.
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.UNKNOWN,
-}
-
 T = TypeVar("T")
-
-
-def retry_hint(error: grpc.RpcError) -> float:
-    """Seconds the coordinator asked us to wait before retrying (0 when it did not say)."""
-    from fedft.client.connection import RETRY_HEADER
-
-    trailers = getattr(error, "trailing_metadata", None)  # absent on some RpcErrors
-    value = dict((trailers() if trailers else None) or ()).get(RETRY_HEADER)
-    return int(value) / 1000.0 if isinstance(value, str) and value.isdigit() else 0.0
 
 
 @dataclass(frozen=True)
@@ -104,26 +86,6 @@ class DaemonOptions:
     device: str = "auto"  # where training runs (fedft.runtime.placement)
 
 
-class Backoff:
-    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... up to a cap, randomised by half."""
-
-    def __init__(self, cap_s: float, *, base_s: float = 0.5, rng: random.Random | None = None):
-        self.cap_s = cap_s
-        self.base_s = base_s
-        self.attempt = 0
-        self.rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        """Return the pause before the next attempt and count the attempt."""
-        delay = min(self.cap_s, self.base_s * (2**self.attempt))
-        self.attempt += 1
-        return float(delay * self.rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        """Start over after a success."""
-        self.attempt = 0
-
-
 class ClientDaemon:
     """Runs one client until the coordinator's run is finished."""
 
@@ -146,30 +108,15 @@ class ClientDaemon:
     # --- retries -----------------------------------------------------------------------------
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Call until it succeeds, backing off on transient failures; other errors propagate."""
-        backoff = Backoff(self.options.max_backoff_s)
-        resyncs = 0  # counted apart from the backoff: an outage before a restart uses that up
-        while True:
-            try:
-                return call()
-            except grpc.RpcError as exc:
-                code = exc.code()
-                limit = self.options.max_retries
-                resynced = code == grpc.StatusCode.UNAUTHENTICATED and self.connection.resync(exc)
-                if resynced and resyncs < 3:
-                    # Our stamp was refused (clock off, or the coordinator restarted): the
-                    # connection adopted the server's clock; a new signature goes through.
-                    resyncs += 1
-                    continue
-                if code not in RETRYABLE or (limit is not None and backoff.attempt >= limit):
-                    raise
-                delay = max(backoff.next_delay(), retry_hint(exc))
-                self.report(
-                    f"{what}: coordinator unreachable ({code.name}); retrying in {delay:.1f} s"
-                )
-                if self._stop.wait(delay):
-                    raise
-            else:
-                backoff.reset()
+        return retrying(
+            what,
+            call,
+            connection=self.connection,
+            max_backoff_s=self.options.max_backoff_s,
+            max_retries=self.options.max_retries,
+            stop=self._stop,
+            report=self.report,
+        )
 
     # --- start-up ----------------------------------------------------------------------------
     def _identity(self) -> Identity:

@@ -6,16 +6,18 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from fedft.cli.privacy_flags import (
+    add_dp_flags,
+    add_local_dp_flags,
+    add_robust_flags,
+    add_secagg_flags,
+)
 from fedft.cli.run_flags import (
     add_autocast_flag,
     add_checkpointing_flag,
-    add_dp_flags,
-    add_local_dp_flags,
     add_micro_batch_flag,
     add_participation_flag,
     add_quant_flag,
-    add_robust_flags,
-    add_secagg_flags,
 )
 from fedft.core.device import DEVICE_HELP
 from fedft.simulation.availability import AVAILABILITY_HELP

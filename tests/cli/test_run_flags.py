@@ -9,7 +9,8 @@ import pytest
 
 from fedft.cli.coordinator_setup import server_run_spec
 from fedft.cli.main import build_parser
-from fedft.cli.run_flags import client_flags, local_dp_config_from_args, serve_flags
+from fedft.cli.privacy_flags import local_dp_config_from_args
+from fedft.cli.run_flags import client_flags, serve_flags
 from fedft.privacy.config import SECRET, DPConfig, LocalDPConfig
 from fedft.privacy.robust import RobustConfig
 from fedft.privacy.secagg.settings import SecAggSettings

@@ -1,10 +1,9 @@
-"""The edge daemon's pieces: backoff, the state folder, retries against an absent coordinator."""
+"""The edge daemon's pieces: its state folder, retries against a lost coordinator, sitting out."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import grpc
 import pytest
 import torch
 
-from fedft.client.daemon import Backoff, ClientDaemon, DaemonOptions
+from fedft.client.daemon import ClientDaemon, DaemonOptions
 from fedft.client.identity_store import ClientStore, Identity
 from fedft.core.errors import UsageError
 from fedft.core.identity import generate_key, public_key_bytes
@@ -23,16 +22,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
-    backoff = Backoff(4.0, base_s=0.5, rng=random.Random(0))
-    delays = [backoff.next_delay() for _ in range(8)]
-    nominal = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
-    for delay, cap in zip(delays, nominal, strict=True):
-        assert cap / 2 <= delay <= cap
-    backoff.reset()
-    assert backoff.next_delay() <= 0.5
 
 
 def test_store_round_trips_identity_and_local_state(tmp_path: Path) -> None:
